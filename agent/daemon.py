@@ -1,0 +1,203 @@
+"""The daemon: wires the parts together and turns signals into start, reload and stop.
+
+Data flows one way: collectors -> scheduler -> outbox -> publisher -> broker. This module builds
+those parts from the config and owns no logic of its own beyond their life cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from dataclasses import replace
+from typing import Any
+
+from agent import __version__, config
+from agent.outbox import Outbox
+from agent.publisher import Publisher
+from agent.records import Envelope, Record, event
+from agent.sdnotify import notify, watchdog_period
+from agent.status import StatusBoard, StatusServer
+from agent.telemetry.agent_self import AgentCollector
+from agent.telemetry.inventory import collect_inventory
+from agent.telemetry.netquality import NetworkQualityCollector
+from agent.telemetry.peripherals import PeripheralWatch
+from agent.telemetry.scheduler import Scheduler
+from agent.telemetry.system import system_collectors
+from agent.telemetry.usage import UsageTracker
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, cfg: config.Config, config_path: str) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.started_at = time.time()
+        state = cfg.state_path
+        state.mkdir(parents=True, exist_ok=True)
+        self._running_marker = state / "running"
+        self.outbox = Outbox(state, cfg.outbox, Envelope(cfg.device.id, cfg.device.school))
+        self.publisher = self._make_publisher(cfg)
+        self.scheduler = self._make_scheduler(cfg)
+        self.board = StatusBoard(cfg, config_path, self.started_at, self.outbox,
+                                 lambda: self.publisher, lambda: self.scheduler.failing)
+        self.status_server = StatusServer(self.board, cfg.status.address)
+
+    # -- building parts ------------------------------------------------------------------------
+
+    def _make_publisher(self, cfg: config.Config) -> Publisher:
+        return Publisher(cfg.mqtt, self.outbox.envelope, self.outbox, cfg.state_path,
+                         historical_after_s=max(2 * cfg.telemetry.interval_s, 10.0),
+                         started_at=self.started_at)
+
+    def _make_scheduler(self, cfg: config.Config) -> Scheduler:
+        probes = [(cfg.mqtt.host, cfg.mqtt.port)] + [_hostport(p) for p in cfg.telemetry.probes]
+        collectors = [
+            *system_collectors(),
+            NetworkQualityCollector(probes),
+            AgentCollector(self.outbox, lambda: self.publisher, lambda: self.scheduler.held),
+        ]
+        return Scheduler(
+            cfg.telemetry,
+            collectors,
+            UsageTracker(cfg.state_path, cfg.telemetry.apps),
+            PeripheralWatch(),
+            lambda peripherals: collect_inventory(__version__, cfg.hash, peripherals),
+            self.commit,
+            on_tick=lambda m, e: self.board.on_tick(m, e),
+        )
+
+    # -- the one way in for records ------------------------------------------------------------
+
+    def commit(self, records: list[Record]) -> None:
+        """Commit records to the outbox (durably), then wake the publisher."""
+        self.outbox.append(records)
+        self.publisher.notify()
+
+    def raise_event(self, record: Record) -> None:
+        self.board.note_events([record])
+        try:
+            self.commit([record])
+        except Exception as exc:  # the outbox logs the cause; the event is in the log too
+            log.error("could not commit event %s: %s", record.data.get("type"), exc)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        unclean = self._running_marker.exists()
+        self._running_marker.write_text(f"{time.time()}\n")
+        startup = self.outbox.take_startup_event()
+        if startup is not None:
+            self.raise_event(startup)
+        self.raise_event(event(
+            "agent_started", "warning" if unclean else "info",
+            "agent started" + (" after an unclean stop (crash, kill or power loss)"
+                               if unclean else ""),
+            version=__version__, config_hash=self.cfg.hash,
+            previous_stop="unclean" if unclean else "clean",
+        ))
+        self.status_server.start()
+        self.publisher.start()
+        self.scheduler.start()
+        log.info("agent %s started: device %s, school %s, broker %s:%d, status on %s",
+                 __version__, self.cfg.device.id, self.cfg.device.school, self.cfg.mqtt.host,
+                 self.cfg.mqtt.port, self.cfg.status.listen)
+
+    def healthy(self) -> bool:
+        return self.scheduler.alive() and self.publisher.alive()
+
+    def reload(self) -> None:
+        """Re-read the config; a bad file keeps the running one and raises an event."""
+        try:
+            new = config.load(self.config_path)
+        except config.ConfigError as exc:
+            log.error("reload: keeping the running configuration; %s has problems:\n%s",
+                      self.config_path, exc)
+            self.raise_event(event("config_reload_failed", "warning",
+                                   "configuration reload failed; running configuration kept",
+                                   problems=exc.problems))
+            return
+        old = self.cfg
+        if new == old:
+            log.info("reload: configuration unchanged")
+            return
+        needs_restart = [k for k in ("device", "state_dir", "status")
+                         if getattr(new, k) != getattr(old, k)]
+        if needs_restart:
+            self.raise_event(event(
+                "config_reload_partial", "warning",
+                f"changes to {', '.join(needs_restart)} take effect after a restart",
+                keys=needs_restart))
+            new = _keep(new, old, needs_restart)
+        self.cfg = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.outbox.limits = new.outbox
+        if new.mqtt != old.mqtt:
+            self.publisher.stop(flush_s=0)
+            self.publisher = self._make_publisher(new)
+            self.publisher.start()
+        if new.telemetry != old.telemetry or new.mqtt != old.mqtt:
+            self.scheduler.stop()
+            self.scheduler = self._make_scheduler(new)
+            self.scheduler.start()
+        self.board.cfg = new
+        self.raise_event(event("config_reloaded", "info", "configuration reloaded",
+                               config_hash=new.hash))
+        log.info("reload: configuration %s applied", new.hash)
+
+    def stop(self) -> None:
+        log.info("stopping: flushing the outbox for up to %.0f s", self.cfg.mqtt.flush_on_exit_s)
+        self.scheduler.stop()
+        self.publisher.stop(flush_s=self.cfg.mqtt.flush_on_exit_s)
+        self.status_server.stop()
+        self.outbox.close()
+        self._running_marker.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def _keep(new: config.Config, old: config.Config, keys: list[str]) -> config.Config:
+    return replace(new, **{k: getattr(old, k) for k in keys})
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def run(cfg: config.Config, config_path: str) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals.put(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    agent = Agent(cfg, config_path)
+    agent.start()
+    notify(f"READY=1\nSTATUS=publishing to {cfg.mqtt.host}:{cfg.mqtt.port}")
+    period = watchdog_period()
+    tick = min(period or 5.0, 5.0)
+    while True:
+        try:
+            signum = signals.get(timeout=tick)
+        except queue.Empty:
+            signum = None
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            notify("STOPPING=1")
+            break
+        if signum == signal.SIGHUP:
+            notify("RELOADING=1")
+            agent.reload()
+            notify("READY=1")
+        if period and agent.healthy():
+            notify("WATCHDOG=1")
+        ob = agent.outbox.stats()
+        pub = agent.publisher.stats
+        notify(f"STATUS={'connected' if pub.connected else 'NOT connected'} to {pub.broker}, "
+               f"{ob.depth} waiting, {ob.dropped_total} dropped")
+    agent.stop()
+    return 0
+

@@ -1,0 +1,1 @@
+"""Telemetry: small collectors behind one contract (see :mod:`agent.telemetry.base`)."""
