@@ -142,7 +142,7 @@ class Scheduler:
         return dict(self._failures)
 
     def _inventory_if_changed(self) -> Record | None:
-        inv = self.inventory(self.peripherals.snapshot())
+        inv = self.inventory(self.peripherals.last or self.peripherals.snapshot())
         digest = hashlib.sha256(json.dumps(inv, sort_keys=True, default=str).encode()).hexdigest()
         if digest == self._inventory_hash:
             return None

@@ -1,0 +1,258 @@
+"""Usage of the terminal: power-on intervals, login sessions and which teaching software runs.
+
+This is the "collected as it goes" (伴随式) usage data the county plans ask for. It reads only
+process names and executable basenames, never command lines, window titles, focus or keystrokes,
+and counts sessions instead of naming users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent.records import rfc3339
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "usage.json"
+#: Boot times closer than this are the same boot (``btime`` wobbles when the clock is adjusted).
+BOOT_TOLERANCE_S = 2.0
+#: An app is "active" in a sample when its processes used at least this share of one core.
+ACTIVE_CPU_SHARE = 0.01
+#: Completed boots kept while waiting to be reported (a terminal off the network for months).
+MAX_PENDING_BOOTS = 100
+
+_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _read_boot_id() -> str | None:
+    """The kernel's per-boot UUID (Linux): a sturdier boot identity than a wall-clock time."""
+    try:
+        return _BOOT_ID_PATH.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON so that a crash or power cut leaves either the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # make the rename itself durable (not on every platform)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+@dataclass(slots=True)
+class _Period:
+    """What has been counted since the last ``take()``."""
+
+    start: float
+    sessions: int = 0
+    local: int = 0
+    remote: int = 0
+    running_s: dict[str, float] = field(default_factory=dict)
+    active_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Proc:
+    """A process we have matched once; matching is cached for its lifetime (pid + create_time)."""
+
+    apps: tuple[str, ...]
+    cpu_s: float
+
+
+class UsageTracker:
+    """Counts, per catalogued app, seconds running and seconds active; tracks power-on intervals.
+
+    ``apps`` maps an app name to fnmatch globs matched case-insensitively against a process's
+    name and the basename of its executable (never its command line).
+
+    Definitions, at the resolution of one sample interval:
+
+    * *running*: at least one matching process is alive at ``sample()``; it is credited the
+      monotonic time since the previous sample (capped by the youngest-possible start: a process
+      created 3 s ago earns at most 3 s). The first sample only sets the baseline.
+    * *active*: while running, the matching processes together used CPU time of at least
+      ``ACTIVE_CPU_SHARE`` (1 %) of one core over the elapsed time. We do not read window focus
+      or titles, so an app left open and idle counts as running but not active.
+
+    Power-on: ``usage.json`` in ``state_dir`` holds this boot's identity and the last time the
+    agent saw it alive. When a new boot is found on construction, the stored boot becomes a
+    completed power-on interval ``[boot_time, last_seen]`` (so shutdowns are seen across
+    restarts; its end is late by at most one sample interval). Completed boots stay pending in
+    ``usage.json`` until a ``sample()`` after the ``take()`` that reported them persists them as
+    gone: delivery is at-least-once, so a crash between ``take()`` and the next ``sample()``
+    repeats them once. Consumers deduplicate by the interval's ``start``.
+    """
+
+    def __init__(self, state_dir: Path, apps: dict[str, list[str]]) -> None:
+        self._path = Path(state_dir) / STATE_FILE
+        self._apps = {
+            app: re.compile("|".join(fnmatch.translate(p.lower()) for p in pats))
+            for app, pats in apps.items()
+            if pats
+        }
+        self._app_names = sorted(apps)
+        self._lock = threading.Lock()
+        self._boot_time = psutil.boot_time()
+        self._boot_id = _read_boot_id()
+        self._pending: list[tuple[float, float]] = []
+        self._load()
+        self._procs: dict[tuple[int, float], _Proc] = {}
+        self._prev_mono: float | None = None
+        self._period = _Period(start=time.time())
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            raw = self._path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("usage state %s unreadable (%s); starting fresh", self._path, exc)
+            return
+        try:
+            state = json.loads(raw)
+            boot_time = float(state["boot_time"])
+            last_seen = float(state["last_seen"])
+            boot_id = state.get("boot_id")
+            pending = [(float(s), float(e)) for s, e in state.get("pending", [])]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("usage state %s is corrupt (%s); starting fresh", self._path, exc)
+            return
+        if self._boot_id and isinstance(boot_id, str):
+            new_boot = boot_id != self._boot_id
+        else:
+            new_boot = abs(boot_time - self._boot_time) > BOOT_TOLERANCE_S
+        if new_boot and last_seen >= boot_time:
+            pending.append((boot_time, last_seen))
+        self._pending = pending[-MAX_PENDING_BOOTS:]
+
+    def _save(self, now: float) -> None:
+        state = {
+            "boot_time": self._boot_time,
+            "boot_id": self._boot_id,
+            "last_seen": now,
+            "pending": [list(p) for p in self._pending],
+        }
+        try:
+            atomic_write_json(self._path, state)
+        except OSError as exc:  # a full or read-only disk must not stop telemetry
+            log.warning("cannot write usage state %s: %s", self._path, exc)
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    def _match(self, proc: psutil.Process) -> tuple[str, ...]:
+        names: list[str] = []
+        with contextlib.suppress(psutil.Error, OSError):
+            names.append(proc.name().lower())
+        with contextlib.suppress(psutil.Error, OSError):
+            exe = proc.exe()
+            if exe:
+                names.append(os.path.basename(exe).lower())
+        return tuple(app for app, rx in self._apps.items() if any(rx.match(n) for n in names))
+
+    def _scan(self, since_wall: float | None) -> tuple[dict[str, float], dict[str, float]]:
+        """One pass over the processes: per app, CPU seconds used since the last scan and the
+        creation time of its oldest process."""
+        procs: dict[tuple[int, float], _Proc] = {}
+        cpu_used: dict[str, float] = {}
+        oldest: dict[str, float] = {}
+        for proc in psutil.process_iter(["create_time", "cpu_times"]):
+            info = proc.info
+            ctime, times = info.get("create_time"), info.get("cpu_times")
+            if ctime is None:
+                continue
+            key = (proc.pid, ctime)
+            cpu_s = (times.user + times.system) if times is not None else 0.0
+            known = self._procs.get(key)
+            apps = known.apps if known is not None else self._match(proc)
+            if not apps:
+                procs[key] = _Proc((), 0.0)
+                continue
+            procs[key] = _Proc(apps, cpu_s)
+            if known is not None:
+                delta = max(cpu_s - known.cpu_s, 0.0)
+            elif since_wall is not None and ctime >= since_wall:
+                delta = cpu_s  # born since the last scan: all its CPU time is new
+            else:
+                delta = 0.0  # first sight of an older process: baseline only
+            for app in apps:
+                cpu_used[app] = cpu_used.get(app, 0.0) + delta
+                oldest[app] = min(oldest.get(app, ctime), ctime)
+        self._procs = procs
+        return cpu_used, oldest
+
+    def _sessions(self) -> tuple[int, int]:
+        try:
+            users = psutil.users()
+        except (OSError, RuntimeError):
+            return 0, 0
+        local = sum(1 for u in users if not u.host or u.host.startswith(":"))
+        return local, len(users) - local
+
+    def sample(self) -> None:
+        """Count one interval: call once per telemetry interval."""
+        with self._lock:
+            mono, wall = time.monotonic(), time.time()
+            elapsed = mono - self._prev_mono if self._prev_mono is not None else None
+            since_wall = wall - elapsed if elapsed is not None else None
+            cpu_used, oldest = self._scan(since_wall)
+            p = self._period
+            if elapsed is not None and elapsed > 0:
+                for app, first in oldest.items():
+                    ran = min(elapsed, max(wall - first, 0.0))
+                    p.running_s[app] = p.running_s.get(app, 0.0) + ran
+                    if cpu_used.get(app, 0.0) >= ACTIVE_CPU_SHARE * elapsed:
+                        p.active_s[app] = p.active_s.get(app, 0.0) + ran
+            local, remote = self._sessions()
+            p.sessions = max(p.sessions, local + remote)
+            p.local, p.remote = max(p.local, local), max(p.remote, remote)
+            self._prev_mono = mono
+            self._save(wall)
+
+    def take(self) -> dict[str, Any]:
+        """Return what was counted since the last take (see class doc) and start a new period."""
+        with self._lock:
+            now = time.time()
+            p, self._period = self._period, _Period(start=now)
+            power_on = [
+                {"start": rfc3339(s), "end": rfc3339(e), "ongoing": False} for s, e in self._pending
+            ]
+            power_on.append(
+                {"start": rfc3339(self._boot_time), "end": rfc3339(now), "ongoing": True}
+            )
+            self._pending = []  # persisted as reported by the next sample()
+            return {
+                "period": {"start": rfc3339(p.start), "end": rfc3339(now)},
+                "power_on": power_on,
+                "sessions": {"count": p.sessions, "local": p.local, "remote": p.remote},
+                "apps": {
+                    app: {
+                        "running_s": round(p.running_s.get(app, 0.0), 3),
+                        "active_s": round(p.active_s.get(app, 0.0), 3),
+                    }
+                    for app in self._app_names
+                },
+            }

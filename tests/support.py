@@ -1,0 +1,312 @@
+"""Real parts for tests: a private Mosquitto, the agent as a process, an MQTT subscriber.
+
+Nothing here talks to a service the tests did not start: the broker runs on a free port chosen
+at run time, so a system Mosquitto on 1883 is never involved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import yaml
+from jsonschema import Draft202012Validator
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from referencing import Registry, Resource
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = REPO / "agent" / "schemas"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(step)
+
+
+class Broker:
+    """A Mosquitto of our own; kill() and start() keep the port so clients can come back."""
+
+    def __init__(self, workdir: Path, persistence: bool = False, extra: str = "") -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.persistence = persistence
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "mosquitto.log"
+
+    def conf(self) -> Path:
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                 f"persistence {'true' if self.persistence else 'false'}"]
+        if self.persistence:
+            lines += [f"persistence_location {self.workdir}/", "autosave_interval 1",
+                      "max_queued_messages 100000"]
+        lines.append(self.extra)
+        path = self.workdir / "mosquitto.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([exe, "-c", str(self.conf())], stdout=log, stderr=log)
+        wait_until(self._accepting, 10, f"mosquitto on port {self.port}")
+
+    def _accepting(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: dict[str, Any]
+    retain: bool
+    raw: bytes
+
+
+@dataclass
+class Subscriber:
+    """A QoS 1 subscriber with a persistent session, so a broker restart loses nothing of ours."""
+
+    port: int
+    topic: str = "classroom/v1/#"
+    client_id: str = field(default_factory=lambda: f"test-sub-{os.getpid()}-{time.monotonic_ns()}")
+    messages: list[Message] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(0.05, 0.5)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        self.client = c
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("127.0.0.1", self.port, keepalive=5, clean_start=False, properties=props)
+        c.loop_start()
+        wait_until(self._subscribed.is_set, 10, "test subscriber to subscribe")
+
+    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            c.subscribe(self.topic, qos=1)
+            self._subscribed.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            payload = {"_unparsed": msg.payload.decode(errors="replace")}
+        with self._lock:
+            self.messages.append(Message(msg.topic, payload, bool(msg.retain), msg.payload))
+
+    def snapshot(self, kind: str | None = None) -> list[Message]:
+        with self._lock:
+            msgs = list(self.messages)
+        return [m for m in msgs if kind is None or m.topic.endswith("/" + kind)]
+
+    def seqs(self) -> list[int]:
+        return [m.payload["seq"] for m in self.snapshot() if "seq" in m.payload]
+
+    def wait_for(self, pred: Callable[[list[Message]], Any], timeout: float, what: str) -> Any:
+        return wait_until(lambda: pred(self.snapshot()), timeout, what)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def retained(port: int, topic: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """Read the retained message of ``topic`` with a fresh, clean client."""
+    got: list[bytes] = []
+    done = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_connect(cl: mqtt.Client, *_a: Any) -> None:
+        cl.subscribe(topic, qos=1)
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            got.append(msg.payload)
+            done.set()
+
+    c.on_connect = on_connect
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    done.wait(timeout)
+    c.loop_stop()
+    c.disconnect()
+    return json.loads(got[-1]) if got else None
+
+
+class AgentProcess:
+    """The real agent, run as `python -m agent run --config ...` in its own process."""
+
+    def __init__(self, workdir: Path, broker_port: int, **overrides: Any) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.status_port = free_port()
+        self.config: dict[str, Any] = {
+            "device": {"id": "room-101", "school": "school-a", "name": "Room 101"},
+            "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive_s": 5,
+                     "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+            "state_dir": str(workdir / "state"),
+            "telemetry": {"interval_s": 0.5, "usage_interval_s": 2, "inventory_check_s": 5},
+            "status": {"listen": f"127.0.0.1:{self.status_port}"},
+        }
+        _merge(self.config, overrides)
+        self.config_path = workdir / "agent.yaml"
+        self.write_config()
+        self.log = workdir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def write_config(self, text: str | None = None) -> None:
+        self.config_path.write_text(text if text is not None else yaml.safe_dump(self.config))
+
+    def start(self, wait: bool = True) -> AgentProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+                stdout=log, stderr=log, cwd=REPO, env=self.env,
+            )
+        if wait:
+            wait_until(self.status, 20, "the agent's status endpoint")
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+        try:
+            url = f"http://127.0.0.1:{self.status_port}/status.json"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return json.load(resp)
+        except OSError:
+            return None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True,
+                              text=True, cwd=REPO, env=self.env, timeout=60)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+@cache
+def _validators() -> dict[str, Draft202012Validator]:
+    resources = []
+    docs = {}
+    for path in SCHEMAS.glob("*.json"):
+        doc = json.loads(path.read_text())
+        docs[path.stem] = doc
+        resources.append((doc["$id"], Resource.from_contents(doc)))
+    registry = Registry().with_resources(resources)
+    return {
+        kind: Draft202012Validator(docs[kind], registry=registry)
+        for kind in ("state", "inventory", "metrics", "usage", "event")
+    }
+
+
+def schema_errors(msg: Message) -> list[str]:
+    """Every way ``msg`` breaks the published JSON Schema of its kind (empty when valid)."""
+    kind = msg.topic.rsplit("/", 1)[-1]
+    validator = _validators().get(kind)
+    if validator is None:
+        return [f"no schema for topic {msg.topic}"]
+    return [f"{msg.topic} {list(e.absolute_path)}: {e.message}"
+            for e in validator.iter_errors(msg.payload)]
+
+
+def assert_no_loss(seqs: list[int], first: int = 1) -> None:
+    """Every seq from ``first`` to the highest seen arrived; first arrivals are in order."""
+    assert seqs, "no sequenced message arrived"
+    seen: set[int] = set()
+    order: list[int] = []
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            order.append(s)
+    missing = sorted(set(range(first, max(seen) + 1)) - seen)
+    assert not missing, f"{len(missing)} records lost, e.g. seq {missing[:20]}"
+    out_of_order = [(a, b) for a, b in itertools.pairwise(order) if b < a]
+    assert not out_of_order, f"first arrivals out of order, e.g. {out_of_order[:10]}"
