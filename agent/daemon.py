@@ -49,7 +49,7 @@ class Agent:
 
     def _make_publisher(self, cfg: config.Config) -> Publisher:
         return Publisher(cfg.mqtt, self.outbox.envelope, self.outbox, cfg.state_path,
-                         historical_after_s=max(2 * cfg.telemetry.interval_s, 10.0),
+                         historical_after_s=max(2 * cfg.telemetry.interval_s, 1.0),
                          started_at=self.started_at)
 
     def _make_scheduler(self, cfg: config.Config) -> Scheduler:

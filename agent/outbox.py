@@ -352,7 +352,7 @@ class Outbox:
                 "SELECT ts FROM records ORDER BY seq LIMIT 1"
             ).fetchone()
             return OutboxStats(
-                depth=self._count,
+                depth=self._count - len(self._pending_acks),  # acknowledged = delivered
                 bytes=self._bytes,
                 oldest_ts=oldest[0] if oldest else None,
                 dropped_total=self._dropped,

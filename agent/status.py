@@ -150,7 +150,7 @@ def warnings(s: dict[str, Any], cfg: Config) -> list[str]:
     out: list[str] = []
     b, ob, km = s["broker"], s["outbox"], s["metrics"]
     grace = max(3 * cfg.telemetry.interval_s, 30.0)
-    if not b["connected"] and s["agent"]["uptime_s"] > min(grace, 10):
+    if not b["connected"] and (b["connect_failures_total"] or s["agent"]["uptime_s"] > grace):
         out.append(f"Not connected to the broker {b['address']}: {b['last_error'] or 'connecting'}."
                    " Next step: check the network and that the broker runs and accepts this"
                    " device (see `journalctl -u classroom-agent`).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -65,7 +66,9 @@ class Broker:
         self.log = workdir / "mosquitto.log"
 
     def conf(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+        # Mosquitto started as root drops to user "mosquitto", who cannot write our temp dir.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {user}",
                  f"persistence {'true' if self.persistence else 'false'}"]
         if self.persistence:
             lines += [f"persistence_location {self.workdir}/", "autosave_interval 1",
@@ -130,6 +133,7 @@ class Subscriber:
                         protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(0.05, 0.5)
         c.on_connect = self._on_connect
+        c.on_disconnect = lambda *_a: self._subscribed.clear()
         c.on_message = self._on_message
         self.client = c
         props = Properties(PacketTypes.CONNECT)
@@ -150,6 +154,10 @@ class Subscriber:
             payload = {"_unparsed": msg.payload.decode(errors="replace")}
         with self._lock:
             self.messages.append(Message(msg.topic, payload, bool(msg.retain), msg.payload))
+
+    def wait_connected(self, timeout: float = 20) -> None:
+        """Wait until subscribed again (after a broker restart, before the next kill)."""
+        wait_until(self._subscribed.is_set, timeout, "test subscriber to reconnect")
 
     def snapshot(self, kind: str | None = None) -> list[Message]:
         with self._lock:
