@@ -106,6 +106,7 @@ class TelemetryConfig:
     usage_interval_s: float = _opt(900.0, min=0.05, max=86400)
     inventory_check_s: float = _opt(3600.0, min=0.05, max=86400)
     probes: list[str] = _opt_factory(list, pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
+    probe_interval_s: float = _opt(60.0, min=0.05, max=86400)
     apps: dict[str, list[str]] = _opt_factory(lambda: {k: [*v] for k, v in DEFAULT_APPS.items()})
 
 

@@ -56,7 +56,7 @@ class Agent:
         probes = [(cfg.mqtt.host, cfg.mqtt.port)] + [_hostport(p) for p in cfg.telemetry.probes]
         collectors = [
             *system_collectors(),
-            NetworkQualityCollector(probes),
+            NetworkQualityCollector(probes, every_s=cfg.telemetry.probe_interval_s),
             AgentCollector(self.outbox, lambda: self.publisher, lambda: self.scheduler.held),
         ]
         return Scheduler(

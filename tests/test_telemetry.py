@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -324,10 +325,13 @@ def _wait_for_name(pid: int, name: str) -> None:
 def test_usage_counts_running_and_active(
     tmp_path: Path, children: list[subprocess.Popen[bytes]]
 ) -> None:
-    children.append(subprocess.Popen(["sleep", "30"]))
+    # A uniquely named copy of sleep: other `sleep` processes on the machine must not count.
+    sleeper = tmp_path / "casleeper"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", sleeper)
+    children.append(subprocess.Popen([str(sleeper), "30"]))
     children.append(subprocess.Popen([sys.executable, "-c", BUSY_CHILD]))
     _wait_for_name(children[1].pid, "cabusy")
-    catalog = {"sleeper": ["SLE?P"], "busy": ["cabusy"], "absent": ["no-such-app-*"]}
+    catalog = {"sleeper": ["CASLEE?ER"], "busy": ["cabusy"], "absent": ["no-such-app-*"]}
     tracker = UsageTracker(tmp_path, catalog)
     tracker.sample()  # baseline only
     time.sleep(1.0)

@@ -65,9 +65,16 @@ class NetworkQualityCollector:
 
     name = "netquality"
 
-    def __init__(self, targets: list[tuple[str, int]], timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, targets: list[tuple[str, int]], timeout_s: float = 2.0, every_s: float = 0.0
+    ) -> None:
         self._targets = [_Target(h, int(p)) for h, p in targets]
         self._timeout = timeout_s
+        # Probes open real connections (at the broker too): at a short telemetry interval,
+        # probe at most every ``every_s`` and repeat the last result in between.
+        self._every = every_s
+        self._last_probe = -float("inf")
+        self._last: list[dict[str, Any]] = []
 
     def _probe(self, t: _Target) -> tuple[float | None, str | None]:
         """(rtt_ms, None) on success, (None, error text) on failure."""
@@ -91,6 +98,11 @@ class NetworkQualityCollector:
         return None, _error_text(last) if last else "connect failed"
 
     def gather(self, acc: Accumulator) -> None:
+        now = time.monotonic()
+        if now - self._last_probe < self._every:
+            acc.add_metrics("netquality", {"targets": self._last})
+            return
+        self._last_probe = now
         results: list[dict[str, Any]] = []
         for t in self._targets:
             rtt, error = self._probe(t)
@@ -105,4 +117,5 @@ class NetworkQualityCollector:
                     "error": error,
                 }
             )
+        self._last = results
         acc.add_metrics("netquality", {"targets": results})
