@@ -19,6 +19,8 @@ def test_every_kind_arrives_and_validates(broker: Broker, subscriber: Subscriber
     msgs = subscriber.snapshot()
     problems = [e for m in msgs for e in schema_errors(m)]
     assert not problems, "\n".join(problems[:20])
+    for m in subscriber.snapshot("metrics"):  # the daemon always adds its own health section
+        assert {"cpu", "memory", "disks", "network", "host", "agent"} <= m.payload["data"].keys()
     topics = {m.topic for m in msgs}
     assert topics <= {f"{PREFIX}/{k}" for k in ("state", "inventory", "metrics", "usage", "event")}
     started = [m for m in subscriber.snapshot("event")
