@@ -41,7 +41,8 @@ runtime_pkgs=(ffmpeg gcc portaudio19-dev mosquitto-clients)
 #   pulseaudio pulseaudio-utils a user-space PulseAudio as a microphone without a sound card
 #   sox srt-tools               test tones; SRT receivers for end-to-end stream tests
 #   (shellcheck)                lints scripts/ (tests/test_scripts.py)
-dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck)
+#   openssl                     test CA and certificates made at run time (tests/test_transport.py)
+dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl)
 
 wanted=("${runtime_pkgs[@]}")
 if [[ $mode == dev ]]; then

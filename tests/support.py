@@ -56,19 +56,22 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
 class Broker:
     """A Mosquitto of our own; kill() and start() keep the port so clients can come back."""
 
-    def __init__(self, workdir: Path, persistence: bool = False, extra: str = "") -> None:
+    def __init__(self, workdir: Path, persistence: bool = False, extra: str = "",
+                 head: str = "") -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.persistence = persistence
         self.extra = extra
+        self.head = head
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "mosquitto.log"
 
     def conf(self) -> Path:
         # Mosquitto started as root drops to user "mosquitto", who cannot write our temp dir.
         user = pwd.getpwuid(os.geteuid()).pw_name
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {user}",
+        lines = [self.head, f"user {user}", f"listener {self.port} 127.0.0.1",
+                 "allow_anonymous true",
                  f"persistence {'true' if self.persistence else 'false'}"]
         if self.persistence:
             lines += [f"persistence_location {self.workdir}/", "autosave_interval 1",
