@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -170,6 +171,8 @@ def loads(text: str, name: str = "<config>") -> Config:
         raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{name}: YAML error: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{name}: YAML nested too deeply to be a config file"]) from None
     loader = _Loader(name)
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
         root = yaml.MappingNode("tag:yaml.org,2002:map", [])
@@ -259,7 +262,12 @@ class _Loader:
         if not isinstance(node, yaml.ScalarNode):
             self._err(node, path, f"expected {_type_name(tp)}, got {_describe(node)}")
             return _INVALID
-        raw = self._scalars.construct_object(node)
+        try:
+            raw = self._scalars.construct_object(node)
+        except Exception as exc:  # a bad explicit tag: !!int abc, !!timestamp x, !python/...
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self._err(node, path, f"cannot read {node.value!r} as {node.tag}: {problem}")
+            return _INVALID
         value = self._coerce(tp, raw, node, path)
         if value is not _INVALID:
             self._check(value, node, path, meta)
@@ -286,6 +294,9 @@ class _Loader:
 
     def _check(self, value: Any, node: yaml.Node, path: str, meta: Mapping[str, Any]) -> None:
         lo, hi, pattern = meta.get("min"), meta.get("max"), meta.get("pattern")
+        if isinstance(value, float) and math.isnan(value):
+            self._err(node, path, "must be a number, got .nan")
+            return
         if lo is not None and value < lo:
             self._err(node, path, f"must be at least {lo}, got {value}")
         if hi is not None and value > hi:

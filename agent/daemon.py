@@ -189,7 +189,9 @@ def run(cfg: config.Config, config_path: str) -> int:
             notify("STOPPING=1")
             break
         if signum == signal.SIGHUP:
-            notify("RELOADING=1")
+            # systemd >= 253 pairs RELOADING=1 with the time it was sent; without it a reload
+            # can be ignored and `systemctl reload` waits for its timeout.
+            notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             agent.reload()
             notify("READY=1")
         if period and agent.healthy():

@@ -1,0 +1,128 @@
+"""`classroom-agent status` and the status endpoint, against the real agent and broker.
+
+Exit codes of ``status``: 0 healthy, 1 running with warnings, 3 not running (2 is a bad config).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support import AgentProcess, Broker, free_port, wait_until
+
+
+def _get(agent: AgentProcess, path: str) -> tuple[str, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.status_port}{path}", timeout=5) as r:
+        return r.headers.get("Content-Type", ""), r.read().decode()
+
+
+def _healthy(agent: AgentProcess) -> bool:
+    s = agent.status()
+    return bool(s and s["broker"]["connected"] and s["ok"] and s["telemetry"]["last_sample"])
+
+
+def test_status_when_connected(broker: Broker, agent_factory) -> None:
+    agent = agent_factory().start()
+    wait_until(lambda: _healthy(agent), 30, "a connected, healthy agent")
+    cfg = str(agent.config_path)
+
+    res = agent.cli("status", "--config", cfg)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"connected to 127.0.0.1:{broker.port}" in res.stdout
+    assert "NOT connected" not in res.stdout
+    assert "No warnings" in res.stdout
+    assert "device room-101 (Room 101), school school-a" in res.stdout
+    assert f"pid {agent.proc.pid}" in res.stdout  # type: ignore[union-attr]
+
+    res = agent.cli("status", "--config", cfg, "--json")
+    assert res.returncode == 0, res.stderr
+    snap = json.loads(res.stdout)
+    assert snap["running"] is True and snap["ok"] is True
+    assert snap["broker"]["connected"] is True
+    assert snap["broker"]["address"] == f"127.0.0.1:{broker.port}"
+    assert isinstance(snap["outbox"]["depth"], int) and snap["outbox"]["depth"] >= 0
+    assert snap["warnings"] == []
+    assert snap["agent"]["config_hash"] and snap["device"]["id"] == "room-101"
+
+
+def test_status_with_the_broker_stopped(broker: Broker, agent_factory) -> None:
+    agent = agent_factory().start()
+    wait_until(lambda: _healthy(agent), 30, "a connected agent")
+    broker.stop()
+    wait_until(lambda: (s := agent.status()) and s["warnings"], 30, "a warning about the broker")
+
+    res = agent.cli("status", "--config", str(agent.config_path))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"NOT connected to 127.0.0.1:{broker.port}" in res.stdout
+    assert "Warnings:" in res.stdout and "Not connected to the broker" in res.stdout
+    assert "Next step" in res.stdout
+    assert "No warnings" not in res.stdout
+
+    res = agent.cli("status", "--config", str(agent.config_path), "--json")
+    assert res.returncode == 1
+    snap = json.loads(res.stdout)
+    assert snap["running"] is True and snap["ok"] is False
+    assert snap["broker"]["connected"] is False and snap["broker"]["last_error"]
+    assert any("Not connected to the broker" in w for w in snap["warnings"])
+
+    # Back up: the warnings clear and the exit code returns to 0.
+    broker.start()
+    wait_until(lambda: _healthy(agent), 30, "the agent to reconnect")
+    assert agent.cli("status", "--config", str(agent.config_path)).returncode == 0
+
+
+def test_status_with_no_agent_running(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path / "agent", broker_port=free_port())  # configured, never started
+    res = agent.cli("status", "--config", str(agent.config_path))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "NOT running" in res.stdout
+    assert f"127.0.0.1:{agent.status_port}" in res.stdout
+    assert "Next step" in res.stdout
+
+    res = agent.cli("status", "--config", str(agent.config_path), "--json")
+    assert res.returncode == 3
+    out = json.loads(res.stdout)
+    assert out["running"] is False
+    assert out["url"] == f"http://127.0.0.1:{agent.status_port}/status.json"
+    assert out["error"]
+
+
+def test_status_with_a_bad_config_exits_2(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path / "agent", broker_port=free_port())
+    agent.write_config("device: {id: a/b, school: s}\n")
+    res = agent.cli("status", "--config", str(agent.config_path))
+    assert res.returncode == 2
+    assert f"{agent.config_path}:1: device.id" in res.stderr
+
+
+def test_status_page_and_metrics(broker: Broker, agent_factory) -> None:
+    agent = agent_factory().start()
+    wait_until(lambda: _healthy(agent), 30, "a connected agent")
+
+    ctype, page = _get(agent, "/")
+    assert ctype.startswith("text/html")
+    assert page.startswith("<!doctype html>")
+    assert "connected to" in page and "room-101" in page
+
+    ctype, text = _get(agent, "/metrics")
+    assert ctype.startswith("text/plain")
+    samples = {}
+    for line in text.splitlines():
+        name_labels, value = line.rsplit(" ", 1)
+        samples[name_labels.split("{", 1)[0]] = float(value)
+        assert 'device="room-101",school="school-a"' in name_labels
+    assert samples["classroom_agent_up"] == 1
+    assert samples["classroom_agent_broker_connected"] == 1
+    assert "classroom_agent_outbox_depth" in samples
+    assert samples["classroom_agent_outbox_dropped_total"] == 0
+
+    ctype, body = _get(agent, "/status.json")
+    assert ctype == "application/json" and json.loads(body)["broker"]["connected"] is True
+    try:
+        _get(agent, "/nope")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+    else:
+        raise AssertionError("an unknown path must be a 404")
