@@ -111,6 +111,65 @@ class TelemetryConfig:
     apps: dict[str, list[str]] = _opt_factory(lambda: {k: [*v] for k, v in DEFAULT_APPS.items()})
 
 
+_SINK_URL = r"^(rtmps?|srt)://[^\s]+$"
+_SINK_RULE = "an rtmp://, rtmps:// or srt:// URL without spaces"
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    source: str = _opt("synthetic", doc="synthetic, a device index, a device path, a file or a URL")
+    width: int = _opt(1280, min=160, max=3840)
+    height: int = _opt(720, min=120, max=2160)
+    fps: int = _opt(30, min=1, max=60)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    source: str = _opt("synthetic", doc="synthetic, default, a device index or a device name")
+    rate: int = _opt(48000, min=8000, max=96000)
+    channels: int = _opt(2, min=1, max=2)
+    delay_ms: int = _opt(0, min=-2000, max=2000)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    video_bitrate_kbps: int = _opt(2500, min=100, max=50000)
+    audio_bitrate_kbps: int = _opt(128, min=32, max=512)
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = _opt(
+        "veryfast")
+    gop_s: float = _opt(2.0, min=0.5, max=10)
+
+
+@dataclass(frozen=True)
+class LiveSinkConfig:
+    url: str = field(metadata=_meta(pattern=_SINK_URL, doc=_SINK_RULE))
+    name: str = _opt("")
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    dir: str = _opt("", doc="default: {state_dir}/recordings")
+    segment_s: float = _opt(60.0, min=2, max=3600)
+    retention_days: float = _opt(30.0, min=0.01, max=3650)
+    min_free_mb: int = _opt(2048, min=0)
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    video: VideoConfig = _opt_factory(VideoConfig)
+    audio: AudioConfig = _opt_factory(AudioConfig)
+    encoder: EncoderConfig = _opt_factory(EncoderConfig)
+    live: list[LiveSinkConfig] = _opt_factory(list)
+    recording: RecordingConfig = _opt_factory(RecordingConfig)
+
+
+@dataclass(frozen=True)
+class LessonsConfig:
+    timetable: str | None = _opt(None, file=True)
+    timezone: str = _opt("Asia/Shanghai")
+    manual_duration_s: float = _opt(2700.0, min=10, max=86400)
+
+
 @dataclass(frozen=True)
 class StatusConfig:
     listen: str = _opt("127.0.0.1:8765", pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
@@ -129,6 +188,8 @@ class Config:
     telemetry: TelemetryConfig = _opt_factory(TelemetryConfig)
     outbox: OutboxConfig = _opt_factory(OutboxConfig)
     status: StatusConfig = _opt_factory(StatusConfig)
+    media: MediaConfig = _opt_factory(MediaConfig)
+    lessons: LessonsConfig = _opt_factory(LessonsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = _opt("info")
 
     @property
@@ -140,6 +201,10 @@ class Config:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+    @property
+    def recording_path(self) -> Path:
+        return Path(self.media.recording.dir or self.state_path / "recordings")
 
 
 class ConfigError(Exception):

@@ -13,7 +13,7 @@ from tests.support import REPO
 
 EXAMPLE = REPO / "config" / "agent.example.yaml"
 #: Keys that are commented out in the example because the files they name must exist.
-COMMENTED = {"mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file"}
+COMMENTED = {"mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file", "lessons.timetable"}
 _COMMENTED_KEY = re.compile(r"^(\s*)# ([a-z_]+: \S.*)$")
 
 
