@@ -7,6 +7,7 @@ first, so a slow DNS does not masquerade as a slow link (a DNS failure is still 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -30,6 +31,11 @@ def _error_text(exc: BaseException) -> str:
 def _resolve(host: str, port: int, timeout_s: float) -> list[tuple[str, int]]:
     """getaddrinfo with a deadline: it has none of its own and can hang for tens of seconds
     when DNS is down. The lookup runs in a daemon thread that is abandoned on timeout."""
+    try:  # a literal address needs no lookup (and no thread)
+        ipaddress.ip_address(host)
+        return [(host, port)]
+    except ValueError:
+        pass
     result: list[Any] = []
     error: list[Exception] = []
 

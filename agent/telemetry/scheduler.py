@@ -67,6 +67,7 @@ class Scheduler:
         self._held: list[Record] = []
         self._held_dropped = 0
         self._inventory_hash = ""
+        self._usage_failure: Exception | None = None
         self.last_tick: float | None = None
 
     def start(self) -> None:
@@ -85,11 +86,16 @@ class Scheduler:
         start = time.monotonic()
         next_tick = start
         next_usage = start + self.cfg.usage_interval_s
+        next_sample = start
         next_inventory = start
         while not self._stop.is_set():
             now = time.monotonic()
             records: list[Record] = []
             try:
+                if now >= next_sample or now >= next_usage:
+                    # The process scan is most of a tick's cost: sample on its own cadence.
+                    next_sample = now + self.cfg.usage_sample_s
+                    self._sample_usage()
                 metrics, events = self.tick()
                 records += [metrics, *events]
                 changed = any(e.data["type"].startswith(("peripheral", "display")) for e in events)
@@ -122,11 +128,18 @@ class Scheduler:
                 self._report_failure(c.name, exc, acc)
             else:
                 self._failures.pop(c.name, None)
+        if self._usage_failure is not None:
+            self._report_failure("usage", self._usage_failure, acc)
+            self._usage_failure = None
+        return Record("metrics", acc.metrics, ts), acc.events
+
+    def _sample_usage(self) -> None:
         try:
             self.usage.sample()
         except Exception as exc:
-            self._report_failure("usage", exc, acc)
-        return Record("metrics", acc.metrics, ts), acc.events
+            self._usage_failure = exc  # reported as an event with the next metrics record
+        else:
+            self._failures.pop("usage", None)
 
     def _report_failure(self, name: str, exc: Exception, acc: _Acc) -> None:
         why = f"{type(exc).__name__}: {exc}"

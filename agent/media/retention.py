@@ -1,0 +1,87 @@
+"""Recording retention: delete lessons by age, then oldest first to keep a free-space reserve.
+
+Recordings live in one directory per lesson under the recording root. A lesson directory is
+removed whole (its segments belong together), never the one being recorded. Runs in the daemon,
+cheaply (a directory listing and a statvfs), so it can run every minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    path: str
+    bytes: int
+    reason: str  # "age" | "free_space"
+
+
+def free_mb(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 1_048_576
+
+
+def _size(d: Path) -> int:
+    total = 0
+    for f in d.rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def enforce(
+    root: Path,
+    retention_days: float,
+    min_free_mb: float,
+    active: Path | None = None,
+    now: float | None = None,
+) -> list[Removed]:
+    """Delete lesson directories older than ``retention_days``, then the oldest ones while free
+    space is under ``min_free_mb``. Returns what was removed (for an event)."""
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    lessons = []
+    for d in root.iterdir():
+        if not d.is_dir() or (active is not None and d.resolve() == active.resolve()):
+            continue
+        try:
+            lessons.append((d.stat().st_mtime, d))
+        except OSError:
+            continue
+    lessons.sort()
+    removed: list[Removed] = []
+    cutoff = now - retention_days * 86400
+    keep = []
+    for mtime, d in lessons:
+        if mtime < cutoff:
+            removed.append(_remove(d, "age"))
+        else:
+            keep.append(d)
+    for d in keep:
+        if free_mb(root) >= min_free_mb:
+            break
+        removed.append(_remove(d, "free_space"))
+    return [r for r in removed if r.bytes >= 0]
+
+
+def _remove(d: Path, reason: str) -> Removed:
+    size = _size(d)
+    try:
+        shutil.rmtree(d)
+    except OSError as exc:
+        log.warning("retention: cannot remove %s: %s. Next step: check its permissions.", d, exc)
+        return Removed(str(d), -1, reason)
+    log.info("retention: removed %s (%d bytes, %s)", d, size, reason)
+    return Removed(str(d), size, reason)

@@ -1,0 +1,233 @@
+"""Shared helpers of the benchmarks: a private Mosquitto, process accounting, installs.
+
+Nothing here touches a system broker: every benchmark starts its own ``mosquitto`` on a free
+loopback port and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # so `import agent` works when run as `python bench/x.py`
+    sys.path.insert(0, str(ROOT))
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    """A progress line, flushed at once (the output is often piped to a file)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM and SIGINT (even if inherited as ignored) raise KeyboardInterrupt, so that
+    the ``finally`` blocks stop what we started."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+# --- system packages --------------------------------------------------------------------------
+
+
+def _dpkg_installed(pkg: str) -> bool:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", pkg],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() == "installed"
+
+
+def ensure_apt(packages: Sequence[str]) -> None:
+    """Install the Debian packages that are missing (apt-get, no recommends), saying which."""
+    missing = [p for p in packages if not _dpkg_installed(p)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"missing Debian packages {missing}: run as root or "
+                         f"`apt-get install {' '.join(missing)}`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log(f"apt: installing {' '.join(missing)} (apt-get update first)")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                    "-o", "Dpkg::Use-Pty=0", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    still = [p for p in missing if not _dpkg_installed(p)]
+    if still:
+        raise SystemExit(f"apt-get could not install {still}")
+    log(f"apt: installed {' '.join(missing)}")
+
+
+# --- process management -----------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, name: str, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` (and its process group if it leads one), then SIGKILL after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log(f"{name} (pid {proc.pid}) ignored SIGTERM for {timeout} s; killing it")
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+    # Its children, if it started any in its own group (start_new_session=True).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def mosquitto(workdir: Path, extra: Sequence[str] = ()) -> Iterator[int]:
+    """A private broker on a free loopback port, anonymous, no persistence; yields the port."""
+    if shutil.which("mosquitto") is None:
+        ensure_apt(["mosquitto"])
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text("\n".join([
+        f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
+        "log_dest stderr", "log_type error", "log_type warning", *extra, "",
+    ]))
+    conf.chmod(0o644)
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    errlog = open(workdir / "mosquitto.log", "wb")  # noqa: SIM115  closed below
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=errlog, stderr=errlog,
+                            start_new_session=True)
+    try:
+        wait_port(port, proc=proc)
+        log(f"mosquitto pid {proc.pid} on 127.0.0.1:{port}")
+        yield port
+    finally:
+        stop_process(proc, "mosquitto")
+        errlog.close()
+
+
+# --- /proc accounting -------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
+                out.extend(int(x) for x in fh.read().split())
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live descendant of it."""
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo.extend(_children(p))
+    return seen
+
+
+def _stat_cpu(pid: int) -> float:
+    """utime+stime+cutime+cstime of ``pid`` in seconds (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            text = fh.read()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants, plus the children it already reaped."""
+    return sum(_stat_cpu(p) for p in descendants(pid))
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Memory:
+    rss_kb: int
+    hwm_kb: int
+
+
+def memory(pid: int) -> Memory:
+    """VmRSS and VmHWM (peak RSS since start) of ``pid`` and its descendants, summed."""
+    pids = descendants(pid)
+    return Memory(sum(_status_kb(p, "VmRSS") for p in pids),
+                  sum(_status_kb(p, "VmHWM") for p in pids))
+
+
+# --- TCP bytes per client from ss -------------------------------------------------------------
+
+_SS_PID = re.compile(r"pid=(\d+)")
+_SS_SENT = re.compile(r"bytes_sent:(\d+)")
+_SS_RECV = re.compile(r"bytes_received:(\d+)")
+
+
+def tcp_bytes_by_pid(broker_port: int) -> dict[int, tuple[int, int]] | None:
+    """(bytes sent, bytes received) of the TCP payload of each client socket connected to the
+    broker, keyed by the client's pid; None when ``ss`` cannot tell (not installed, no counters).
+    """
+    if shutil.which("ss") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["ss", "-tinpH", "state", "established", f"( dport = :{broker_port} )"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    result: dict[int, tuple[int, int]] = {}
+    current: int | None = None
+    for line in out.splitlines():
+        m = _SS_PID.search(line)
+        if m:
+            current = int(m.group(1))
+        s, r = _SS_SENT.search(line), _SS_RECV.search(line)
+        if current is not None and s and r:
+            sent, recv = result.get(current, (0, 0))
+            result[current] = (sent + int(s.group(1)), recv + int(r.group(1)))
+    return result
