@@ -105,7 +105,7 @@ DEFAULT_APPS: dict[str, list[str]] = {
 class TelemetryConfig:
     interval_s: float = _opt(60.0, min=0.05, max=86400)
     usage_interval_s: float = _opt(900.0, min=0.05, max=86400)
-    usage_sample_s: float = _opt(30.0, min=0.05, max=3600)
+    usage_sample_s: float = _opt(60.0, min=0.05, max=3600)
     inventory_check_s: float = _opt(3600.0, min=0.05, max=86400)
     probes: list[str] = _opt_factory(list, pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
     probe_interval_s: float = _opt(60.0, min=0.05, max=86400)
