@@ -1,0 +1,793 @@
+"""The lesson manager: starts and stops lessons and turns each into one piece of evidence.
+
+State machine: idle -> live (at a timetable lesson's start, or on a manual/command start) ->
+ending (media stopping) -> idle. Offline-first: nothing here waits on the broker or the network;
+events go to ``emit`` (the outbox), media is driven through :class:`MediaControl`.
+
+Durations come from the monotonic clock, so a wall-clock jump (NTP, a technician fixing the date)
+can never make a lesson negative or endless; the wall clock only decides *which* lesson the
+timetable says is on and stamps the reported instants (``actual_end = actual_start + duration``).
+
+The state file holds the running lesson (rewritten every few seconds, atomically) and the ids of
+today's lessons. After a kill or power cut the next start reports the lost lesson as
+``agent_interrupted`` and continues it as ``<id>-resumed-N`` if it is still on; a lesson stopped by
+hand is not restarted by the timetable, even across an agent restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from agent.lessons.timetable import ROLES, PlannedLesson, Schedule, course_code, zone
+from agent.records import Record, Severity, event, rfc3339
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+#: How often the running lesson is written to the state file (bounds what a power cut loses).
+PERSIST_S = 10.0
+#: Retry a media start that raised, this often, for as long as the lesson runs.
+MEDIA_RETRY_S = 30.0
+#: A timetable lesson with less than this left is not started (the agent came up at its end).
+MIN_REMAINING_S = 30.0
+#: A start later than this after the scheduled start is reported as late.
+LATE_AFTER_S = 2.0
+#: Lesson ids are remembered this long after their end (a day covers any restart).
+HISTORY_S = 86400.0
+MIN_DURATION_S, MAX_DURATION_S = 10.0, 86400.0
+
+TRIGGERS = ("timetable", "manual", "command")
+ENDED_BY = ("schedule", "duration", "manual", "command", "preempted", "agent_stopping",
+            "agent_interrupted")
+STATE_VERSION = 1
+
+
+class LessonError(Exception):
+    """A lesson request that cannot be honoured; the message is for the person who asked."""
+
+
+class MediaControl(Protocol):
+    """What the manager needs from media (agent.media.supervisor.MediaSupervisor)."""
+
+    def start(self, lesson_id: str, live: list[tuple[str, str]]) -> None: ...
+
+    def stop(self) -> dict[str, Any] | None: ...
+
+    def running(self) -> bool: ...
+
+
+@dataclass
+class _Running:
+    """The live lesson (mutable; only changed under the manager's lock)."""
+
+    lesson_id: str
+    base_id: str
+    resume_n: int
+    course: str
+    teacher: str
+    role: str
+    trigger: str
+    scheduled_start: float | None
+    scheduled_end: float | None
+    planned_duration_s: float | None
+    actual_start: float
+    start_mono: float
+    deadline_mono: float
+    until: float  # wall time after which the lesson is over (for the history and resumes)
+    sinks: list[tuple[str, str]]
+    late_s: float = 0.0
+    continues: str | None = None
+    media_started: bool = False
+    media_error: str | None = None
+    media_down_mono: float | None = None
+    next_retry_mono: float = 0.0
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
+    persisted_mono: float = 0.0
+    phase: str = "live"
+
+    def wall_at(self, mono: float) -> float:
+        """A reported instant: the start plus monotonic time, immune to wall-clock jumps."""
+        return self.actual_start + max(0.0, mono - self.start_mono)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    resume_n: int
+    done: bool  # ended for good (schedule, by hand, ...): the timetable must not start it again
+    until: float
+
+
+class LessonManager:
+    def __init__(
+        self, *, timetable: Schedule | None, device_id: str, default_live: list[tuple[str, str]],
+        manual_duration_s: float, media: MediaControl, emit: Callable[[Record], None],
+        state_path: Path, wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic, tz: str = "Asia/Shanghai",
+    ) -> None:
+        self._timetable = timetable
+        self._device_id = device_id
+        self._default_live = list(default_live)
+        self._manual_duration_s = manual_duration_s
+        self._media = media
+        self._emit_record = emit
+        self._state_path = Path(state_path)
+        self._wall, self._mono = wall, mono
+        self._tz = zone(tz)
+        self._lock = threading.Lock()  # guards the fields below; never held across media or emit
+        self._busy = threading.RLock()  # serialises transitions; held across media.stop()
+        self._current: _Running | None = None
+        self._history: dict[str, _Seen] = {}
+        self._pending_manual: dict[str, Any] | None = None
+        self._last_manual_id = ""
+        self._state_failed = False
+        self._planning_error = ""
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._recover()
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop_event.clear()
+        self._thread = threading.Thread(target=self._run, name="lessons", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking and end a running lesson cleanly (``agent_stopping``)."""
+        self._stop_event.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=60)
+        with self._busy:
+            if self._current is not None and self._current.phase == "live":
+                self._end("agent_stopping")
+
+    def _run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not end lesson tracking
+                log.exception("lesson manager tick failed")
+            self._stop_event.wait(TICK_S)
+
+    # -- the state machine ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One step: end what is due, keep the running lesson healthy, start what is on."""
+        with self._busy:
+            now_w, now_m = self._wall(), self._mono()
+            run = self._current
+            if run is not None and now_m >= run.deadline_mono:
+                self._end("schedule" if run.trigger == "timetable" else "duration")
+                run = None
+            elif run is not None:
+                self._maintain(run, now_m)
+            self._prune(now_w)
+            if self._pending_manual is not None:
+                pending, self._pending_manual = self._pending_manual, None
+                if run is None and pending["until"] - now_w >= MIN_REMAINING_S:
+                    run = self._resume_manual(pending, now_w)
+            planned, _ = self._planned(now_w)
+            if planned is not None and self._due(planned, run, now_w):
+                if run is not None:
+                    self._end("schedule" if run.trigger == "timetable" else "preempted")
+                self._start_planned(planned)
+
+    def start_manual(
+        self, course: str | None = None, teacher: str | None = None, role: str | None = None,
+        duration_s: float | None = None, *, trigger: str = "manual",
+    ) -> dict[str, Any]:
+        """Start a lesson now for ``duration_s`` (default ``lessons.manual_duration_s``)."""
+        role = role or "lecturing"
+        if role not in ROLES:
+            raise LessonError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if trigger not in ("manual", "command"):
+            raise LessonError(f"trigger must be manual or command, got {trigger!r}")
+        try:
+            duration = self._manual_duration_s if duration_s is None else float(duration_s)
+        except (TypeError, ValueError):
+            duration = float("nan")
+        if not MIN_DURATION_S <= duration <= MAX_DURATION_S:  # also rejects NaN
+            raise LessonError(f"duration_s must be {MIN_DURATION_S:g} .. {MAX_DURATION_S:g} s, "
+                              f"got {duration_s!r}")
+        with self._busy:
+            run = self._current
+            if run is not None:
+                raise LessonError(f"a lesson is already running: {run.lesson_id} ({run.course}), "
+                                  f"{run.trigger}, since {rfc3339(run.actual_start)}")
+            now_w = self._wall()
+            lesson_id = self._manual_id(now_w, course, trigger)
+            return self._begin(
+                lesson_id=lesson_id, base_id=lesson_id, resume_n=0, course=(course or "").strip(),
+                teacher=(teacher or "").strip(), role=role, trigger=trigger, planned=None,
+                duration_s=duration, sinks=list(self._default_live),
+            )
+
+    def stop_current(self, reason: str = "manual") -> dict[str, Any]:
+        """End the running lesson now; returns its evidence (the ``lesson_ended`` details)."""
+        if reason not in ENDED_BY:
+            raise LessonError(f"reason must be one of {', '.join(ENDED_BY)}, got {reason!r}")
+        with self._busy:
+            if self._current is None or self._current.phase != "live":
+                raise LessonError("no lesson is running")
+            return self._end(reason)
+
+    def set_timetable(self, timetable: Schedule | None) -> None:
+        """Use a reloaded timetable. A running lesson is never cut short by a reload; if the new
+        timetable still has it, its end follows the new one."""
+        with self._busy:
+            self._timetable = timetable
+            self._planning_error = ""
+            run = self._current
+            if run is None or run.trigger != "timetable" or timetable is None:
+                return
+            now_w, now_m = self._wall(), self._mono()
+            here = datetime.fromtimestamp(now_w, self._tz)
+            same = [p for p in self._safe_between(here) if p.lesson_id == run.base_id]
+            if same and same[0].end.timestamp() != run.scheduled_end:
+                end = same[0].end.timestamp()
+                with self._lock:
+                    run.scheduled_end = run.until = end
+                    run.deadline_mono = now_m + max(0.0, end - now_w)
+                log.info("lesson %s now ends at %s (timetable reloaded)", run.lesson_id,
+                         rfc3339(end))
+
+    def set_defaults(self, default_live: list[tuple[str, str]], manual_duration_s: float) -> None:
+        """Config reload: new media.live and manual duration, for lessons that start from now."""
+        with self._lock:
+            self._default_live = list(default_live)
+            self._manual_duration_s = manual_duration_s
+
+    def snapshot(self) -> dict[str, Any]:
+        """For the status board: the running lesson (or None) and the next one on the timetable."""
+        now_w, now_m = self._wall(), self._mono()
+        with self._lock:
+            run = replace(self._current) if self._current is not None else None
+        current = None
+        if run is not None:
+            elapsed = max(0.0, now_m - run.start_mono)
+            current = {
+                **self._identity(run),
+                "state": run.phase,
+                "elapsed_s": round(elapsed, 1),
+                "remaining_s": round(max(0.0, run.deadline_mono - now_m), 1),
+                "late_s": round(run.late_s, 1),
+                "live": [{"name": n, "url": redact(u)} for n, u in run.sinks],
+                "media": self._media_state(run),
+            }
+        _, upcoming = self._planned(now_w)
+        nxt = None
+        if upcoming is not None:
+            nxt = {"lesson_id": upcoming.lesson_id, "course": upcoming.course,
+                   "teacher": upcoming.teacher, "role": upcoming.role,
+                   "start": rfc3339(upcoming.start.timestamp()),
+                   "end": rfc3339(upcoming.end.timestamp())}
+        return {"state": run.phase if run else "idle", "current": current, "next": nxt}
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _due(self, planned: PlannedLesson, run: _Running | None, now_w: float) -> bool:
+        seen = self._history.get(planned.lesson_id)
+        if seen is not None and seen.done:
+            return False
+        if run is not None and run.base_id == planned.lesson_id:
+            return False
+        return planned.end.timestamp() - now_w >= MIN_REMAINING_S
+
+    def _start_planned(self, p: PlannedLesson) -> dict[str, Any]:
+        seen = self._history.get(p.lesson_id)
+        n = 0 if seen is None else seen.resume_n + 1
+        return self._begin(
+            lesson_id=p.lesson_id if n == 0 else f"{p.lesson_id}-resumed-{n}",
+            base_id=p.lesson_id, resume_n=n, course=p.course, teacher=p.teacher, role=p.role,
+            trigger="timetable", planned=p, duration_s=None, sinks=self._sinks(p),
+            continues=None if seen is None else _resumed_id(p.lesson_id, seen.resume_n),
+        )
+
+    def _resume_manual(self, pending: dict[str, Any], now_w: float) -> _Running | None:
+        n = int(pending["resume_n"]) + 1
+        base = str(pending["base_id"])
+        self._begin(
+            lesson_id=f"{base}-resumed-{n}", base_id=base, resume_n=n,
+            course=str(pending["course"]), teacher=str(pending["teacher"]),
+            role=str(pending["role"]), trigger=str(pending["trigger"]), planned=None,
+            duration_s=max(MIN_DURATION_S, pending["until"] - now_w),
+            sinks=list(self._default_live), continues=str(pending["lesson_id"]),
+            planned_duration_s=pending.get("planned_duration_s"),
+        )
+        return self._current
+
+    def _begin(
+        self, *, lesson_id: str, base_id: str, resume_n: int, course: str, teacher: str,
+        role: str, trigger: str, planned: PlannedLesson | None, duration_s: float | None,
+        sinks: list[tuple[str, str]], continues: str | None = None,
+        planned_duration_s: float | None = None,
+    ) -> dict[str, Any]:
+        now_w, now_m = self._wall(), self._mono()
+        if planned is not None:
+            remaining = max(0.0, planned.end.timestamp() - now_w)
+            until = planned.end.timestamp()
+            late = max(0.0, now_w - planned.start.timestamp())
+        else:
+            remaining = float(duration_s or self._manual_duration_s)
+            until, late = now_w + remaining, 0.0
+        run = _Running(
+            lesson_id=lesson_id, base_id=base_id, resume_n=resume_n, course=course,
+            teacher=teacher, role=role, trigger=trigger,
+            scheduled_start=planned.start.timestamp() if planned else None,
+            scheduled_end=planned.end.timestamp() if planned else None,
+            planned_duration_s=None if planned else (planned_duration_s or remaining),
+            actual_start=now_w, start_mono=now_m, deadline_mono=now_m + remaining, until=until,
+            sinks=sinks, late_s=late if late > LATE_AFTER_S else 0.0, continues=continues,
+        )
+        try:
+            self._media.start(lesson_id, list(sinks))
+            run.media_started = True
+        except Exception as exc:  # the lesson is tracked whatever media does
+            run.media_error = _first_line(exc)
+            run.media_down_mono = now_m
+            run.next_retry_mono = now_m + MEDIA_RETRY_S
+            log.warning("lesson %s: media did not start: %s", lesson_id, run.media_error)
+        with self._lock:
+            self._current = run
+            self._history[base_id] = _Seen(resume_n, False, until)
+        self._persist(run, now_m)
+        details = self._started_details(run)
+        self._emit("lesson_started", "warning" if run.media_error else "info",
+                   self._started_message(run), details)
+        return details
+
+    def _sinks(self, p: PlannedLesson) -> list[tuple[str, str]]:
+        """(name, url) pairs: the lesson's own URLs (named) or media.live."""
+        if p.live is None:
+            return list(self._default_live)
+        known = {url: name for name, url in self._default_live if name}
+        out: list[tuple[str, str]] = []
+        for i, url in enumerate(p.live):
+            name = p.sink_name(i) or known.get(url) or f"live-{i + 1}"
+            while name in (n for n, _ in out):
+                name += "-2"
+            out.append((name, url))
+        return out
+
+    def _manual_id(self, now_w: float, course: str | None, trigger: str) -> str:
+        local = datetime.fromtimestamp(now_w, self._tz)
+        lesson_id = f"{local:%Y-%m-%d}-{trigger}-{local:%H%M%S}"
+        if course and course.strip():
+            lesson_id += f"-{course_code(course)}"
+        while lesson_id == self._last_manual_id or lesson_id in self._history:
+            lesson_id += "-2"
+        self._last_manual_id = lesson_id
+        return lesson_id
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _maintain(self, run: _Running, now_m: float) -> None:
+        if run.media_error is not None and not run.media_started and now_m >= run.next_retry_mono:
+            try:
+                self._media.start(run.lesson_id, list(run.sinks))
+            except Exception as exc:
+                run.next_retry_mono = now_m + MEDIA_RETRY_S
+                log.debug("lesson %s: media still failing: %s", run.lesson_id, exc)
+            else:
+                with self._lock:
+                    run.media_started = True
+                    self._close_media_gap(run, now_m)
+                log.info("lesson %s: media started on retry", run.lesson_id)
+        if now_m - run.persisted_mono >= PERSIST_S:
+            self._persist(run, now_m)
+
+    def _close_media_gap(self, run: _Running, now_m: float) -> None:
+        if run.media_down_mono is None:
+            return
+        start, end = run.wall_at(run.media_down_mono), run.wall_at(now_m)
+        run.interruptions.append({
+            "what": "media_failed", "start": rfc3339(start), "end": rfc3339(end),
+            "duration_s": round(end - start, 3), "detail": run.media_error or "",
+        })
+        run.media_down_mono = None
+
+    # -- ending -----------------------------------------------------------------------------------
+
+    def _end(self, ended_by: str) -> dict[str, Any]:
+        run = self._current
+        assert run is not None
+        end_m = self._mono()
+        with self._lock:
+            run.phase = "ending"
+            self._close_media_gap(run, end_m)
+        duration = max(0.0, end_m - run.start_mono)
+        summary = None
+        if run.media_started or self._media_running():
+            try:
+                summary = self._media.stop()
+            except Exception:
+                log.exception("lesson %s: media did not stop cleanly", run.lesson_id)
+        details = self._ended_details(run, run.wall_at(end_m), duration, ended_by, summary)
+        interrupted = ended_by in ("agent_stopping", "agent_interrupted") or bool(
+            details["interruptions"])
+        self._emit("lesson_ended", "warning" if interrupted else "info",
+                   _ended_message(details), details)
+        with self._lock:
+            self._current = None
+            self._history[run.base_id] = _Seen(run.resume_n, ended_by != "agent_stopping",
+                                               run.until)
+        self._persist(None, end_m)
+        return details
+
+    def _ended_details(self, run: _Running, end_w: float, duration: float, ended_by: str,
+                       summary: dict[str, Any] | None) -> dict[str, Any]:
+        media = _Summary(summary)
+        live_s = media.live_s
+        if summary is not None:
+            live_s = {name: live_s.get(name, 0.0) for name, _ in run.sinks} | live_s
+        details = self._identity(run)
+        details.update({
+            "actual_end": rfc3339(end_w),
+            "duration_s": round(duration, 3),
+            "ended_by": ended_by,
+            "live_s": live_s,
+            "recorded_s": media.recorded_s,
+            "interruptions": run.interruptions + media.interruptions,
+            "segments": media.segments,
+        })
+        return details
+
+    # -- recovery after a kill or power cut -------------------------------------------------------
+
+    def _recover(self) -> None:
+        try:
+            raw = self._state_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("cannot read the lesson state %s: %s", self._state_path, exc)
+            return
+        try:
+            state = json.loads(raw)
+            history = {
+                str(k): _Seen(int(v["resume_n"]), bool(v["done"]), float(v["until"]))
+                for k, v in state.get("history", {}).items()
+            }
+            current = state.get("current")
+            lost = _LostLesson.parse(current) if current is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            aside = self._state_path.with_name(self._state_path.name + ".corrupt")
+            log.error("lesson state %s is unreadable (%s); moved to %s", self._state_path, exc,
+                      aside)
+            with contextlib.suppress(OSError):
+                os.replace(self._state_path, aside)
+            return
+        self._history = history
+        if lost is not None:
+            self._report_lost(lost)
+        self._persist(None, self._mono())
+
+    def _report_lost(self, lost: _LostLesson) -> None:
+        now_w = self._wall()
+        end_w = lost.actual_start + lost.elapsed_s
+        details = {
+            "lesson_id": lost.lesson_id, "course": lost.course, "teacher": lost.teacher,
+            "role": lost.role, "trigger": lost.trigger,
+            "scheduled_start": _maybe_time(lost.scheduled_start),
+            "scheduled_end": _maybe_time(lost.scheduled_end),
+            "actual_start": rfc3339(lost.actual_start),
+            "planned_duration_s": lost.planned_duration_s,
+            "actual_end": rfc3339(end_w),
+            "duration_s": round(lost.elapsed_s, 3),
+            "ended_by": "agent_interrupted",
+            "live_s": {}, "recorded_s": None, "segments": [],
+            "interruptions": [{
+                "what": "agent_interrupted", "start": rfc3339(end_w),
+                "end": rfc3339(max(now_w, end_w)), "duration_s": round(max(0.0, now_w - end_w), 3),
+                "detail": "the agent stopped without ending the lesson (killed, crashed or "
+                          "power lost); the end is the last time it was seen running",
+            }],
+        }
+        if lost.continues:
+            details["continues"] = lost.continues
+        self._emit("lesson_ended", "warning", _ended_message(details), details)
+        self._history[lost.base_id] = _Seen(lost.resume_n, False, lost.until)
+        if lost.trigger != "timetable":
+            self._pending_manual = {
+                "lesson_id": lost.lesson_id, "base_id": lost.base_id,
+                "resume_n": lost.resume_n, "course": lost.course, "teacher": lost.teacher,
+                "role": lost.role, "trigger": lost.trigger, "until": lost.until,
+                "planned_duration_s": lost.planned_duration_s,
+            }
+
+    # -- the state file ---------------------------------------------------------------------------
+
+    def _persist(self, run: _Running | None, now_m: float) -> None:
+        """Write the running lesson and the history atomically (temp file, fsync, rename)."""
+        with self._lock:
+            current = None
+            if run is not None:
+                run.persisted_mono = now_m
+                current = {
+                    "lesson_id": run.lesson_id, "base_id": run.base_id,
+                    "resume_n": run.resume_n, "course": run.course, "teacher": run.teacher,
+                    "role": run.role, "trigger": run.trigger,
+                    "scheduled_start": run.scheduled_start, "scheduled_end": run.scheduled_end,
+                    "planned_duration_s": run.planned_duration_s,
+                    "actual_start": run.actual_start,
+                    "elapsed_s": max(0.0, now_m - run.start_mono), "until": run.until,
+                    "continues": run.continues,
+                }
+            history = {k: {"resume_n": v.resume_n, "done": v.done, "until": v.until}
+                       for k, v in self._history.items()}
+        body = json.dumps({"v": STATE_VERSION, "device": self._device_id, "current": current,
+                           "history": history}, ensure_ascii=False, sort_keys=True)
+        try:
+            _atomic_write(self._state_path, body)
+            self._state_failed = False
+        except OSError as exc:
+            if not self._state_failed:
+                log.error("cannot write the lesson state %s: %s (a crash now would lose the "
+                          "running lesson's evidence)", self._state_path, exc)
+            self._state_failed = True
+
+    def _prune(self, now_w: float) -> None:
+        old = [k for k, v in self._history.items() if v.until < now_w - HISTORY_S]
+        if old:
+            with self._lock:
+                for k in old:
+                    self._history.pop(k, None)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _planned(self, now_w: float) -> tuple[PlannedLesson | None, PlannedLesson | None]:
+        timetable = self._timetable
+        if timetable is None:
+            return None, None
+        try:
+            return timetable.current_and_next(datetime.fromtimestamp(now_w, self._tz))
+        except Exception as exc:  # an iCalendar series that only fails far from load time
+            text = _first_line(exc)
+            if text != self._planning_error:
+                log.error("the timetable cannot be read at %s: %s", rfc3339(now_w), text)
+                self._planning_error = text
+            return None, None
+
+    def _safe_between(self, here: datetime) -> list[PlannedLesson]:
+        midnight = here.replace(hour=0, minute=0, second=0, microsecond=0)
+        try:
+            assert self._timetable is not None
+            return self._timetable.lessons_between(midnight - timedelta(days=1),
+                                                   midnight + timedelta(days=2))
+        except Exception:
+            log.exception("the reloaded timetable cannot be read")
+            return []
+
+    def _media_running(self) -> bool:
+        try:
+            return bool(self._media.running())
+        except Exception:
+            return False
+
+    def _media_state(self, run: _Running) -> str:
+        if not run.media_started:
+            return f"failed: {run.media_error}"
+        return "running" if self._media_running() else "stopped"
+
+    def _identity(self, run: _Running) -> dict[str, Any]:
+        out = {
+            "lesson_id": run.lesson_id, "course": run.course, "teacher": run.teacher,
+            "role": run.role, "trigger": run.trigger,
+            "scheduled_start": _maybe_time(run.scheduled_start),
+            "scheduled_end": _maybe_time(run.scheduled_end),
+            "actual_start": rfc3339(run.actual_start),
+            "planned_duration_s": _round(run.planned_duration_s),
+        }
+        if run.continues:
+            out["continues"] = run.continues
+        return out
+
+    def _started_details(self, run: _Running) -> dict[str, Any]:
+        details = self._identity(run)
+        details["late_s"] = round(run.late_s, 3)
+        details["live"] = [name for name, _ in run.sinks]
+        if run.media_error:
+            details["media_error"] = run.media_error
+        return details
+
+    def _started_message(self, run: _Running) -> str:
+        what = f"lesson {run.lesson_id} ({run.course or 'no course given'})"
+        how = {"timetable": "on the timetable", "manual": "by hand",
+               "command": "by a platform command"}[run.trigger]
+        text = f"{what} started {how}"
+        if run.continues:
+            text += f", continuing {run.continues} after the agent was interrupted"
+        if run.late_s:
+            text += f", {_human(run.late_s)} after its scheduled start"
+        if run.media_error:
+            text += f"; media did not start ({run.media_error}), retrying"
+        return text
+
+    def _emit(self, type_: str, severity: Severity, message: str, details: dict[str, Any]) -> None:
+        record = replace(event(type_, severity, message, **details), ts=self._wall())
+        try:
+            self._emit_record(record)
+        except Exception:
+            log.exception("cannot record %s for %s", type_, details.get("lesson_id"))
+
+
+@dataclass(frozen=True)
+class _LostLesson:
+    """The running lesson as the state file last saw it."""
+
+    lesson_id: str
+    base_id: str
+    resume_n: int
+    course: str
+    teacher: str
+    role: str
+    trigger: str
+    scheduled_start: float | None
+    scheduled_end: float | None
+    planned_duration_s: float | None
+    actual_start: float
+    elapsed_s: float
+    until: float
+    continues: str | None
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> _LostLesson:
+        def opt(key: str) -> float | None:
+            return None if d.get(key) is None else float(d[key])
+
+        role, trigger = str(d["role"]), str(d["trigger"])
+        if role not in ROLES or trigger not in TRIGGERS:
+            raise ValueError(f"bad role or trigger {role!r}/{trigger!r}")
+        return cls(
+            lesson_id=str(d["lesson_id"]), base_id=str(d["base_id"]),
+            resume_n=int(d["resume_n"]), course=str(d["course"]), teacher=str(d["teacher"]),
+            role=role, trigger=trigger, scheduled_start=opt("scheduled_start"),
+            scheduled_end=opt("scheduled_end"), planned_duration_s=opt("planned_duration_s"),
+            actual_start=float(d["actual_start"]), elapsed_s=max(0.0, float(d["elapsed_s"])),
+            until=float(d["until"]), continues=d.get("continues") or None,
+        )
+
+
+class _Summary:
+    """media.stop()'s summary, checked field by field: it comes from another process."""
+
+    def __init__(self, summary: dict[str, Any] | None) -> None:
+        s = summary if isinstance(summary, dict) else {}
+        raw_live = s.get("live_s") if isinstance(s.get("live_s"), dict) else {}
+        self.live_s = {str(k): _seconds(v) for k, v in raw_live.items() if _num(v)}
+        self.recorded_s = _seconds(s["recorded_s"]) if _num(s.get("recorded_s")) else None
+        self.segments = [seg for seg in map(_segment, _list(s.get("segments"))) if seg]
+        self.interruptions = [i for i in map(_interruption, _list(s.get("interruptions"))) if i]
+
+
+def _segment(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+        return None
+    out: dict[str, Any] = {
+        "path": raw["path"],
+        "bytes": max(0, int(raw["bytes"])) if _num(raw.get("bytes")) else None,
+        "sha256": _sha256(raw.get("sha256")),
+        "start": _instant(raw.get("start")),
+        "end": _instant(raw.get("end")),
+    }
+    if _num(raw.get("duration_s")):
+        out["duration_s"] = _seconds(raw["duration_s"])
+    if isinstance(raw.get("partial"), bool):
+        out["partial"] = raw["partial"]  # left on disk by a crashed worker
+    return out
+
+
+def _interruption(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("what"), str):
+        return None
+    out: dict[str, Any] = {
+        "what": raw["what"], "start": _instant(raw.get("start")), "end": _instant(raw.get("end")),
+        "duration_s": _seconds(raw["duration_s"]) if _num(raw.get("duration_s")) else None,
+    }
+    for key in ("detail", "message", "reason"):
+        if isinstance(raw.get(key), str):
+            out["detail"] = raw[key]
+            break
+    return out
+
+
+def _sha256(value: Any) -> str | None:
+    text = value.lower() if isinstance(value, str) else ""
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _instant(value: Any) -> str | None:
+    """Epoch seconds (the worker's unit) or an RFC 3339 string, as RFC 3339 UTC ms."""
+    if _num(value):
+        return rfc3339(float(value))
+    if isinstance(value, str) and value:
+        try:
+            return rfc3339(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
+
+
+def _seconds(value: float) -> float:
+    return round(max(0.0, float(value)), 3)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _maybe_time(ts: float | None) -> str | None:
+    return None if ts is None else rfc3339(ts)
+
+
+def _resumed_id(base: str, n: int) -> str:
+    return base if n == 0 else f"{base}-resumed-{n}"
+
+
+def _ended_message(d: dict[str, Any]) -> str:
+    text = (f"lesson {d['lesson_id']} ({d['course'] or 'no course given'}) ended after "
+            f"{_human(d['duration_s'])}: {d['ended_by'].replace('_', ' ')}")
+    if d["interruptions"]:
+        text += f", {len(d['interruptions'])} interruption(s)"
+    return text
+
+
+def _human(seconds: float) -> str:
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m}m" if h else f"{m}m {s}s" if m else f"{s}s"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def redact(url: str) -> str:
+    """scheme://host:port/... : stream keys and passphrases stay out of status and events."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(invalid URL)"
+    return f"{parts.scheme}://{host}{port}/..."
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
