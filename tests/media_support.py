@@ -1,0 +1,338 @@
+"""Real media parts for tests: a microphone without a sound card, a camera without a camera,
+the media worker as a process, and FFprobe/FFmpeg measurements of what it recorded.
+
+Everything runs in the test's own temporary directory and is stopped by PID (MEDIA-NOTES).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support import REPO, wait_until
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class VirtualMicrophone:
+    """A user-space PulseAudio with a null sink whose monitor is the default source ``vmic``.
+
+    Whatever ``play_tone`` plays into ``vmic_sink`` is what a program recording from ALSA
+    ``default``/``pulse`` (PortAudio) hears. ``env`` is what a child process needs to find it.
+    """
+
+    def __init__(self, workdir: Path, rate: int = 48000, channels: int = 2) -> None:
+        self.workdir, self.rate, self.channels = workdir, rate, channels
+        self.runtime = workdir / "xdg-runtime"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.players: list[subprocess.Popen[bytes]] = []
+        self.log = workdir / "pulseaudio.log"
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime / "pulse" / "native"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"XDG_RUNTIME_DIR": str(self.runtime), "PULSE_SERVER": f"unix:{self.socket}"}
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.runtime.mkdir(mode=0o700, exist_ok=True)
+        sink = f"module-null-sink sink_name=vmic_sink rate={self.rate} channels={self.channels}"
+        argv = ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
+                "--use-pid-file=no", "--log-target=stderr",
+                "--load=module-native-protocol-unix", f"--load={sink}",
+                "--load=module-always-sink"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, env={**os.environ, "XDG_RUNTIME_DIR":
+                                                    str(self.runtime)},
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_until(lambda: self.socket.exists() or self.proc.poll() is not None, 15,
+                   "PulseAudio's socket")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"PulseAudio exited ({self.proc.returncode}); see {self.log}")
+        self.pactl("load-module", "module-remap-source", "master=vmic_sink.monitor",
+                   "source_name=vmic")
+        self.pactl("set-default-source", "vmic")
+
+    def pactl(self, *args: str) -> str:
+        out = subprocess.run(["pactl", *args], env=self._env(), capture_output=True, text=True,
+                             timeout=15)
+        if out.returncode != 0:
+            raise RuntimeError(f"pactl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out.stdout
+
+    def tone_file(self, freq: float, seconds: float, volume: float = 0.5) -> Path:
+        path = self.workdir / f"tone-{freq:g}-{seconds:g}-{volume:g}.wav"
+        if not path.exists():
+            subprocess.run(["sox", "-n", "-r", str(self.rate), "-c", str(self.channels), "-b",
+                            "16", str(path), "synth", f"{seconds:g}", "sine", f"{freq:g}",
+                            "vol", f"{volume:g}"], check=True, capture_output=True, timeout=60)
+        return path
+
+    def play_tone(self, freq: float = 440.0, seconds: float = 10.0,
+                  volume: float = 0.5) -> subprocess.Popen[bytes]:
+        """Start playing into the microphone; returns the player (it ends by itself)."""
+        wav = self.tone_file(freq, seconds, volume)
+        p = subprocess.Popen(["paplay", "--device=vmic_sink", str(wav)], env=self._env(),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        self.players.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.players:
+            _stop(p)
+        _stop(self.proc)
+
+
+class UdpVideoSource:
+    """A live camera stand-in: FFmpeg sends testsrc2 as H.264 in MPEG-TS over UDP, in real time.
+
+    ``stop()`` makes the camera disappear; ``start()`` brings it back on the same port.
+    """
+
+    def __init__(self, width: int = 640, height: int = 360, fps: int = 25,
+                 port: int | None = None, log: Path | None = None) -> None:
+        self.width, self.height, self.fps = width, height, fps
+        self.port = port or free_udp_port()
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"udp://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+                "-f", "lavfi", "-i", f"testsrc2=s={self.width}x{self.height}:r={self.fps}",
+                "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+                "-g", str(self.fps), "-pix_fmt", "yuv420p",
+                "-f", "mpegts", f"{self.url}?pkt_size=1316"]
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        finally:
+            if self.log:
+                out.close()  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+class WorkerProcess:
+    """``python -m agent.media.worker`` with a spec on stdin; its JSON lines are collected."""
+
+    def __init__(self, spec: dict[str, Any], workdir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.spec, self.workdir, self.extra_env = spec, workdir, env or {}
+        self.log = workdir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[dict[str, Any]] = []
+        self.bad_lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "agent.media.worker"],
+                                         cwd=REPO, env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(self.spec).encode() + b"\n")
+        self.proc.stdin.flush()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                self.bad_lines.append(raw)
+                continue
+            with self._lock:
+                self.lines.append(msg)
+
+    def of(self, type_: str, event: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m for m in self.lines if m.get("type") == type_
+                    and (event is None or m.get("event") == event)]
+
+    def wait_for(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        def check() -> Any:
+            value = pred()
+            if not value and self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}) while waiting for "
+                                     f"{what}; log:\n{self.log_tail()}")
+            return value
+        return wait_until(check, timeout, what)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once every line the worker wrote has been read."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+    def stop(self, how: str = "line", timeout: float = 30.0) -> int:
+        """Graceful stop by the ``stop`` line, SIGTERM or closing stdin; returns the exit code."""
+        assert self.proc is not None and self.proc.stdin is not None
+        if how == "line":
+            self.proc.stdin.write(b"stop\n")
+            self.proc.stdin.flush()
+        elif how == "sigterm":
+            self.proc.send_signal(signal.SIGTERM)
+        elif how == "eof":
+            self.proc.stdin.close()
+        else:
+            raise ValueError(how)
+        code = self.wait(timeout)
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None and self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+def ffprobe_streams(path_or_url: str | Path) -> list[dict[str, Any]]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json",
+                          str(path_or_url)], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise AssertionError(f"ffprobe {path_or_url} failed: {out.stderr.strip()}")
+    return list(json.loads(out.stdout).get("streams", []))
+
+
+def count_frames(path: str | Path) -> int:
+    """Decoded video frames (``-count_frames``), not the container's claim."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
+                          "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
+                          str(path)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise AssertionError(f"ffprobe -count_frames {path} failed: {out.stderr.strip()}")
+    return int(out.stdout.split()[0])  # MPEG-TS lists the stream under its program too
+
+
+def duration_s(path: str | Path, stream: str = "v:0") -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries",
+                          "packet=pts_time,duration_time", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    times = [float(r.split(",")[0]) for r in out.stdout.split() if r and r[0].isdigit()]
+    return max(times) - min(times) if times else 0.0
+
+
+def mean_volume_db(path: str | Path, start_s: float = 0.0,
+                   seconds: float | None = None) -> float:
+    """FFmpeg ``volumedetect`` mean volume of the first audio stream (dB; -91 is digital 0)."""
+    window = ["-t", f"{seconds:g}"] if seconds else []
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-ss", f"{start_s:g}", *window,
+                          "-i", str(path), "-map", "0:a:0", "-af", "volumedetect", "-f", "null",
+                          "-"], capture_output=True, text=True, timeout=120)
+    m = re.search(r"mean_volume: (-?[\d.]+|-inf) dB", out.stderr)
+    if not m:
+        raise AssertionError(f"volumedetect found no audio in {path}: {out.stderr[-500:]}")
+    return -200.0 if m.group(1) == "-inf" else float(m.group(1))
+
+
+def concat_segments(segments: list[str | Path], out: Path) -> Path:
+    """MPEG-TS segments join by plain concatenation (that is why the recording uses TS)."""
+    with out.open("wb") as dst:
+        for seg in segments:
+            with open(seg, "rb") as src:
+                shutil.copyfileobj(src, dst)
+    return out
+
+
+def fd_dir_gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}/fd").exists()
+
+
+def stream_start(path: str | Path, stream: str) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries",
+                          "stream=start_time", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    return float(out.stdout.split()[0])
+
+
+def av_offsets_ms(path: str | Path, fps: int, flash_rect: tuple[int, int, int, int],
+                  rate: int = 48000) -> list[float]:
+    """Audio minus video onset (ms) of each synthetic beep/flash pair: + means audio is late.
+
+    The flash is found in decoded frames (frame k at video start + k/fps), the beep as the
+    1 kHz burst whose level rises from the tone's -23 dBFS RMS to the beep's -15.
+    """
+    import cv2
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    x, y, w, h = flash_rect
+    lit: list[bool] = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        lit.append(float(img[y + 2:y + h - 2, x + 2:x + w - 2].mean()) > 128)
+    cap.release()
+    v0 = stream_start(path, "v:0")
+    flashes = [v0 + k / fps for k in range(1, len(lit)) if lit[k] and not lit[k - 1]]
+
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
+                          "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"],
+                         capture_output=True, timeout=120, check=True).stdout
+    a = np.frombuffer(pcm, np.float32)
+    win = rate // 400  # 2.5 ms
+    env = np.sqrt(np.mean(a[: len(a) // win * win].reshape(-1, win) ** 2, axis=1))
+    loud = env > 0.125  # between the tone's RMS (0.071) and the beep's (0.177)
+    a0 = stream_start(path, "a:0")
+    beeps = [a0 + i * win / rate for i in range(1, len(loud)) if loud[i] and not loud[i - 1]]
+    offsets = []
+    for f in flashes:
+        near = min(beeps, key=lambda b: abs(b - f), default=None)
+        if near is not None and abs(near - f) < 0.5:
+            offsets.append(round((near - f) * 1000, 1))
+    return offsets
