@@ -1,17 +1,23 @@
-"""Command line: ``run``, ``status`` and ``config check``.
+"""Command line: ``run``, ``status``, ``config check``, ``lesson start|stop`` and ``devices``.
 
 Output for people by default, ``--json`` for scripts. Exit codes: 0 fine; 1 running but with
-warnings (``status``); 2 bad usage or bad configuration; 3 the daemon is not running.
+warnings (``status``) or the agent refused the command (``lesson``), or no device listing
+(``devices``); 2 bad usage or bad configuration; 3 the daemon is not running.
+
+``lesson`` talks to the running agent's local control endpoint (agent/control.py), so it works
+without a broker.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import urllib.error
 import urllib.request
+from typing import Any
 
 from agent import __version__, config
 
@@ -33,6 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p_lesson = sub.add_parser("lesson", help="start or stop a lesson on the running agent")
+    lesson_sub = p_lesson.add_subparsers(dest="lesson_command", required=True)
+    p_start = lesson_sub.add_parser("start", help="start a lesson now")
+    p_start.add_argument("--course", help="course name")
+    p_start.add_argument("--teacher", help="teacher's name")
+    p_start.add_argument("--role", choices=("lecturing", "receiving"),
+                         help="lecturing: this room teaches; receiving: it follows a remote one")
+    p_start.add_argument("--duration", type=float, metavar="SECONDS",
+                         help="stop by itself after this many seconds (10 to 86400)")
+    p_stop = lesson_sub.add_parser("stop", help="stop the running lesson")
+    for p in (p_start, p_stop):
+        p.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
+        p.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
+
+    p_dev = sub.add_parser("devices", help="list the cameras and microphones of this PC")
+    p_dev.add_argument("--json", action="store_true", help="machine-readable output")
+
     p_cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
     p_check = cfg_sub.add_parser("check", help="validate a config file")
@@ -43,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "status":
         return _status(args.config, args.json)
+    if args.command == "lesson":
+        if args.lesson_command == "start":
+            return _command(args.config, "lesson.start", args.json, {
+                "course": args.course, "teacher": args.teacher, "role": args.role,
+                "duration_s": args.duration})
+        return _command(args.config, "lesson.stop", args.json)
+    if args.command == "devices":
+        return _devices(args.json)
     return _check(args.path)
 
 
@@ -112,3 +143,105 @@ def _status(path: str, as_json: bool) -> int:
 
         print(render_text(snap))
     return EXIT_OK if snap.get("ok") else EXIT_WARN
+
+
+def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | None = None) -> int:
+    """Send one command to the running agent over its local control endpoint."""
+    cfg = _load_or_report(path)
+    if cfg is None:
+        return EXIT_CONFIG
+    from agent import control
+
+    host, port = cfg.status.address
+    url = f"http://{host}:{port}{control.PREFIX}{name}"
+    req = urllib.request.Request(url, data=control.request_body(cmd_args), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=control.CALL_TIMEOUT_S + 5) as resp:
+            reply = json.load(resp)
+    except urllib.error.HTTPError as exc:  # the agent answered, with a refusal
+        try:
+            reply = json.load(exc)
+        except ValueError:
+            reply = {"ok": False, "error": {"code": f"http_{exc.code}", "message": exc.reason}}
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if as_json:
+            print(json.dumps({"running": False, "error": str(reason), "url": url}))
+        else:
+            print(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
+            print("Next step: `systemctl start classroom-agent`; `journalctl -u classroom-agent "
+                  "-n 50` shows why it stopped.")
+        return EXIT_NOT_RUNNING
+    if as_json:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+    elif reply.get("ok"):
+        print(_done_sentence(name, reply.get("result") or {}))
+    else:
+        err = reply.get("error") or {}
+        print(f"The agent refused {name}: {err.get('message', 'no reason given')} "
+              f"({err.get('code', 'unknown')}).")
+    return EXIT_OK if reply.get("ok") else EXIT_WARN
+
+
+def _done_sentence(name: str, result: dict[str, Any]) -> str:
+    what = {"lesson.start": "Lesson started", "lesson.stop": "Lesson stopped",
+            "report.now": "Report published"}.get(name, f"{name} done")
+    details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()
+                        if isinstance(v, str | int | float) and not isinstance(v, bool))
+    return f"{what}: {details}." if details else f"{what}."
+
+
+def _devices(as_json: bool) -> int:
+    """List cameras and microphones with the media part's own discovery (no agent needed)."""
+    try:
+        from agent.media import devices
+    except ImportError as exc:
+        print(f"classroom-agent: cannot list devices: the media part is missing from this "
+              f"installation ({exc}). Next step: reinstall or upgrade the agent "
+              "(scripts/install.sh).", file=sys.stderr)
+        return EXIT_WARN
+    try:
+        found = {"cameras": [_plain(d) for d in devices.list_cameras()],
+                 "microphones": [_plain(d) for d in devices.list_microphones()]}
+    except Exception as exc:
+        print(f"classroom-agent: listing devices failed: {type(exc).__name__}: {exc}. Next step: "
+              "check that this user is in the video and audio groups.", file=sys.stderr)
+        return EXIT_WARN
+    if as_json:
+        print(json.dumps(found, indent=2, ensure_ascii=False, default=str))
+        return EXIT_OK
+    for title, items in (("camera", found["cameras"]), ("microphone", found["microphones"])):
+        problems = [i["error"] for i in items if isinstance(i, dict) and i.get("error")]
+        items = [i for i in items if not (isinstance(i, dict) and i.get("error"))]
+        print(f"{len(items)} {title}(s){':' if items else '.'}")
+        for item in items:
+            print(f"  - {_device_line(item)}")
+        for why in problems:
+            print(f"  ! {why}")
+    return EXIT_OK
+
+
+def _plain(item: Any) -> Any:
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.asdict(item)
+    return item if isinstance(item, dict | str | int | float) else str(item)
+
+
+def _device_line(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    label = next((str(item[k]) for k in ("name", "label", "description") if item.get(k)), "")
+    where = next((str(item[k]) for k in ("path", "device", "node", "index")
+                  if item.get(k) not in (None, "")), "")
+    line = f"{label} ({where})" if label and where else label or where or json.dumps(item)
+    extra = []
+    modes = [m for m in item.get("modes") or [] if isinstance(m, dict) and m.get("width")]
+    if modes:
+        best = max(modes, key=lambda m: m["width"] * m.get("height", 0))
+        extra.append(f"up to {best['width']}x{best.get('height', '?')}")
+    if item.get("rates"):
+        extra.append("rates " + "/".join(f"{r:g}" for r in item["rates"]) + " Hz")
+    if item.get("note"):
+        extra.append(str(item["note"]))
+    return f"{line}: {'; '.join(extra)}" if extra else line

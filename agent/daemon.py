@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent import __version__, config
+from agent.commands import CommandRouter, CommandWorker, report_now
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event
@@ -39,18 +40,23 @@ class Agent:
         state.mkdir(parents=True, exist_ok=True)
         self._running_marker = state / "running"
         self.outbox = Outbox(state, cfg.outbox, Envelope(cfg.device.id, cfg.device.school))
+        # --- commands wiring (agent/commands.py); the lead adds lesson.start/stop here ---
+        self.commands = CommandWorker(
+            CommandRouter({"report.now": report_now(lambda: self.scheduler.tick(), self.commit)}),
+            self.outbox.envelope, lambda p, t, c: self.publisher.reply(p, t, c))
+        # --- end commands wiring ---
         self.publisher = self._make_publisher(cfg)
         self.scheduler = self._make_scheduler(cfg)
         self.board = StatusBoard(cfg, config_path, self.started_at, self.outbox,
                                  lambda: self.publisher, lambda: self.scheduler.failing)
-        self.status_server = StatusServer(self.board, cfg.status.address)
+        self.status_server = StatusServer(self.board, cfg.status.address, router=self.commands)
 
     # -- building parts ------------------------------------------------------------------------
 
     def _make_publisher(self, cfg: config.Config) -> Publisher:
         return Publisher(cfg.mqtt, self.outbox.envelope, self.outbox, cfg.state_path,
                          historical_after_s=max(2 * cfg.telemetry.interval_s, 1.0),
-                         started_at=self.started_at)
+                         started_at=self.started_at, command_sink=self.commands.submit)
 
     def _make_scheduler(self, cfg: config.Config) -> Scheduler:
         probes = [(cfg.mqtt.host, cfg.mqtt.port)] + [_hostport(p) for p in cfg.telemetry.probes]
@@ -71,10 +77,11 @@ class Agent:
 
     # -- the one way in for records ------------------------------------------------------------
 
-    def commit(self, records: list[Record]) -> None:
-        """Commit records to the outbox (durably), then wake the publisher."""
-        self.outbox.append(records)
+    def commit(self, records: list[Record]) -> list[int]:
+        """Commit records to the outbox (durably), then wake the publisher; returns their seqs."""
+        seqs = self.outbox.append(records)
         self.publisher.notify()
+        return seqs
 
     def raise_event(self, record: Record) -> None:
         self.board.note_events([record])
@@ -99,6 +106,7 @@ class Agent:
             previous_stop="unclean" if unclean else "clean",
         ))
         self.status_server.start()
+        self.commands.start()
         self.publisher.start()
         self.scheduler.start()
         log.info("agent %s started: device %s, school %s, broker %s:%d, status on %s",
@@ -150,6 +158,7 @@ class Agent:
     def stop(self) -> None:
         log.info("stopping: flushing the outbox for up to %.0f s", self.cfg.mqtt.flush_on_exit_s)
         self.scheduler.stop()
+        self.commands.stop()  # before the publisher, so the last replies are flushed with it
         self.publisher.stop(flush_s=self.cfg.mqtt.flush_on_exit_s)
         self.status_server.stop()
         self.outbox.close()

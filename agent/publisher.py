@@ -11,6 +11,16 @@ Each connection gets a fresh paho client with ``reconnect_on_failure=False``: pa
 session would otherwise resend old messages under new ids after a reconnect (traps 2 and 3), and
 the outbox is the only source of truth anyway. After a disconnect we resend from the oldest
 unacknowledged record, so the broker sees every record at least once, in order.
+
+Commands (when a ``command_sink`` is given): every connection subscribes to ``{base}/cmd/+`` and
+asks for a persistent session (MQTT 5 ``clean_start=False`` with :data:`SESSION_EXPIRY_S`, 3.1.1
+``clean_session=False``), so commands published while the terminal is offline wait at the broker.
+A fresh client per connection is still right: the broker keeps no state for our QoS 1
+publications (only for what it owes us), so resuming the session resends nothing of ours, and the
+commands it resends to us are plain QoS 1 deliveries that paho acknowledges without any history.
+Commands go to the sink from our thread; replies come back through :meth:`Publisher.reply`.
+A command is acknowledged (PUBACK, manual ack) only once its reply is queued: if the agent dies
+before that, the broker redelivers it on the next connection instead of it being lost.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.backoff import Backoff
@@ -43,6 +55,34 @@ PASSWORD_ENV = "CLASSROOM_AGENT_MQTT_PASSWORD"
 _PREFETCH = 500
 _ACK_FLUSH_S = 0.05
 _ACK_FLUSH_N = 1000
+#: How long the broker keeps our session (subscription and queued commands) while we are away.
+#: An hour covers a reboot or a network blip; a command older than that is rarely still wanted,
+#: and platforms should set a Message Expiry Interval on commands anyway.
+SESSION_EXPIRY_S = 3600
+#: Largest packet we accept from the broker (MQTT 5): commands over 16 KiB are refused with
+#: ``too_large``; this only stops a huge message from reaching memory at all.
+MAX_INBOUND_PACKET = 256 * 1024
+#: Reply messages kept while disconnected (a reply with a response topic counts twice).
+MAX_PENDING_REPLIES = 100
+
+CommandSink = Callable[[str, bytes, Any], None]
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where an MQTT 5 request asked for its reply, besides ``{base}/reply``; ``ack`` is to be
+    called once the reply is queued (it acknowledges the request to the broker)."""
+
+    response_topic: str | None = None
+    correlation: bytes | None = None
+    ack: Callable[[], None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    correlation: bytes | None
 
 
 @dataclass
@@ -62,6 +102,10 @@ class PublisherStats:
     publish_failures_total: int = 0
     inflight: int = 0
     next_attempt_in_s: float | None = None
+    commands_subscribed: bool = False
+    commands_received_total: int = 0
+    replies_sent_total: int = 0
+    replies_dropped_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +118,7 @@ class Publisher:
         state_dir: Path,
         historical_after_s: float,
         started_at: float,
+        command_sink: CommandSink | None = None,
     ) -> None:
         self.cfg = cfg
         self.envelope = envelope
@@ -100,6 +145,12 @@ class Publisher:
         self._last_ack_flush = 0.0
         self._connect_started = 0.0
         self._flush_deadline = 0.0
+        self._more = True
+        # Commands: None = no subscription and a clean session (the behaviour before commands).
+        self.command_sink = command_sink
+        self._sub_mid: int | None = None
+        self._replies: deque[_Outgoing] = deque()
+        self._reply_inflight: dict[int, _Outgoing] = {}
 
     def topic(self, kind: str) -> str:
         return f"{self._topic_base}/{kind}"
@@ -113,6 +164,12 @@ class Publisher:
     def notify(self) -> None:
         """Tell the publisher that the outbox has new records (called after each append)."""
         self._events.put(("wake",))
+
+    def reply(self, payload: bytes, response_topic: str | None = None,
+              correlation: bytes | None = None) -> None:
+        """Publish a command reply (QoS 1, not retained) on ``{base}/reply`` and, if given, on the
+        request's MQTT 5 response topic. Thread-safe: only enqueues; sent while connected."""
+        self._events.put(("reply", payload, response_topic, correlation))
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -142,9 +199,8 @@ class Publisher:
     def _should_finish(self) -> bool:
         if not self._ready or time.monotonic() >= self._flush_deadline:
             return True
-        return not self._inflight and not self._ahead and not self.outbox.fetch_after(
-            self._cursor, 1
-        )
+        return (not self._inflight and not self._ahead and not self._replies
+                and not self._reply_inflight and not self.outbox.fetch_after(self._cursor, 1))
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -155,9 +211,14 @@ class Publisher:
             self.stats.next_attempt_in_s = max(0.0, self._next_attempt - now)
             self._handle_events(timeout=min(0.5, max(0.01, self._next_attempt - now)))
             return
-        self._handle_events(timeout=0.2 if not self._ready else 0.05)
+        # Block until something happens (a wake from an append, a PUBACK, a reply): polling the
+        # outbox 20 times a second was 80% of the agent's idle CPU. Wake at 50 ms only while
+        # acknowledgements wait to be deleted; the 2 s tick covers the CONNACK timeout.
+        self._handle_events(timeout=0.05 if self.outbox.pending_acks else 2.0)
         if self._ready:
-            self._fill_window()
+            self._send_replies()
+            if self._more:
+                self._fill_window()
         if self._ready and (
             self.outbox.pending_acks >= _ACK_FLUSH_N or now - self._last_ack_flush >= _ACK_FLUSH_S
         ):
@@ -198,8 +259,9 @@ class Publisher:
             CallbackAPIVersion.VERSION2,
             client_id=self.envelope.device,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else self.command_sink is None,
             reconnect_on_failure=False,
+            manual_ack=self.command_sink is not None,  # commands: PUBACK after the reply
         )
         client.connect_timeout = 10.0
         client.max_inflight_messages_set(self.cfg.max_inflight)
@@ -222,8 +284,9 @@ class Publisher:
         )
         conn_id = self._conn_id
 
-        def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-            self._events.put(("connack", conn_id, reason))
+        def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
+            self._events.put(("connack", conn_id, reason,
+                              bool(getattr(flags, "session_present", False))))
 
         def on_disconnect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
             self._events.put(("disconnected", conn_id, reason))
@@ -231,9 +294,24 @@ class Publisher:
         def on_publish(_c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
             self._events.put(("puback", conn_id, mid, reason))
 
+        def on_subscribe(_c: Any, _u: Any, mid: int, reasons: Any, _props: Any) -> None:
+            self._events.put(("suback", conn_id, mid, reasons))
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            with contextlib.suppress(Exception):  # paho trap 9: nothing escapes into paho
+                try:
+                    topic = msg.topic
+                except UnicodeDecodeError:  # brokers refuse such topics; be safe anyway
+                    topic = "(invalid UTF-8)"
+                self._events.put(("command", conn_id, topic, msg.payload, msg.properties,
+                                  bool(msg.retain), msg.mid, msg.qos))
+
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        if self.command_sink is not None:
+            client.on_subscribe = on_subscribe
+            client.on_message = on_message
         return client
 
     def _connect(self) -> None:
@@ -245,10 +323,13 @@ class Publisher:
             log.info("publisher: connecting to %s:%d (MQTT %s, TLS %s)", self.cfg.host,
                      self.cfg.port, proto, "on" if self.cfg.tls.active else "off")
             if self._use_v5:
+                persistent = self.command_sink is not None
                 props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = 0
+                props.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
+                if persistent:
+                    props.MaximumPacketSize = MAX_INBOUND_PACKET
                 client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                               clean_start=True, properties=props)
+                               clean_start=not persistent, properties=props)
             else:
                 client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -280,9 +361,15 @@ class Publisher:
         self.stats.connected = False
         self.stats.connected_since = None
         self.stats.inflight = 0
+        self.stats.commands_subscribed = False
         self._inflight.clear()
         self._ahead.clear()
         self._cursor = 0
+        self._sub_mid = None
+        if self._reply_inflight:  # not acknowledged: send again on the next connection
+            self._replies.extendleft(reversed(list(self._reply_inflight.values())))
+            self._reply_inflight.clear()
+            self._trim_replies()
         if client is not None:
             with contextlib.suppress(Exception):  # the socket may already be gone
                 client.disconnect()
@@ -319,18 +406,31 @@ class Publisher:
 
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[0]
+        self._more = True  # any event (append, PUBACK, CONNACK) may make more records sendable
         if kind == "wake":
+            return
+        if kind == "reply":
+            self._queue_reply(ev[1], ev[2], ev[3])
+            return
+        if kind == "command":
+            # Even from a connection already dropped: run it; its ack cannot be sent any more, so
+            # the broker redelivers it on the next connection and the worker answers it again.
+            self._on_command(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7])
             return
         if ev[1] != self._conn_id or self._client is None:
             return  # a late event of a connection we already dropped
         if kind == "puback":
             self._on_puback(ev[2], ev[3])
         elif kind == "connack":
-            self._on_connack(ev[2])
+            self._on_connack(ev[2], ev[3])
         elif kind == "disconnected":
             self._on_disconnected(ev[2])
+        elif kind == "suback":
+            self._on_suback(ev[2], ev[3])
+        elif kind == "ack":
+            self._send_ack(ev[1], ev[2], ev[3])
 
-    def _on_connack(self, reason: Any) -> None:
+    def _on_connack(self, reason: Any, session_present: bool = False) -> None:
         self._got_connack = True
         if reason.is_failure:
             if self.cfg.protocol == "auto" and self._use_v5 and _unsupported_version(reason):
@@ -344,14 +444,133 @@ class Publisher:
         self.stats.connected = True
         self.stats.connected_since = time.time()
         self.stats.next_attempt_in_s = None
-        log.info("publisher: connected to %s (MQTT %s, session %d)", self.stats.broker,
-                 self.stats.protocol, self.stats.session)
+        log.info("publisher: connected to %s (MQTT %s, session %d%s)", self.stats.broker,
+                 self.stats.protocol, self.stats.session,
+                 ", broker session resumed" if session_present else "")
         assert self._client is not None
         self._client.publish(
             self.topic("state"),
             self._state_payload("online", self.stats.session, "connected"),
             qos=1, retain=True,
         )
+        if self.command_sink is not None:
+            self._subscribe_commands()
+
+    # -- commands and replies ------------------------------------------------------------------
+
+    def _subscribe_commands(self) -> None:
+        """Subscribe on every connection: cheap, and right even if the broker lost the session.
+
+        Retained messages are never commands (one would run again on every reconnect): MQTT 5
+        asks the broker not to send them, and :meth:`_on_command` drops any that still come.
+        """
+        assert self._client is not None
+        topic = self.topic("cmd/+")
+        if self._use_v5:
+            opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            rc, mid = self._client.subscribe(topic, options=opts)
+        else:
+            rc, mid = self._client.subscribe(topic, qos=1)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._sub_mid = mid
+        else:  # the disconnect that caused it is on its way; we subscribe again after it
+            log.warning("publisher: could not subscribe to %s (%s)", topic, rc)
+
+    def _on_suback(self, mid: int, reasons: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        self.stats.commands_subscribed = not failed
+        if failed:
+            why = f"broker refused the command subscription {self.topic('cmd/+')}: {failed[0]}"
+            self._note_error(why)
+            log.error("publisher: %s. Commands cannot reach this terminal over MQTT (local "
+                      "control still works). Next step: allow the device to subscribe to "
+                      "%s/cmd/+ in the broker ACL.", why, self._topic_base)
+
+    def _on_command(self, conn_id: int, topic: str, payload: bytes, props: Any, retained: bool,
+                    mid: int, qos: int) -> None:
+        prefix = self.topic("cmd/")
+        if not topic.startswith(prefix) or self.command_sink is None:
+            log.warning("publisher: ignoring a message on unexpected topic %.200s", topic)
+            self._send_ack(conn_id, mid, qos)
+            return
+        name = topic[len(prefix):]
+        if retained:
+            log.warning("publisher: ignoring a RETAINED command on %.200s: a retained command "
+                        "would run again on every reconnect. Next step: publish commands "
+                        "without the retain flag and clear this one (publish an empty retained "
+                        "message to the topic).", topic)
+            self._send_ack(conn_id, mid, qos)
+            return
+        self.stats.commands_received_total += 1
+
+        def ack() -> None:  # from the worker thread, after the reply: our thread sends it
+            self._events.put(("ack", conn_id, mid, qos))
+
+        reply_to = ReplyTo(_response_topic(props), _correlation(props), ack)
+        try:
+            self.command_sink(name, bytes(payload), reply_to)
+        except Exception:  # the sink only enqueues; never let it take the publisher down
+            log.exception("publisher: the command sink failed for %.100s", name)
+            self._send_ack(conn_id, mid, qos)
+
+    def _send_ack(self, conn_id: int, mid: int, qos: int) -> None:
+        """PUBACK a command, on the connection it came on (else the broker redelivers it)."""
+        if qos and conn_id == self._conn_id and self._client is not None:
+            self._client.ack(mid, qos)
+
+    def _queue_reply(self, payload: bytes, response_topic: str | None,
+                     correlation: bytes | None) -> None:
+        self._replies.append(_Outgoing(self.topic("reply"), payload, correlation))
+        if response_topic is not None:
+            if _valid_publish_topic(response_topic):
+                self._replies.append(_Outgoing(response_topic, payload, correlation))
+            else:
+                log.warning("publisher: the request's response topic %.200r is not a valid "
+                            "topic to publish to; replying on %s only", response_topic,
+                            self.topic("reply"))
+        self._trim_replies()
+
+    def _trim_replies(self) -> None:
+        dropped = 0
+        while len(self._replies) > MAX_PENDING_REPLIES:
+            self._replies.popleft()
+            dropped += 1
+        if dropped:
+            self.stats.replies_dropped_total += dropped
+            log.warning("publisher: dropped the %d oldest command replies: more than %d were "
+                        "waiting for the broker", dropped, MAX_PENDING_REPLIES)
+
+    def _send_replies(self) -> None:
+        client = self._client
+        assert client is not None
+        while self._replies:
+            out = self._replies[0]
+            props = None
+            if out.correlation is not None and self._use_v5:
+                props = Properties(PacketTypes.PUBLISH)
+                props.CorrelationData = out.correlation
+            try:
+                info = client.publish(out.topic, out.payload, qos=1, retain=False,
+                                      properties=props)
+            except (ValueError, TypeError) as exc:  # a topic paho will not take
+                self._replies.popleft()
+                self.stats.replies_dropped_total += 1
+                log.warning("publisher: cannot publish a reply to %.200r: %s", out.topic, exc)
+                continue
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # not connected any more, or paho's queue is full: try again later
+            self._replies.popleft()
+            self._reply_inflight[info.mid] = out
+
+    def _on_reply_ack(self, reply: _Outgoing, reason: Any) -> None:
+        if getattr(reason, "is_failure", False):  # e.g. not authorised: retrying will not help
+            self.stats.replies_dropped_total += 1
+            log.error("publisher: broker refused a command reply on %.200s: %s. Next step: allow "
+                      "the device to publish there in the broker ACL.", reply.topic, reason)
+            return
+        self.stats.replies_sent_total += 1
 
     def _on_disconnected(self, reason: Any) -> None:
         if not self._got_connack and self.cfg.protocol == "auto":
@@ -362,6 +581,10 @@ class Publisher:
         self._drop_connection(why)
 
     def _on_puback(self, mid: int, reason: Any) -> None:
+        reply = self._reply_inflight.pop(mid, None)
+        if reply is not None:
+            self._on_reply_ack(reply, reason)
+            return
         seq = self._inflight.pop(mid, None)
         self.stats.inflight = len(self._inflight)
         if seq is None:
@@ -386,6 +609,7 @@ class Publisher:
             if not self._ahead:
                 self._ahead.extend(self.outbox.fetch_after(self._cursor, _PREFETCH))
                 if not self._ahead:
+                    self._more = False  # until the next event says otherwise
                     return
             row = self._ahead.popleft()
             payload = row.payload
@@ -417,6 +641,22 @@ class Publisher:
                 pass
         self._drop_connection("agent stopping")
         log.info("publisher: stopped (%d records still queued)", self.outbox.stats().depth)
+
+
+def _response_topic(props: Any) -> str | None:
+    topic = getattr(props, "ResponseTopic", None)
+    return topic if isinstance(topic, str) and topic else None
+
+
+def _correlation(props: Any) -> bytes | None:
+    data = getattr(props, "CorrelationData", None)
+    return bytes(data) if isinstance(data, bytes | bytearray) else None
+
+
+def _valid_publish_topic(topic: str) -> bool:
+    """What MQTT allows as a publish topic: non-empty, no wildcards or NUL, at most 65535 bytes."""
+    return (bool(topic) and not any(c in topic for c in "+#\0")
+            and len(topic.encode("utf-8", errors="replace")) <= 65535)
 
 
 def _unsupported_version(reason: Any) -> bool:

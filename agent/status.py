@@ -4,6 +4,9 @@ The daemon keeps a :class:`StatusBoard`; a small HTTP server serves it as JSON
 (``/status.json``), as a plain page (``/``) and as Prometheus text (``/metrics``). The CLI's
 ``status`` command fetches the JSON and renders it with :func:`render_text`, so what people read
 and what scripts parse are the same data. Warnings are worded as cause plus next step.
+
+With a ``router`` the same server takes ``POST /command/{name}`` (local control, agent/control.py),
+so a technician can act on the terminal when the broker is out of reach.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent import CONTRACT_VERSION, __version__
+from agent import CONTRACT_VERSION, __version__, control
 from agent.config import Config
 from agent.outbox import Outbox
 from agent.publisher import Publisher
@@ -257,15 +260,21 @@ def render_prometheus(s: dict[str, Any]) -> str:
 
 
 class StatusServer:
-    """Serves the board on ``address`` (127.0.0.1 by default) from a daemon thread."""
+    """Serves the board on ``address`` (127.0.0.1 by default) from a daemon thread.
 
-    def __init__(self, board: StatusBoard, address: tuple[str, int]) -> None:
+    ``router`` (the command worker, see agent/control.py) enables ``POST /command/{name}``.
+    """
+
+    def __init__(self, board: StatusBoard, address: tuple[str, int],
+                 router: control.Dispatch | None = None) -> None:
         self.board = board
-        handler = _handler_for(board)
+        handler = _handler_for(board, router)
         self._server = ThreadingHTTPServer(address, handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="status",
-                                        daemon=True)
+        # serve_forever wakes every poll interval just to check for shutdown: 2 s keeps the
+        # idle agent cheap and still stops promptly.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(2.0,),
+                                        name="status", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -275,7 +284,8 @@ class StatusServer:
         self._server.server_close()
 
 
-def _handler_for(board: StatusBoard) -> type[BaseHTTPRequestHandler]:
+def _handler_for(board: StatusBoard,
+                 router: control.Dispatch | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"classroom-agent/{__version__}"
 
@@ -299,6 +309,16 @@ def _handler_for(board: StatusBoard) -> type[BaseHTTPRequestHandler]:
                 self._send(200, "text/html; charset=utf-8", page.encode())
             else:
                 self._send(404, "text/plain", b"not found: try /, /status.json or /metrics\n")
+
+        def do_POST(self) -> None:
+            try:
+                code, reply = control.handle_post(router, self.path, self.headers, self.rfile,
+                                                  peer=self.client_address[0])
+            except Exception:
+                log.exception("status: command request failed")
+                code, reply = 500, {"id": None, "ok": False, "error": {
+                    "code": "internal_error", "message": "the agent failed; see its log"}}
+            self._send(code, "application/json", json.dumps(reply).encode())
 
         def _send(self, code: int, ctype: str, body: bytes) -> None:
             self.send_response(code)

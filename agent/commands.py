@@ -1,0 +1,437 @@
+"""Commands: validate a request, run its handler, build the reply; MQTT and local HTTP share it.
+
+Two parts, kept apart on purpose:
+
+- :class:`CommandRouter` is pure: it checks size, JSON, the request shape and each command's
+  arguments against a small declared schema (:data:`COMMANDS`), then calls the handler. Whatever
+  comes in (any bytes, any topic name), it returns a reply body and never raises, so a bad
+  command cannot crash the daemon.
+- :class:`CommandWorker` runs handlers on one thread of its own behind a bounded queue. The
+  publisher thread (MQTT) and the status server's request threads (HTTP) only enqueue, so a slow
+  handler never blocks delivery; a full queue is answered at once with ``busy``.
+
+Errors are codes a machine can act on plus a sentence for people (docs/contract.md, "Commands").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent import CONTRACT_VERSION
+from agent.records import Envelope, Record, rfc3339
+
+log = logging.getLogger(__name__)
+
+#: Largest request payload, checked before parsing (MQTT and HTTP alike).
+MAX_PAYLOAD = 16 * 1024
+#: Longest request id; ids are echoed in replies and used to recognise a repeated request.
+MAX_ID = 64
+#: Requests waiting for the worker; beyond this the answer is ``busy`` (a terminal gets a handful
+#: of commands a day, so a full queue means something is stuck or flooding).
+QUEUE_SIZE = 8
+#: Replies remembered by request id, so a QoS 1 duplicate is answered again but not run twice.
+RECENT_IDS = 128
+
+# Error codes. Input errors are the sender's fault (HTTP 400); the rest are the agent's answer.
+BAD_JSON = "bad_json"
+TOO_LARGE = "too_large"
+BAD_REQUEST = "bad_request"
+UNKNOWN_COMMAND = "unknown_command"
+BAD_ARGS = "bad_args"
+BUSY = "busy"
+TIMEOUT = "timeout"
+INTERNAL_ERROR = "internal_error"
+#: Conventional code for "not now" (a lesson already running, none to stop); HTTP 409.
+CONFLICT = "conflict"
+INPUT_ERRORS = frozenset({BAD_JSON, TOO_LARGE, BAD_REQUEST, UNKNOWN_COMMAND, BAD_ARGS})
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class CommandError(Exception):
+    """Raised by a handler to refuse a command: ``code`` for machines, ``message`` for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- argument schemas ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: JSON type, bounds, allowed values. ``command.json`` mirrors these."""
+
+    type: Literal["string", "number", "integer", "boolean"]
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[str, ...] | None = None
+    max_length: int = 200
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    doc: str
+    args: Mapping[str, Arg] = field(default_factory=dict)
+
+
+#: The allow-list. A name not here is ``unknown_command`` whatever handlers are registered.
+COMMANDS: dict[str, CommandSpec] = {
+    "lesson.start": CommandSpec(
+        "Start a lesson now (manual, outside the timetable).",
+        {
+            "course": Arg("string", doc="course name shown on the platform"),
+            "teacher": Arg("string", doc="teacher's name"),
+            "role": Arg("string", enum=("lecturing", "receiving"),
+                        doc="lecturing: this room teaches; receiving: it follows a remote lesson"),
+            "duration_s": Arg("number", minimum=10, maximum=86400,
+                              doc="stop by itself after this many seconds"),
+        },
+    ),
+    "lesson.stop": CommandSpec("Stop the running lesson."),
+    "report.now": CommandSpec("Collect and publish a metrics record now; the reply has its seq."),
+}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # bool is an int in Python, never a number in JSON
+        return False
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def check_args(spec: CommandSpec, args: Any) -> str | None:
+    """Why ``args`` does not fit ``spec`` (naming the argument), or None when it fits."""
+    if not isinstance(args, dict):
+        return f"args must be a JSON object, not {_json_type(args)}"
+    unknown = sorted(set(args) - set(spec.args))
+    if unknown:
+        known = ", ".join(spec.args) or "none"
+        return f"unknown argument {_clip(unknown[0])!r} (known: {known})"
+    for name, arg in spec.args.items():
+        if name not in args:
+            if arg.required:
+                return f"missing argument {name!r}"
+            continue
+        value = args[name]
+        if not _type_ok(value, arg.type):
+            return f"argument {name!r} must be a {arg.type}, not {_json_type(value)}"
+        if arg.type == "string":
+            if not 1 <= len(value) <= arg.max_length:
+                return f"argument {name!r} must be 1 to {arg.max_length} characters long"
+            if arg.enum is not None and value not in arg.enum:
+                return f"argument {name!r} must be one of {', '.join(arg.enum)}"
+        if arg.minimum is not None and value < arg.minimum:
+            return f"argument {name!r} must be at least {arg.minimum:g}"
+        if arg.maximum is not None and value > arg.maximum:
+            return f"argument {name!r} must be at most {arg.maximum:g}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _clip(text: str, n: int = 64) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str
+    id: str
+    args: dict[str, Any]
+
+
+def error(req_id: str | None, code: str, message: str) -> dict[str, Any]:
+    return {"id": req_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class CommandRouter:
+    """Validates requests and dispatches them to ``handlers`` (name -> callable(args) -> dict)."""
+
+    def __init__(self, handlers: Mapping[str, Handler],
+                 specs: Mapping[str, CommandSpec] = COMMANDS) -> None:
+        unknown = set(handlers) - set(specs)
+        if unknown:  # a programming error, caught at start-up rather than on the first command
+            raise ValueError(f"handlers for undeclared commands: {sorted(unknown)}")
+        self.handlers = dict(handlers)
+        self.specs = specs
+
+    def handle(self, name: str, payload: bytes) -> dict[str, Any]:
+        """The reply body for one request; never raises."""
+        parsed = self.parse(name, payload)
+        return parsed if isinstance(parsed, dict) else self.execute(parsed)
+
+    def parse(self, name: str, payload: bytes) -> Request | dict[str, Any]:
+        """A valid :class:`Request`, or the error reply explaining what is wrong with it."""
+        try:
+            return self._parse(name, payload)
+        except Exception:  # the checks above are total; this is a last line of defence
+            log.exception("commands: unexpected error validating %r", _clip(str(name)))
+            return error(None, INTERNAL_ERROR, "the agent failed to read the command; see its log")
+
+    def _parse(self, name: str, payload: bytes) -> Request | dict[str, Any]:
+        if len(payload) > MAX_PAYLOAD:
+            return error(None, TOO_LARGE,
+                         f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD}")
+        try:
+            body = json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            return error(None, BAD_JSON, f"payload is not UTF-8 JSON: {_clip(str(exc), 120)}")
+        if not isinstance(body, dict):
+            return error(None, BAD_REQUEST,
+                         f'payload must be a JSON object {{"id": ..., "args": {{...}}}}, '
+                         f"not {_json_type(body)}")
+        req_id = body.get("id")
+        if not isinstance(req_id, str) or not 1 <= len(req_id) <= MAX_ID:
+            return error(None, BAD_REQUEST,
+                         f'"id" must be a string of 1 to {MAX_ID} characters (got '
+                         f"{'nothing' if req_id is None else _json_type(req_id)})")
+        extra = sorted(set(body) - {"id", "args"})
+        if extra:
+            return error(req_id, BAD_REQUEST,
+                         f"unknown field {_clip(extra[0])!r}; a request has only id and args")
+        spec = self.specs.get(name)
+        if spec is None or name not in self.handlers:
+            known = ", ".join(sorted(n for n in self.specs if n in self.handlers))
+            return error(req_id, UNKNOWN_COMMAND,
+                         f"unknown command {_clip(name)!r}; this agent accepts: {known}")
+        args = body.get("args", {})
+        why = check_args(spec, args)
+        if why is not None:
+            return error(req_id, BAD_ARGS, f"{name}: {why}")
+        return Request(name, req_id, args)
+
+    def execute(self, req: Request) -> dict[str, Any]:
+        """Run the handler; a :class:`CommandError` is a refusal, anything else a bug."""
+        try:
+            result = self.handlers[req.name](dict(req.args))
+        except CommandError as exc:
+            return error(req.id, exc.code, exc.message)
+        except Exception:
+            # Logged with its traceback but without the arguments (names of people).
+            log.exception("commands: %s (id %s) failed", req.name, req.id)
+            return error(req.id, INTERNAL_ERROR,
+                         f"{req.name} failed inside the agent; the agent log has the details")
+        if not isinstance(result, dict):
+            log.error("commands: handler of %s returned %s, not a dict", req.name,
+                      type(result).__name__)
+            return error(req.id, INTERNAL_ERROR, f"{req.name} returned no result")
+        return {"id": req.id, "ok": True, "result": result}
+
+    def peek_id(self, payload: bytes) -> str | None:
+        """The request id if it can be read cheaply (for a ``busy`` reply), else None."""
+        parsed = self.parse("", payload)
+        if isinstance(parsed, Request):
+            return parsed.id
+        rid = parsed.get("id")
+        return rid if isinstance(rid, str) else None
+
+
+def reply_message(envelope: Envelope, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The whole reply: the body plus who is speaking and when (no ``seq``: not a record)."""
+    return {"v": CONTRACT_VERSION, "device": envelope.device, "school": envelope.school,
+            "ts": rfc3339(time.time()), "kind": "reply", "command": _clip(name, 128), **body}
+
+
+def encode_reply(message: dict[str, Any]) -> bytes:
+    """ASCII-only JSON, so that any text echoed from a request (even a lone surrogate) encodes."""
+    return json.dumps(message, separators=(",", ":"), default=str).encode()
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+ReplySink = Callable[[bytes, str | None, bytes | None], None]
+
+
+@dataclass
+class _Job:
+    name: str
+    payload: bytes
+    done: Callable[[dict[str, Any]], None]
+
+
+class CommandWorker:
+    """Runs commands one at a time on its own thread; MQTT and HTTP requests queue here."""
+
+    def __init__(self, router: CommandRouter, envelope: Envelope, reply: ReplySink,
+                 queue_size: int = QUEUE_SIZE) -> None:
+        self.router = router
+        self.envelope = envelope
+        self.reply = reply
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self.executed_total = 0
+        self.rejected_total = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the running command finish (up to ``timeout``); queued ones get no reply."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, name: str, payload: bytes, reply_to: Any = None) -> None:
+        """From the publisher thread (MQTT): enqueue, never block; the reply goes to ``reply``.
+
+        ``reply_to`` is the publisher's ``ReplyTo`` (response topic, correlation data and an
+        ``ack`` called after the reply is queued, so an unanswered request is redelivered) or None.
+        """
+        topic = getattr(reply_to, "response_topic", None)
+        correlation = getattr(reply_to, "correlation", None)
+        ack = getattr(reply_to, "ack", None)
+
+        def done(body: dict[str, Any]) -> None:
+            self.reply(encode_reply(reply_message(self.envelope, name, body)), topic, correlation)
+            if callable(ack):
+                ack()
+
+        self._enqueue(_Job(name, payload, done))
+
+    def call(self, name: str, payload: bytes, timeout: float = 30.0) -> dict[str, Any]:
+        """From an HTTP request thread: run through the same queue and wait for the reply."""
+        got: list[dict[str, Any]] = []
+        ready = threading.Event()
+
+        def done(body: dict[str, Any]) -> None:
+            got.append(body)
+            ready.set()
+
+        self._enqueue(_Job(name, payload, done))
+        if not ready.wait(timeout):
+            body = error(self.router.peek_id(payload), TIMEOUT,
+                         f"{name} did not finish within {timeout:.0f} s; it may still complete. "
+                         "Next step: check `classroom-agent status` before retrying")
+        else:
+            body = got[0]
+        return reply_message(self.envelope, name, body)
+
+    def _enqueue(self, job: _Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self.rejected_total += 1
+            log.warning("commands: queue full, answering %s with busy", _clip(job.name))
+            self._finish(job, error(self.router.peek_id(job.payload), BUSY,
+                                    "the agent is still running earlier commands; retry shortly"))
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                body = self._execute(job)
+            except Exception:  # _execute is total; keep the thread alive whatever happens
+                log.exception("commands: unexpected error running %s", _clip(job.name))
+                body = error(None, INTERNAL_ERROR, "the agent failed to run the command")
+            self._finish(job, body)
+
+    def _execute(self, job: _Job) -> dict[str, Any]:
+        parsed = self.router.parse(job.name, job.payload)
+        if isinstance(parsed, dict):
+            log.info("commands: refused %s: %s", _clip(job.name), parsed["error"]["message"])
+            return parsed
+        key = (parsed.name, parsed.id)
+        if key in self._recent:
+            log.info("commands: %s id %s is a repeat; answering again without running it",
+                     parsed.name, parsed.id)
+            return self._recent[key]
+        started = time.monotonic()
+        body = self.router.execute(parsed)
+        self.executed_total += 1
+        outcome = "ok" if body["ok"] else body["error"]["code"]
+        log.info("commands: %s id %s -> %s (%.0f ms)", parsed.name, parsed.id, outcome,
+                 (time.monotonic() - started) * 1000)
+        if body["ok"] or body["error"]["code"] not in (INTERNAL_ERROR, BUSY):
+            self._recent[key] = body
+            while len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+        return body
+
+    @staticmethod
+    def _finish(job: _Job, body: dict[str, Any]) -> None:
+        try:
+            job.done(body)
+        except Exception:
+            log.exception("commands: could not deliver the reply to %s", _clip(job.name))
+
+
+# -- handlers the agent implements itself ----------------------------------------------------
+
+
+def report_now(
+    tick: Callable[[], tuple[Record, list[Record]]],
+    commit: Callable[[list[Record]], Sequence[int]],
+) -> Handler:
+    """``report.now``: one telemetry tick committed to the outbox; the reply carries its seq.
+
+    ``tick`` must be safe to call beside the telemetry thread's own ticks (collectors keep the
+    previous sample to compute rates); the daemon serialises the two.
+    """
+
+    def handler(_args: dict[str, Any]) -> dict[str, Any]:
+        metrics, events = tick()
+        try:
+            seqs = commit([metrics, *events])
+        except Exception as exc:
+            raise CommandError("outbox_unavailable",
+                               f"the record could not be stored ({exc}); check the state "
+                               "directory (space, permissions)") from exc
+        return {"seq": seqs[0], "events": len(events)}
+
+    return handler

@@ -1,0 +1,659 @@
+"""Commands: the router's validation (unit and fuzz), then MQTT and local control against the real
+agent and a real Mosquitto: replies, response topics, error codes, a command sent while the agent
+was away (persistent session), and POST /command/... with the broker down.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import commands
+from agent.commands import (
+    COMMANDS,
+    MAX_PAYLOAD,
+    CommandError,
+    CommandRouter,
+    CommandWorker,
+    Request,
+    encode_reply,
+    reply_message,
+)
+from agent.config import MqttConfig
+from agent.control import handle_post, http_status
+from agent.outbox import Outbox
+from agent.publisher import MAX_PENDING_REPLIES, Publisher
+from agent.records import Envelope
+from tests.support import SCHEMAS, AgentProcess, Broker, Subscriber, wait_until
+
+PREFIX = "classroom/v1/school-a/room-101"
+ENVELOPE = Envelope("room-101", "school-a")
+
+
+@cache
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / f"{name}.json").read_text())
+
+
+def reply_errors(reply: dict[str, Any]) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message}"
+            for e in Draft202012Validator(_schema("reply")).iter_errors(reply)]
+
+
+# -- the router, pure ------------------------------------------------------------------------
+
+
+def _router(calls: list[tuple[str, dict[str, Any]]] | None = None) -> CommandRouter:
+    log = calls if calls is not None else []
+
+    def make(name: str) -> commands.Handler:
+        def handler(args: dict[str, Any]) -> dict[str, Any]:
+            log.append((name, args))
+            return {"done": name}
+        return handler
+
+    return CommandRouter({name: make(name) for name in COMMANDS})
+
+
+def _req(rid: Any = "r1", **args: Any) -> bytes:
+    body: dict[str, Any] = {"args": args}
+    if rid is not None:
+        body["id"] = rid
+    return json.dumps(body).encode()
+
+
+def _code(reply: dict[str, Any]) -> str | None:
+    return None if reply["ok"] else reply["error"]["code"]
+
+
+def test_valid_request_runs_the_handler_with_its_args() -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    router = _router(calls)
+    reply = router.handle("lesson.start", _req(course="Maths", role="receiving", duration_s=2700))
+    assert reply == {"id": "r1", "ok": True, "result": {"done": "lesson.start"}}
+    assert calls == [("lesson.start", {"course": "Maths", "role": "receiving",
+                                       "duration_s": 2700})]
+    assert router.handle("lesson.stop", b'{"id": "r2"}')["ok"]  # args may be left out
+    assert calls[-1] == ("lesson.stop", {})
+
+
+@pytest.mark.parametrize("payload, code, rid", [
+    (b"x" * (MAX_PAYLOAD + 1), "too_large", None),
+    (b"{oops", "bad_json", None),
+    (b"\xff\xfe{}", "bad_json", None),
+    (b'{"id": "a", "args": {"duration_s": NaN}}', "bad_json", None),
+    (b"[" * 8000 + b"]" * 8000, "bad_json", None),  # deep nesting: RecursionError inside
+    (b"[]", "bad_request", None),
+    (b'{"args": {}}', "bad_request", None),
+    (b'{"id": 7}', "bad_request", None),
+    (b'{"id": ""}', "bad_request", None),
+    (json.dumps({"id": "x" * 65}).encode(), "bad_request", None),
+    (b'{"id": "a", "when": "now"}', "bad_request", "a"),
+])
+def test_request_errors(payload: bytes, code: str, rid: str | None) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    reply = _router(calls).handle("lesson.start", payload)
+    assert _code(reply) == code and reply["id"] == rid, reply
+    assert reply["error"]["message"]
+    assert not calls
+    assert not reply_errors(reply_message(ENVELOPE, "lesson.start", reply))
+
+
+def test_lone_surrogates_echoed_still_encode() -> None:
+    reply = _router().handle("lesson.\udc80", b'{"id": "\\ud800"}')
+    assert reply["id"] == "\ud800" and _code(reply) == "unknown_command"
+    message = json.loads(encode_reply(reply_message(ENVELOPE, "lesson.\udc80", reply)))
+    assert message["id"] == "\ud800" and not reply_errors(message)
+
+
+def test_size_is_checked_before_parsing() -> None:
+    at_limit = _req(course="x" * 100).ljust(MAX_PAYLOAD, b" ")
+    assert len(at_limit) == MAX_PAYLOAD and _router().handle("lesson.start", at_limit)["ok"]
+    # Over the limit even a perfectly good request is refused, and its id is not read.
+    reply = _router().handle("lesson.start", at_limit + b" ")
+    assert _code(reply) == "too_large" and reply["id"] is None
+
+
+def test_unknown_command_names_what_is_accepted() -> None:
+    reply = _router().handle("lesson.pause", _req())
+    assert _code(reply) == "unknown_command" and reply["id"] == "r1"
+    assert "lesson.pause" in reply["error"]["message"] and "report.now" in reply["error"]["message"]
+    # Declared but not served by this agent is unknown too (no handler registered).
+    partial = CommandRouter({"report.now": lambda a: {}})
+    assert _code(partial.handle("lesson.start", _req())) == "unknown_command"
+    with pytest.raises(ValueError, match="undeclared"):
+        CommandRouter({"reboot": lambda a: {}})
+
+
+@pytest.mark.parametrize("name, args, word", [
+    ("lesson.start", {"role": "teaching"}, "'role'"),
+    ("lesson.start", {"duration_s": 5}, "'duration_s'"),
+    ("lesson.start", {"duration_s": 86401}, "'duration_s'"),
+    ("lesson.start", {"duration_s": "60"}, "'duration_s'"),
+    ("lesson.start", {"duration_s": True}, "'duration_s'"),
+    ("lesson.start", {"course": ""}, "'course'"),
+    ("lesson.start", {"course": "x" * 201}, "'course'"),
+    ("lesson.start", {"teacher": None}, "'teacher'"),
+    ("lesson.start", {"room": "101"}, "'room'"),
+    ("lesson.stop", {"now": True}, "'now'"),
+    ("report.now", {"x": 1}, "'x'"),
+])
+def test_bad_args_name_the_argument(name: str, args: dict[str, Any], word: str) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    reply = _router(calls).handle(name, json.dumps({"id": "b", "args": args}).encode())
+    assert _code(reply) == "bad_args" and reply["id"] == "b", reply
+    assert word in reply["error"]["message"], reply
+    assert not calls
+
+
+def test_args_must_be_an_object() -> None:
+    reply = _router().handle("lesson.stop", b'{"id": "b", "args": [1]}')
+    assert _code(reply) == "bad_args" and "object" in reply["error"]["message"]
+
+
+def test_handler_refusals_and_failures(caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(_a: dict[str, Any]) -> dict[str, Any]:
+        raise CommandError("conflict", "a lesson is already running")
+
+    def crash(_a: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("disk on fire")
+
+    router = CommandRouter({"lesson.start": refuse, "lesson.stop": crash,
+                            "report.now": lambda a: "not a dict"})  # type: ignore[arg-type,return-value]
+    reply = router.handle("lesson.start", _req(teacher="Wang Fang"))
+    assert reply["error"] == {"code": "conflict", "message": "a lesson is already running"}
+    assert http_status(reply) == 409
+    with caplog.at_level(logging.ERROR, logger="agent.commands"):
+        reply = router.handle("lesson.stop", _req("r9"))
+    assert _code(reply) == "internal_error" and reply["id"] == "r9"
+    assert "disk on fire" not in reply["error"]["message"]  # generic to the sender...
+    assert "disk on fire" in caplog.text and "Traceback" in caplog.text  # ...detailed in the log
+    assert _code(router.handle("report.now", _req())) == "internal_error"
+
+
+def test_http_status_mapping() -> None:
+    assert http_status({"ok": True}) == 200
+    for code, status in [("bad_json", 400), ("too_large", 400), ("bad_request", 400),
+                         ("unknown_command", 400), ("bad_args", 400), ("busy", 503),
+                         ("timeout", 504), ("internal_error", 500), ("conflict", 409),
+                         ("outbox_unavailable", 409)]:
+        assert http_status(commands.error("x", code, "m")) == status, code
+
+
+# -- the router against command.json, and fuzzing -------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+_arg_values = (st.sampled_from(["lecturing", "receiving", "", "x" * 201, "Maths"])
+               | st.integers(-10, 100_000) | st.floats(0, 100_000) | st.booleans() | st.none()
+               | st.text(max_size=5))
+_args = st.dictionaries(
+    st.sampled_from(["course", "teacher", "role", "duration_s", "room"]), _arg_values, max_size=5)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(COMMANDS)), args=_args)
+def test_router_agrees_with_command_json(name: str, args: dict[str, Any]) -> None:
+    """The Python checks and the published schema accept exactly the same arguments."""
+    schema_ok = Draft202012Validator(_schema("command")["x-commands"][name]["args"]).is_valid(args)
+    reply = _router().handle(name, json.dumps({"id": "h", "args": args}).encode())
+    assert reply["ok"] == schema_ok, (reply, args)
+
+
+def test_command_json_lists_exactly_the_allowed_commands() -> None:
+    doc = _schema("command")
+    Draft202012Validator.check_schema(doc)
+    assert set(doc["x-commands"]) == set(COMMANDS)
+    for name, spec in COMMANDS.items():
+        props = doc["x-commands"][name]["args"]["properties"]
+        assert set(props) == set(spec.args), name
+
+
+@settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.text(max_size=80) | st.sampled_from(sorted(COMMANDS)),
+       payload=st.binary(max_size=300)
+       | _json.map(lambda v: json.dumps(v).encode())
+       | st.builds(lambda i, a: json.dumps({"id": i, "args": a}).encode(),
+                   st.text(max_size=70) | _json, _json | _args))
+def test_fuzz_always_a_valid_reply(name: str, payload: bytes) -> None:
+    started = time.monotonic()
+    reply = _router().handle(name, payload)
+    assert time.monotonic() - started < 0.5
+    assert isinstance(reply["ok"], bool)
+    message = reply_message(ENVELOPE, name, reply)
+    json.loads(encode_reply(message))  # always encodes, even with lone surrogates echoed
+    assert not reply_errors(message), reply
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_parts() -> Iterator[tuple[CommandWorker, list[bytes], threading.Event, list[str]]]:
+    sent: list[bytes] = []
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def slow(_a: dict[str, Any]) -> dict[str, Any]:
+        gate.wait(10)
+        ran.append("slow")
+        return {}
+
+    def quick(_a: dict[str, Any]) -> dict[str, Any]:
+        ran.append("quick")
+        return {"n": len(ran)}
+
+    router = CommandRouter({"lesson.start": slow, "report.now": quick})
+    w = CommandWorker(router, ENVELOPE, lambda p, _t, _c: sent.append(p), queue_size=2)
+    w.start()
+    yield w, sent, gate, ran
+    gate.set()
+    w.stop()
+
+
+def test_worker_answers_busy_when_full_and_never_blocks(worker_parts: Any) -> None:
+    w, sent, gate, _ran = worker_parts
+    w.submit("lesson.start", _req("s1"))
+    wait_until(lambda: w._jobs.empty(), 5, "the slow command to start")
+    started = time.monotonic()
+    for i in range(4):
+        w.submit("report.now", _req(f"q{i}"))
+    assert time.monotonic() - started < 0.5
+    busy = [json.loads(p) for p in sent]
+    assert [(r["id"], r["error"]["code"]) for r in busy] == [("q2", "busy"), ("q3", "busy")]
+    gate.set()
+    wait_until(lambda: len(sent) == 5, 10, "all replies")
+    replies = [json.loads(p) for p in sent]
+    assert all(not reply_errors(r) for r in replies)
+    assert {r["id"] for r in replies if r["ok"]} == {"s1", "q0", "q1"}
+    assert http_status(busy[0]) == 503
+
+
+def test_worker_answers_a_repeated_id_without_running_it_again(worker_parts: Any) -> None:
+    w, sent, gate, ran = worker_parts
+    gate.set()
+    for n in range(1, 4):  # e.g. QoS 1 redeliveries after a lost PUBACK
+        w.submit("report.now", _req("same"))
+        wait_until(lambda n=n: len(sent) == n, 5, f"reply {n}")
+    assert ran == ["quick"]
+    assert len({json.dumps(json.loads(p)["result"]) for p in sent}) == 1
+    w.submit("report.now", _req("other"))
+    wait_until(lambda: len(sent) == 4, 5, "a fourth reply")
+    assert ran == ["quick", "quick"]
+
+
+def test_worker_call_times_out_with_a_reply(worker_parts: Any) -> None:
+    w, _sent, gate, _ran = worker_parts
+    reply = w.call("lesson.start", _req("t1"), timeout=0.3)
+    assert _code(reply) == "timeout" and reply["id"] == "t1" and http_status(reply) == 504
+    assert not reply_errors(reply)
+    gate.set()
+    ok = w.call("report.now", _req("t2"), timeout=5)
+    assert ok["ok"] and ok["kind"] == "reply" and not reply_errors(ok)
+
+
+def test_local_control_refusals_without_running_anything() -> None:
+    calls: list[str] = []
+
+    class Fake:
+        def call(self, name: str, payload: bytes, timeout: float = 0) -> dict[str, Any]:
+            calls.append(name)
+            return {"id": "f", "ok": True, "result": {}}
+
+    json_ct = {"Content-Type": "application/json; charset=utf-8", "Content-Length": "2"}
+    body = io.BytesIO(b"{}")
+    assert handle_post(Fake(), "/command/report.now", json_ct, body)[0] == 200
+    assert handle_post(Fake(), "/command/report.now", json_ct, body, peer="::1")[0] == 200
+    assert handle_post(Fake(), "/command/x", json_ct, body, peer="::ffff:127.0.0.1")[0] == 200
+    assert calls == ["report.now", "report.now", "x"]
+    for peer in ("192.168.1.20", "::ffff:10.0.0.1", "not-an-ip"):
+        status, reply = handle_post(Fake(), "/command/report.now", json_ct, body, peer=peer)
+        assert status == 403 and "terminal itself" in reply["error"]["message"], peer
+    assert handle_post(None, "/command/report.now", json_ct, body)[0] == 404
+    assert handle_post(Fake(), "/status.json", json_ct, body)[0] == 404
+    bad_len = {"Content-Type": "application/json", "Content-Length": "ten"}
+    assert handle_post(Fake(), "/command/report.now", bad_len, body)[0] == 400
+    assert len(calls) == 3
+
+
+def test_publisher_keeps_at_most_100_replies_while_offline(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path, _outbox_cfg(), ENVELOPE)
+    pub = Publisher(MqttConfig(host="127.0.0.1", port=1), ENVELOPE, outbox, tmp_path, 1.0,
+                    time.time(), command_sink=lambda *_a: None)
+    for i in range(MAX_PENDING_REPLIES + 30):
+        pub.reply(f'{{"n":{i}}}'.encode(), None, None)
+    pub.reply(b'{"n":"rt"}', "bad/+/topic", b"c")  # invalid response topic: base topic only
+    pub._handle_events(timeout=0.1)
+    assert len(pub._replies) == MAX_PENDING_REPLIES
+    assert pub.stats.replies_dropped_total == 31
+    assert pub._replies[-1].payload == b'{"n":"rt"}' and pub._replies[-1].topic.endswith("/reply")
+    outbox.close()
+
+
+def _outbox_cfg() -> Any:
+    from agent.config import OutboxConfig
+
+    return OutboxConfig()
+
+
+# -- against the real agent and broker -------------------------------------------------------
+
+
+class Commander:
+    """A platform-side client: publishes commands (QoS 1) and reads its own response topic."""
+
+    def __init__(self, port: int, protocol: int = mqtt.MQTTv5) -> None:
+        self.v5 = protocol == mqtt.MQTTv5
+        self.received: list[tuple[str, dict[str, Any], bytes | None]] = []
+        self._ready = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{time.monotonic_ns()}",
+                        protocol=protocol)
+        c.on_connect = lambda cl, *_a: (cl.subscribe("test/replies/#", qos=1),
+                                        self._ready.set())
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", port, keepalive=10)
+        c.loop_start()
+        self.client = c
+        wait_until(self._ready.is_set, 10, "the platform client to connect")
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        self.received.append((msg.topic, json.loads(msg.payload), corr))
+
+    def send(self, name: str, payload: bytes | dict[str, Any], response_topic: str | None = None,
+             correlation: bytes | None = None, retain: bool = False) -> None:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        props = None
+        if self.v5 and (response_topic or correlation):
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation:
+                props.CorrelationData = correlation
+        info = self.client.publish(f"{PREFIX}/cmd/{name}", raw, qos=1, retain=retain,
+                                   properties=props)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def commander(broker: Broker) -> Iterator[Commander]:
+    c = Commander(broker.port)
+    yield c
+    c.close()
+
+
+def replies(sub: Subscriber, rid: str | None = None) -> list[dict[str, Any]]:
+    return [m.payload for m in sub.snapshot("reply") if rid is None or m.payload.get("id") == rid]
+
+
+def wait_reply(sub: Subscriber, rid: str | None, timeout: float = 20,
+               command: str | None = None) -> dict[str, Any]:
+    got = sub.wait_for(
+        lambda _ms: [r for r in replies(sub) if r.get("id") == rid
+                     and (command is None or r.get("command") == command)],
+        timeout, f"a reply with id {rid!r}")
+    return got[0]
+
+
+def commands_reach(agent: AgentProcess, sub: Subscriber, cmd: Commander) -> None:
+    """Wait until the agent is subscribed: ping with report.now until one is answered."""
+    wait_until(lambda: agent.status()["broker"]["connected"], 30, "the agent to connect")
+    n = 0
+
+    def answered() -> bool:
+        nonlocal n
+        n += 1
+        cmd.send("report.now", {"id": f"warmup-{n}"})
+        time.sleep(0.3)
+        return any(r["id"].startswith("warmup-") for r in replies(sub) if r.get("id"))
+
+    wait_until(answered, 30, "the agent to answer commands", step=0.0)
+
+
+def test_report_now_over_mqtt(broker: Broker, subscriber: Subscriber, commander: Commander,
+                              agent_factory) -> None:
+    agent = agent_factory(telemetry={"interval_s": 30}).start()  # regular ticks out of the way
+    commands_reach(agent, subscriber, commander)
+    commander.send("report.now", {"id": "now-1"}, response_topic="test/replies/now-1",
+                   correlation=b"\x00corr-1")
+    reply = wait_reply(subscriber, "now-1")
+    assert reply["ok"] and reply["command"] == "report.now" and "seq" not in reply
+    assert reply["device"] == "room-101" and reply["school"] == "school-a"
+    seq = reply["result"]["seq"]
+    metrics = subscriber.wait_for(
+        lambda ms: [m for m in ms if m.topic.endswith("/metrics") and m.payload["seq"] == seq],
+        20, f"the metrics record seq {seq}")
+    assert {"cpu", "memory", "agent"} <= metrics[0].payload["data"].keys()
+    # The same reply on the MQTT 5 response topic, with the correlation data.
+    direct = wait_until(lambda: [r for r in commander.received if r[1].get("id") == "now-1"], 20,
+                        "the reply on the response topic")
+    topic, body, corr = direct[0]
+    assert topic == "test/replies/now-1" and corr == b"\x00corr-1" and body == reply
+    problems = [e for r in replies(subscriber) for e in reply_errors(r)]
+    assert not problems, problems
+    assert not [m for m in subscriber.snapshot("reply") if m.retain]
+
+
+def test_bad_commands_get_error_replies_and_the_agent_carries_on(
+        broker: Broker, subscriber: Subscriber, commander: Commander, agent_factory) -> None:
+    agent = agent_factory().start()
+    commands_reach(agent, subscriber, commander)
+    commander.send("reboot.now", {"id": "u1"})
+    commander.send("report.now", {"id": "a1", "args": {"verbose": True}})
+    commander.send("report.now", {"args": {}})
+    commander.send("report.now", b"{not json")
+    commander.send("report.now", json.dumps({"id": "big", "pad": "x" * 17 * 1024}).encode())
+    assert wait_reply(subscriber, "u1")["error"]["code"] == "unknown_command"
+    bad_args = wait_reply(subscriber, "a1")["error"]
+    assert bad_args["code"] == "bad_args" and "'verbose'" in bad_args["message"]
+    subscriber.wait_for(lambda _m: len([r for r in replies(subscriber) if r["id"] is None]) >= 3,
+                        20, "three replies without an id")
+    codes = sorted(r["error"]["code"] for r in replies(subscriber) if r["id"] is None)
+    assert codes == ["bad_json", "bad_request", "too_large"], codes
+    problems = [e for r in replies(subscriber) for e in reply_errors(r)]
+    assert not problems, problems
+    # Still running, connected and publishing.
+    before = max(subscriber.seqs())
+    subscriber.wait_for(lambda ms: [m for m in ms if m.topic.endswith("/metrics")
+                                    and m.payload["seq"] > before], 20, "new metrics")
+    status = agent.status()
+    assert status["broker"]["connected"] and status["agent"]["pid"] == agent.proc.pid
+    commander.send("report.now", {"id": "after"})
+    assert wait_reply(subscriber, "after")["ok"]
+
+
+def test_command_sent_while_the_agent_was_away_runs_when_it_is_back(
+        broker: Broker, subscriber: Subscriber, commander: Commander, agent_factory) -> None:
+    agent = agent_factory().start()
+    commands_reach(agent, subscriber, commander)
+    agent.kill()  # SIGKILL: the broker keeps the agent's session and queues what comes
+    commander.send("report.now", {"id": "while-away"}, response_topic="test/replies/away",
+                   correlation=b"away")
+    time.sleep(1.0)
+    assert not replies(subscriber, "while-away")
+    agent.start()
+    reply = wait_reply(subscriber, "while-away", timeout=30)
+    assert reply["ok"]
+    seq = reply["result"]["seq"]
+    subscriber.wait_for(lambda ms: [m for m in ms if m.topic.endswith("/metrics")
+                                    and m.payload["seq"] == seq], 20, f"metrics seq {seq}")
+    wait_until(lambda: [r for r in commander.received if r[2] == b"away"], 20,
+               "the reply on the response topic after the restart")
+    time.sleep(1.0)
+    assert len(replies(subscriber, "while-away")) == 1  # run once, not replayed
+
+
+def test_command_in_flight_when_the_agent_died_is_redelivered_and_run_once(
+        broker: Broker, subscriber: Subscriber, commander: Commander, agent_factory) -> None:
+    """The broker resends an unacknowledged command (DUP) to the next, fresh paho client.
+
+    Under load the stop can land after paho read the command but before the worker ran it: the
+    agent acknowledges only after replying, so that case is redelivered too.
+    """
+    agent = agent_factory().start()
+    commands_reach(agent, subscriber, commander)
+    agent.signal(signal.SIGSTOP)  # the broker writes the PUBLISH to the socket; no PUBACK comes
+    try:
+        commander.send("report.now", {"id": "in-flight"})
+        time.sleep(1.0)
+    finally:
+        agent.kill()  # SIGKILL works on a stopped process
+    assert not replies(subscriber, "in-flight")
+    agent.start()
+    assert wait_reply(subscriber, "in-flight", timeout=30)["ok"]
+    before = max(subscriber.seqs())
+    subscriber.wait_for(lambda ms: [m for m in ms if m.topic.endswith("/metrics")
+                                    and m.payload["seq"] > before], 20, "metrics after it")
+    assert len(replies(subscriber, "in-flight")) == 1
+    assert agent.status()["broker"]["connected"]
+
+
+def test_a_command_is_acknowledged_only_after_its_reply(tmp_path: Path, broker: Broker,
+                                                       commander: Commander) -> None:
+    """Publisher level: until ``ack`` is called the broker redelivers the command to the next
+    connection (a crash between receiving and answering loses nothing); after it, never."""
+    got: list[tuple[str, bytes, Any]] = []
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, keepalive_s=5, reconnect_min_s=0.1,
+                     reconnect_max_s=0.5)
+    outbox = Outbox(tmp_path, _outbox_cfg(), ENVELOPE)
+
+    def connect() -> Publisher:
+        pub = Publisher(cfg, ENVELOPE, outbox, tmp_path, 1.0, time.time(),
+                        command_sink=lambda *a: got.append(a))
+        pub.start()
+        wait_until(lambda: pub.stats.commands_subscribed, 10, "the command subscription")
+        return pub
+
+    try:
+        pub = connect()
+        commander.send("report.now", {"id": "unanswered"})
+        wait_until(lambda: len(got) == 1, 10, "the command")
+        pub.stop(flush_s=0)  # never answered, never acknowledged
+        pub = connect()
+        wait_until(lambda: len(got) == 2, 10, "the command again")
+        assert got[1][:2] == got[0][:2] == ("report.now", b'{"id": "unanswered"}')
+        pub.reply(b'{"answer": 1}', None, None)
+        got[1][2].ack()
+        time.sleep(0.5)
+        pub.stop(flush_s=0)
+        pub = connect()
+        time.sleep(1.5)
+        assert len(got) == 2, "an acknowledged command must not come back"
+        pub.stop(flush_s=0)
+    finally:
+        outbox.close()
+
+
+def test_commands_over_mqtt_3_1_1(broker: Broker, subscriber: Subscriber, agent_factory) -> None:
+    cmd = Commander(broker.port, protocol=mqtt.MQTTv311)
+    try:
+        agent = agent_factory(mqtt={"protocol": "3.1.1"}).start()
+        commands_reach(agent, subscriber, cmd)
+        agent.kill()
+        cmd.send("report.now", {"id": "v311-away"})
+        agent.start()
+        reply = wait_reply(subscriber, "v311-away", timeout=30)
+        assert reply["ok"] and not reply_errors(reply)
+    finally:
+        cmd.close()
+
+
+# -- local control ---------------------------------------------------------------------------
+
+
+def post(agent: AgentProcess, name: str, body: bytes,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{agent.status_port}/command/{name}", data=body, method="POST",
+        headers=headers if headers is not None else {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=40) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker")  # never started: nothing listens on its port
+    agent = AgentProcess(tmp_path / "agent", broker.port)
+    try:
+        agent.start()
+        wait_until(lambda: agent.status()["outbox"]["last_seq"] >= 1, 20, "first records")
+        status, reply = post(agent, "report.now", b'{"id": "local-1"}')
+        assert status == 200 and reply["ok"] and reply["id"] == "local-1", reply
+        assert not reply_errors(reply)
+        seq = reply["result"]["seq"]
+        st_ = agent.status()
+        assert not st_["broker"]["connected"] and st_["outbox"]["last_seq"] >= seq
+        assert st_["outbox"]["depth"] >= 1  # waiting in the outbox for the broker
+
+        status, reply = post(agent, "report.now", b'{"id": "x", "args": {"n": 1}}')
+        assert status == 400 and reply["error"]["code"] == "bad_args"
+        status, reply = post(agent, "lesson.start", b'{"id": "x"}')
+        assert status == 400 and reply["error"]["code"] == "unknown_command"  # not wired here
+        status, reply = post(agent, "report.now", b"{" + b" " * (MAX_PAYLOAD + 10) + b"}")
+        assert status == 400 and reply["error"]["code"] == "too_large"
+        status, reply = post(agent, "report.now", b'{"id": "x"}',
+                             {"Content-Type": "application/json",
+                              "Origin": "http://evil.example"})
+        assert status == 403
+        status, reply = post(agent, "report.now", b'{"id": "x"}', {"Content-Type": "text/plain"})
+        assert status == 415
+
+        # The CLI: a refusal is exit 1 with the reason; the agent keeps running.
+        res = agent.cli("lesson", "start", "--course", "Maths", "--config", str(agent.config_path))
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "refused lesson.start" in res.stdout and "unknown command" in res.stdout
+        res = agent.cli("lesson", "stop", "--json", "--config", str(agent.config_path))
+        assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "unknown_command"
+        assert agent.status()["agent"]["pid"] == agent.proc.pid  # type: ignore[union-attr]
+    finally:
+        agent.kill()
+    res = agent.cli("lesson", "stop", "--config", str(agent.config_path))
+    assert res.returncode == 3 and "NOT running" in res.stdout
+
+
+def test_devices_cli(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, 1)
+    res = agent.cli("devices", "--json")
+    assert res.returncode in (0, 1), res.stderr
+    if res.returncode == 0:
+        found = json.loads(res.stdout)
+        assert set(found) == {"cameras", "microphones"}
+        res = agent.cli("devices")
+        assert res.returncode == 0 and "camera(s)" in res.stdout and "microphone(s)" in res.stdout
+    else:
+        assert "Next step" in res.stderr
+
+
+def test_request_dataclass_is_what_parse_returns() -> None:
+    parsed = _router().parse("report.now", _req("p"))
+    assert parsed == Request("report.now", "p", {})
