@@ -34,7 +34,7 @@ def test_broker_killed_three_times_loses_nothing(broker: Broker, subscriber: Sub
         # The broker may hold acknowledged records in memory for our subscriber: let them reach
         # it before the next kill, or the broker (not the agent) loses them.
         drained_to = agent.status()["outbox"]["last_seq"]
-        subscriber.wait_for(lambda ms: max(subscriber.seqs()) >= drained_to, 30,
+        subscriber.wait_for(lambda ms, n=drained_to: max(subscriber.seqs()) >= n, 30,
                             f"seq {drained_to} at the subscriber")
     last = agent.status()["outbox"]["last_seq"]
     subscriber.wait_for(lambda ms: max(subscriber.seqs()) >= last, 30, f"seq {last}")
