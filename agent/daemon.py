@@ -14,7 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from agent import __version__, config
-from agent.commands import CommandRouter, CommandWorker, report_now
+from agent.commands import CommandError, CommandRouter, CommandWorker, Handler, report_now
+from agent.lessons import TimetableError, load_schedule
+from agent.lessons.manager import LessonError, LessonManager
+from agent.media.adapter import LessonMedia
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event
@@ -22,6 +25,7 @@ from agent.sdnotify import notify, watchdog_period
 from agent.status import StatusBoard, StatusServer
 from agent.telemetry.agent_self import AgentCollector
 from agent.telemetry.inventory import collect_inventory
+from agent.telemetry.media_health import MediaHealthCollector
 from agent.telemetry.netquality import NetworkQualityCollector
 from agent.telemetry.peripherals import PeripheralWatch
 from agent.telemetry.scheduler import Scheduler
@@ -40,16 +44,27 @@ class Agent:
         state.mkdir(parents=True, exist_ok=True)
         self._running_marker = state / "running"
         self.outbox = Outbox(state, cfg.outbox, Envelope(cfg.device.id, cfg.device.school))
-        # --- commands wiring (agent/commands.py); the lead adds lesson.start/stop here ---
-        self.commands = CommandWorker(
-            CommandRouter({"report.now": report_now(lambda: self.scheduler.tick(), self.commit)}),
-            self.outbox.envelope, lambda p, t, c: self.publisher.reply(p, t, c))
-        # --- end commands wiring ---
+        self.board = StatusBoard(cfg, config_path, self.started_at, self.outbox,
+                                 lambda: self.publisher, lambda: self.scheduler.failing,
+                                 lessons=lambda: self.lessons.snapshot(),
+                                 media=lambda: self.media.stats())
+        self.media = LessonMedia(cfg.media, cfg.recording_path, self.raise_event)
+        self.lessons = LessonManager(
+            timetable=self._load_timetable(cfg), device_id=cfg.device.id,
+            default_live=_default_live(cfg), manual_duration_s=cfg.lessons.manual_duration_s,
+            media=self.media, emit=self.raise_event, state_path=state / "lesson.json",
+            tz=cfg.lessons.timezone)
+        # Commands from the platform (MQTT) start lessons as "command"; a technician's local
+        # request (CLI -> 127.0.0.1) as "manual". Both share one set of handlers.
+        self.commands = CommandWorker(CommandRouter(self._handlers("command")),
+                                      self.outbox.envelope,
+                                      lambda p, t, c: self.publisher.reply(p, t, c))
+        self.local_commands = CommandWorker(CommandRouter(self._handlers("manual")),
+                                            self.outbox.envelope, lambda p, t, c: None)
         self.publisher = self._make_publisher(cfg)
         self.scheduler = self._make_scheduler(cfg)
-        self.board = StatusBoard(cfg, config_path, self.started_at, self.outbox,
-                                 lambda: self.publisher, lambda: self.scheduler.failing)
-        self.status_server = StatusServer(self.board, cfg.status.address, router=self.commands)
+        self.status_server = StatusServer(self.board, cfg.status.address,
+                                          router=self.local_commands)
 
     # -- building parts ------------------------------------------------------------------------
 
@@ -64,6 +79,7 @@ class Agent:
             *system_collectors(),
             NetworkQualityCollector(probes, every_s=cfg.telemetry.probe_interval_s),
             AgentCollector(self.outbox, lambda: self.publisher, lambda: self.scheduler.held),
+            MediaHealthCollector(self.media.stats, self._current_lesson_id),
         ]
         return Scheduler(
             cfg.telemetry,
@@ -74,6 +90,43 @@ class Agent:
             self.commit,
             on_tick=lambda m, e: self.board.on_tick(m, e),
         )
+
+    def _handlers(self, trigger: str) -> dict[str, Handler]:
+        def lesson_start(args: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return self.lessons.start_manual(
+                    args.get("course"), args.get("teacher"), args.get("role"),
+                    args.get("duration_s"), trigger=trigger)
+            except LessonError as exc:
+                raise CommandError("conflict", str(exc)) from None
+
+        def lesson_stop(_args: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return self.lessons.stop_current(trigger)
+            except LessonError as exc:
+                raise CommandError("conflict", str(exc)) from None
+
+        return {"lesson.start": lesson_start, "lesson.stop": lesson_stop,
+                "report.now": report_now(lambda: self.scheduler.tick(), self.commit)}
+
+    def _current_lesson_id(self) -> str | None:
+        current = self.lessons.snapshot()["current"]
+        return current["lesson_id"] if current else None
+
+    def _load_timetable(self, cfg: config.Config) -> Any:
+        """The timetable, or None. A bad file at start does not stop telemetry: it is reported
+        (log, event, status warning) and lessons run only on command until it is fixed."""
+        if not cfg.lessons.timetable:
+            return None
+        try:
+            return load_schedule(cfg.lessons.timetable, cfg.lessons.timezone)
+        except TimetableError as exc:
+            log.error("timetable %s is invalid; lessons only on command until it is fixed:\n%s",
+                      cfg.lessons.timetable, exc)
+            self.raise_event(event("timetable_invalid", "error",
+                                   "timetable is invalid; scheduled lessons will not start",
+                                   problems=exc.problems))
+            return None
 
     # -- the one way in for records ------------------------------------------------------------
 
@@ -107,8 +160,10 @@ class Agent:
         ))
         self.status_server.start()
         self.commands.start()
+        self.local_commands.start()
         self.publisher.start()
         self.scheduler.start()
+        self.lessons.start()
         log.info("agent %s started: device %s, school %s, broker %s:%d, status on %s",
                  __version__, self.cfg.device.id, self.cfg.device.school, self.cfg.mqtt.host,
                  self.cfg.mqtt.port, self.cfg.status.listen)
@@ -142,6 +197,8 @@ class Agent:
         self.cfg = new
         logging.getLogger().setLevel(new.log_level.upper())
         self.outbox.limits = new.outbox
+        if new.lessons != old.lessons or new.media != old.media:
+            self._reload_lessons(new)
         if new.mqtt != old.mqtt:
             self.publisher.stop(flush_s=0)
             self.publisher = self._make_publisher(new)
@@ -155,15 +212,35 @@ class Agent:
                                config_hash=new.hash))
         log.info("reload: configuration %s applied", new.hash)
 
+    def _reload_lessons(self, new: config.Config) -> None:
+        self.media.media = new.media  # the next lesson uses it; a running one keeps its spec
+        self.lessons.set_defaults(_default_live(new), new.lessons.manual_duration_s)
+        if not new.lessons.timetable:
+            self.lessons.set_timetable(None)
+            return
+        try:
+            self.lessons.set_timetable(load_schedule(new.lessons.timetable, new.lessons.timezone))
+        except TimetableError as exc:
+            self.raise_event(event("config_reload_failed", "warning",
+                                   "timetable reload failed; the running timetable is kept",
+                                   problems=exc.problems))
+
     def stop(self) -> None:
         log.info("stopping: flushing the outbox for up to %.0f s", self.cfg.mqtt.flush_on_exit_s)
+        self.lessons.stop()  # ends a running lesson cleanly: its evidence goes out with the flush
         self.scheduler.stop()
+        self.local_commands.stop()
         self.commands.stop()  # before the publisher, so the last replies are flushed with it
         self.publisher.stop(flush_s=self.cfg.mqtt.flush_on_exit_s)
         self.status_server.stop()
         self.outbox.close()
         self._running_marker.unlink(missing_ok=True)
         log.info("stopped")
+
+
+def _default_live(cfg: config.Config) -> list[tuple[str, str]]:
+    """(name, url) of the configured sinks, named as the media spec names them."""
+    return [(s.name or f"sink{i}", s.url) for i, s in enumerate(cfg.media.live, 1)]
 
 
 def _keep(new: config.Config, old: config.Config, keys: list[str]) -> config.Config:

@@ -40,6 +40,8 @@ class StatusBoard:
         outbox: Outbox,
         publisher: Callable[[], Publisher],
         failing: Callable[[], dict[str, str]],
+        lessons: Callable[[], dict[str, Any]] | None = None,
+        media: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -47,6 +49,8 @@ class StatusBoard:
         self.outbox = outbox
         self.publisher = publisher
         self.failing = failing
+        self.lessons = lessons
+        self.media = media
         self._lock = threading.Lock()
         self._metrics: dict[str, Any] = {}
         self._metrics_ts: float | None = None
@@ -63,6 +67,15 @@ class StatusBoard:
             for ev in events:
                 if ev.kind == "event":
                     self._events.append({"ts": rfc3339(ev.ts), **ev.data})
+
+    def _lessons(self) -> dict[str, Any]:
+        if self.lessons is None:
+            return {"state": "idle", "current": None, "next": None}
+        try:
+            return self.lessons()
+        except Exception:  # a status page must never fail because of one part
+            log.exception("status: lessons snapshot failed")
+            return {"state": "unknown", "current": None, "next": None}
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
@@ -117,6 +130,8 @@ class StatusBoard:
             "metrics": _key_metrics(metrics),
             "peripherals": metrics.get("peripherals", {}),
             "recent_events": events,
+            "lessons": self._lessons(),
+            "media": self.media() if self.media else None,
         }
         snap["warnings"] = warnings(snap, self.cfg)
         snap["ok"] = not snap["warnings"]
@@ -231,6 +246,7 @@ def render_text(s: dict[str, Any]) -> str:
         lines.append(f"  Peripherals {p.get('video', 0)} camera(s), {p.get('audio_inputs', 0)} "
                      f"microphone(s), {p.get('displays_connected', 0)} display(s), "
                      f"{p.get('usb', 0)} USB device(s)")
+    lines.extend(_lesson_lines(s.get("lessons") or {}, s.get("media") or {}))
     for t in km["netquality"]:
         state = f"{t['rtt_ms']:.1f} ms" if t.get("ok") else f"FAILED ({t.get('error')})"
         lines.append(f"  Network     {t['target']}: {state}")
@@ -240,6 +256,29 @@ def render_text(s: dict[str, Any]) -> str:
     else:
         lines.append("No warnings: this terminal looks healthy.")
     return "\n".join(lines)
+
+
+def _lesson_lines(ls: dict[str, Any], media: dict[str, Any]) -> list[str]:
+    out = []
+    cur, nxt = ls.get("current"), ls.get("next")
+    if cur:
+        who = ", ".join(x for x in (cur.get("course"), cur.get("teacher")) if x) or "no course"
+        out.append(f"  Lesson      {cur.get('lesson_id')} ({who}, {cur.get('role')}) "
+                   f"{cur.get('state')} for {_human_s(cur.get('elapsed_s'))}, "
+                   f"{_human_s(cur.get('remaining_s'))} left")
+        rec = media.get("recording") or {}
+        if rec:
+            out.append(f"  Recording   {rec.get('state')}, {_human_s(rec.get('seconds'))} "
+                       f"({rec.get('bytes', 0)} bytes)")
+        for sink in media.get("sinks") or []:
+            out.append(f"  Live        {sink.get('name')}: {sink.get('state')} "
+                       f"({sink.get('bitrate_kbps') or 0:.0f} kbit/s)")
+    else:
+        out.append("  Lesson      none running")
+    if nxt:
+        out.append(f"  Next        {nxt.get('lesson_id')} ({nxt.get('course')}) at "
+                   f"{nxt.get('start')}")
+    return out
 
 
 def render_prometheus(s: dict[str, Any]) -> str:
