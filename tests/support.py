@@ -294,13 +294,13 @@ def _validators() -> dict[str, Draft202012Validator]:
     registry = Registry().with_resources(resources)
     return {
         kind: Draft202012Validator(docs[kind], registry=registry)
-        for kind in ("state", "inventory", "metrics", "usage", "event")
+        for kind in ("state", "inventory", "metrics", "usage", "event", "command", "reply")
     }
 
 
 def schema_errors(msg: Message) -> list[str]:
     """Every way ``msg`` breaks the published JSON Schema of its kind (empty when valid)."""
-    kind = msg.topic.rsplit("/", 1)[-1]
+    kind = "command" if "/cmd/" in msg.topic else msg.topic.rsplit("/", 1)[-1]
     validator = _validators().get(kind)
     if validator is None:
         return [f"no schema for topic {msg.topic}"]

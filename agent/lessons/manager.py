@@ -285,7 +285,10 @@ class LessonManager:
             return False
         if run is not None and run.base_id == planned.lesson_id:
             return False
-        return planned.end.timestamp() - now_w >= MIN_REMAINING_S
+        # Not worth starting with under 30 s left (an agent started at the very end of a
+        # lesson), unless the lesson itself is that short and at least half of it remains.
+        length = planned.end.timestamp() - planned.start.timestamp()
+        return planned.end.timestamp() - now_w >= min(MIN_REMAINING_S, length / 2)
 
     def _start_planned(self, p: PlannedLesson) -> dict[str, Any]:
         seen = self._history.get(p.lesson_id)
