@@ -84,6 +84,10 @@ mqtt:
 state_dir: "$demo/state"
 telemetry:
   interval_s: 5
+media:
+  video: {source: synthetic, width: 1280, height: 720, fps: 30}
+  audio: {source: synthetic}
+  recording: {segment_s: 10, min_free_mb: 500}
 status:
   listen: "127.0.0.1:$status_port"
 EOF
@@ -111,7 +115,21 @@ cleanup() {
         wait "$mosq_pid" 2>/dev/null || true
     fi
     echo "demo.sh: logs: .demo/agent.log, .demo/mosquitto.log (config: .demo/agent.yaml)"
+    show_recording
     exit "$status"
+}
+# The demo lesson's segments, joined into one file the user can play.
+show_recording() {
+    local dir segs=() list
+    dir=$(find "$demo/state/recordings" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | sort | tail -n 1)
+    [[ -n $dir ]] || return 0
+    mapfile -t segs < <(find "$dir" -name 'seg-*.ts' | sort)
+    ((${#segs[@]})) || return 0
+    list=$(IFS='|'; echo "${segs[*]}")
+    if ffmpeg -hide_banner -loglevel error -y -i "concat:$list" -c copy "$demo/demo-lesson.mp4"; then
+        echo "demo.sh: the demo lesson's recording (${#segs[@]} segment(s) in ${dir#"$root"/}):"
+        echo "           play it with: ffplay .demo/demo-lesson.mp4   (or vlc, mpv)"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -159,6 +177,10 @@ if ((!ready)); then
     exit 1
 fi
 
+echo "demo.sh: classroom-agent lesson start --course demo --duration 20"
+"$agent" lesson start --course demo --teacher "Demo Teacher" --duration 20 \
+    --config "$demo/agent.yaml" || true
+sleep 3
 echo "demo.sh: classroom-agent status --config .demo/agent.yaml"
 "$agent" status --config "$demo/agent.yaml" || true
 echo
@@ -203,6 +225,11 @@ if ((agent_status != 0)); then
 fi
 if ((seen == 0)); then
     echo "demo.sh: FAILED: no MQTT message arrived in $run_seconds s" >&2
+    exit 1
+fi
+if ! find "$demo/state/recordings" -name 'seg-*.ts' -size +1k 2>/dev/null | grep -q .; then
+    echo "demo.sh: FAILED: the demo lesson recorded nothing; .demo/agent.log says:" >&2
+    tail -n 30 "$demo/agent.log" >&2
     exit 1
 fi
 echo "demo.sh: OK"

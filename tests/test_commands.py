@@ -617,8 +617,8 @@ def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
 
         status, reply = post(agent, "report.now", b'{"id": "x", "args": {"n": 1}}')
         assert status == 400 and reply["error"]["code"] == "bad_args"
-        status, reply = post(agent, "lesson.start", b'{"id": "x"}')
-        assert status == 400 and reply["error"]["code"] == "unknown_command"  # not wired here
+        status, reply = post(agent, "lesson.stop", b'{"id": "x"}')
+        assert status == 409 and reply["error"]["code"] == "conflict"  # no lesson is running
         status, reply = post(agent, "report.now", b"{" + b" " * (MAX_PAYLOAD + 10) + b"}")
         assert status == 400 and reply["error"]["code"] == "too_large"
         status, reply = post(agent, "report.now", b'{"id": "x"}',
@@ -629,11 +629,11 @@ def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
         assert status == 415
 
         # The CLI: a refusal is exit 1 with the reason; the agent keeps running.
-        res = agent.cli("lesson", "start", "--course", "Maths", "--config", str(agent.config_path))
+        res = agent.cli("lesson", "stop", "--config", str(agent.config_path))
         assert res.returncode == 1, res.stdout + res.stderr
-        assert "refused lesson.start" in res.stdout and "unknown command" in res.stdout
+        assert "refused lesson.stop" in res.stdout and "no lesson is running" in res.stdout
         res = agent.cli("lesson", "stop", "--json", "--config", str(agent.config_path))
-        assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "unknown_command"
+        assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "conflict"
         assert agent.status()["agent"]["pid"] == agent.proc.pid  # type: ignore[union-attr]
     finally:
         agent.kill()

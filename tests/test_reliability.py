@@ -19,6 +19,15 @@ def _drained(agent) -> bool:
     return s is not None and s["broker"]["connected"] and s["outbox"]["depth"] == 0
 
 
+def _witnessed(agent, subscriber: Subscriber) -> None:
+    """Wait until the outbox is drained and the test's subscriber has what was drained."""
+    wait_until(lambda: _drained(agent), 60, "the backlog to drain")
+    subscriber.wait_connected()
+    last = agent.status()["outbox"]["last_seq"]
+    subscriber.wait_for(lambda ms: subscriber.seqs() and max(subscriber.seqs()) >= last, 30,
+                        f"seq {last} at the subscriber")
+
+
 def test_broker_killed_three_times_loses_nothing(broker: Broker, subscriber: Subscriber,
                                                  agent_factory) -> None:
     agent = agent_factory(telemetry={"interval_s": 0.1}).start()  # ~10 records/s
@@ -76,7 +85,7 @@ def test_agent_starts_and_collects_with_the_broker_down(broker: Broker, subscrib
     assert not s["broker"]["connected"] and s["broker"]["last_error"]
     assert any("Not connected to the broker" in w for w in s["warnings"])
     broker.start()
-    wait_until(lambda: _drained(agent), 60, "the backlog to drain")
+    _witnessed(agent, subscriber)
     assert_no_loss(subscriber.seqs())
     first = min(subscriber.snapshot(), key=lambda m: m.payload.get("seq", 1e9))
     assert first.payload["historical"] is True
@@ -91,7 +100,7 @@ def test_outbox_bound_drops_oldest_first_and_reports_it(broker: Broker, subscrib
     before = agent.status()["outbox"]
     assert before["depth"] <= 10
     broker.start()
-    wait_until(lambda: _drained(agent), 60, "the backlog to drain")
+    _witnessed(agent, subscriber)
     metrics = subscriber.wait_for(
         lambda ms: [m for m in ms if m.topic.endswith("/metrics")
                     and m.payload["data"]["agent"]["outbox"]["dropped_total"] > 0],
