@@ -308,7 +308,8 @@ class LiveSink:
         self._rate_bytes = 0
         self._state = "connecting"
         self._bytes_total = 0
-        self._dropped = 0
+        self._dropped = 0                # bytes fed but never written (down or overflow)
+        self._dropped_before = 0         # ... when the current outage began
         self._written: collections.deque[tuple[float, int]] = collections.deque()
         self._live_s = 0.0
         self._live_since: float | None = None
@@ -494,6 +495,8 @@ class LiveSink:
             with self._lock:
                 self._bytes_total += n
                 self._written.append((since, n))
+                while self._written[0][0] < since - 2.0:  # bounded without stats() calls
+                    self._written.popleft()
 
     def _take(self, timeout: float) -> tuple[bytes | None, bool]:
         with self._lock:
@@ -522,7 +525,8 @@ class LiveSink:
                 self._emit("sink_up", "info",
                            f"live sink {self.name} ({self.redacted}) is streaming again after "
                            f"{down_s:.1f} s down",
-                           {"down_s": round(down_s, 1)})
+                           {"down_s": round(down_s, 1),
+                            "dropped_bytes": self._dropped - self._dropped_before})
             else:
                 log.info("live sink %s (%s) is live", self.name, self.redacted)
 
@@ -533,6 +537,7 @@ class LiveSink:
         self._failures += 1
         if self._down_since is None:
             self._down_since = time.monotonic()
+            self._dropped_before = self._dropped
             log.warning("live sink %s (%s) is down: %s", self.name, self.redacted, cause)
             self._emit("sink_down", "warning",
                        f"live sink {self.name} ({self.redacted}) is down: {cause}. Retrying "
