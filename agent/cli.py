@@ -127,14 +127,7 @@ def _status(path: str, as_json: bool) -> int:
         with urllib.request.urlopen(url, timeout=5) as resp:
             snap = json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if as_json:
-            print(json.dumps({"running": False, "error": str(reason), "url": url}))
-        else:
-            print(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
-            print("Next step: `systemctl status classroom-agent` and "
-                  "`journalctl -u classroom-agent -n 50` show why.")
-        return EXIT_NOT_RUNNING
+        return _not_running(url, host, port, exc, as_json)
     snap["running"] = True
     if as_json:
         print(json.dumps(snap, indent=2))
@@ -165,14 +158,7 @@ def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | Non
         except ValueError:
             reply = {"ok": False, "error": {"code": f"http_{exc.code}", "message": exc.reason}}
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if as_json:
-            print(json.dumps({"running": False, "error": str(reason), "url": url}))
-        else:
-            print(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
-            print("Next step: `systemctl start classroom-agent`; `journalctl -u classroom-agent "
-                  "-n 50` shows why it stopped.")
-        return EXIT_NOT_RUNNING
+        return _not_running(url, host, port, exc, as_json)
     if as_json:
         print(json.dumps(reply, indent=2, ensure_ascii=False))
     elif reply.get("ok"):
@@ -245,3 +231,15 @@ def _device_line(item: Any) -> str:
     if item.get("note"):
         extra.append(str(item["note"]))
     return f"{line}: {'; '.join(extra)}" if extra else line
+
+
+def _not_running(url: str, host: str, port: int, exc: BaseException, as_json: bool) -> int:
+    """Nothing answers on the status address: say so, and what to look at next."""
+    reason = getattr(exc, "reason", exc)
+    if as_json:
+        print(json.dumps({"running": False, "error": str(reason), "url": url}))
+    else:
+        print(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
+        print("Next step: `systemctl status classroom-agent` and "
+              "`journalctl -u classroom-agent -n 50` show why.")
+    return EXIT_NOT_RUNNING

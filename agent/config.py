@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from agent.yamlsource import compose
+
 DEFAULT_PATH = Path("/etc/classroom-agent/agent.yaml")
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -229,16 +231,7 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 
 def loads(text: str, name: str = "<config>") -> Config:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{name}: YAML error: {exc}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{name}: YAML nested too deeply to be a config file"]) from None
+    root = compose(text, name, "a config file", ConfigError)
     loader = _Loader(name)
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
         root = yaml.MappingNode("tag:yaml.org,2002:map", [])

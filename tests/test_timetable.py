@@ -377,7 +377,7 @@ def test_from_lessons_builds_a_timetable_for_other_sources() -> None:
     ("term: {start: 2026-09-01, end: 2027-01-22}\ngrids:\n  a: {p1: 08:00-08:40}\n  b: "
      "{p1: 09:00-09:40}\nweekly: {monday: [{period: p1, course: A}]}\n",
      "tt.yaml:5: weekly.monday[0].period: period 'p1': which grid?"),
-    ("weekly: [\n", "tt.yaml:2: YAML syntax error"),
+    ("weekly: [\n", "tt.yaml:2:1: YAML syntax error"),
     ("", "tt.yaml: (top level): the file is empty"),
     ("- a\n- b\n", "tt.yaml:1: (top level): expected a mapping of keys, got a list"),
 ])

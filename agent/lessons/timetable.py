@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from agent.yamlsource import compose
+
 ROLES = ("lecturing", "receiving")
 SOURCES = ("timetable", "ical")
 #: How far ahead ``current_and_next`` looks for the next lesson when the schedule is open-ended.
@@ -235,16 +237,7 @@ def load_timetable(path: Path | str, tz: str) -> Timetable:
 
 def loads_timetable(text: str, tz: str, name: str = "<timetable>") -> Timetable:
     zi = zone(tz)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{name}:{mark.line + 1}" if mark else name
-        raise TimetableError([f"{where}: YAML syntax error: {exc.problem or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise TimetableError([f"{name}: YAML error: {exc}"]) from None
-    except RecursionError:
-        raise TimetableError([f"{name}: YAML nested too deeply to be a timetable"]) from None
+    root = compose(text, name, "a timetable", TimetableError)
     reader = _Reader(name)
     spec = _parse(reader, root)
     if spec is None or reader.problems:
