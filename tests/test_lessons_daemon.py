@@ -6,6 +6,7 @@ keep CI light) and FFmpeg; the broker is the fixture's Mosquitto.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -143,3 +144,25 @@ def test_twenty_lessons_leak_nothing(broker: Broker, agent_factory) -> None:
     assert not children, f"worker processes left behind: {children}"
     dirs = list((agent.workdir / "state" / "recordings").iterdir())
     assert len(dirs) == 20 and all(list(d.glob("seg-*.ts")) for d in dirs)
+
+
+def test_a_killed_lesson_is_reported_with_its_segments(broker: Broker, subscriber: Subscriber,
+                                                       agent_factory) -> None:
+    agent = agent_factory(media=MEDIA, telemetry={"interval_s": 1}).start()
+    cfg = str(agent.config_path)
+    assert agent.cli("lesson", "start", "--course", "Maths", "--config", cfg).returncode == 0
+    rec = agent.workdir / "state" / "recordings"
+    wait_until(lambda: len(list(rec.rglob("seg-*.ts"))) >= 2, 30, "two segments")
+    agent.kill()  # SIGKILL mid-lesson: no lesson_ended from this run
+    time.sleep(1.0)  # the worker sees its stdin close and finishes the open segment
+    agent.start()
+    ev = subscriber.wait_for(lambda _m: _events(subscriber, "lesson_ended"), 30, "the evidence")
+    d = ev[0]["data"]["details"]
+    assert d["ended_by"] == "agent_interrupted" and d["course"] == "Maths"
+    on_disk = sorted(p for p in rec.rglob("seg-*.ts") if p.parent.name == d["lesson_id"])
+    assert [s["path"] for s in d["segments"]] == [str(p) for p in on_disk]
+    for s, p in zip(d["segments"], on_disk, strict=True):
+        assert s["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+        assert s["bytes"] == p.stat().st_size
+    assert d["recorded_s"] and d["recorded_s"] > 4
+    assert not [e for m in subscriber.snapshot() for e in schema_errors(m)]

@@ -492,7 +492,7 @@ class LessonManager:
             "actual_end": rfc3339(end_w),
             "duration_s": round(lost.elapsed_s, 3),
             "ended_by": "agent_interrupted",
-            "live_s": {}, "recorded_s": None, "segments": [],
+            "live_s": {}, **self._recorded(lost.lesson_id, lost.actual_start),
             "interruptions": [{
                 "what": "agent_interrupted", "start": rfc3339(end_w),
                 "end": rfc3339(max(now_w, end_w)), "duration_s": round(max(0.0, now_w - end_w), 3),
@@ -511,6 +511,18 @@ class LessonManager:
                 "role": lost.role, "trigger": lost.trigger, "until": lost.until,
                 "planned_duration_s": lost.planned_duration_s,
             }
+
+    def _recorded(self, lesson_id: str, since: float) -> dict[str, Any]:
+        """What a killed lesson left on disk (segments with size and SHA-256), if the media side
+        can tell; the evidence of an interrupted lesson still lists its recording."""
+        found = getattr(self._media, "recorded", None)
+        summary = _Summary(None)
+        if callable(found):
+            try:
+                summary = _Summary(found(lesson_id, since))
+            except Exception:  # evidence without segments beats no evidence
+                log.exception("could not list the recording of %s", lesson_id)
+        return {"recorded_s": summary.recorded_s, "segments": summary.segments}
 
     # -- the state file ---------------------------------------------------------------------------
 

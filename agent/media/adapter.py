@@ -7,6 +7,7 @@ Runs in the daemon: it imports neither OpenCV nor NumPy (the supervisor spawns t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -53,6 +54,27 @@ class LessonMedia:
     def running(self) -> bool:
         return self.supervisor.running()
 
+    def recorded(self, lesson_id: str, since: float) -> dict[str, Any]:
+        """The segments a lesson left on disk (after a kill or power cut), hashed, in order.
+        Times come from the files' modification times; the last one is marked partial."""
+        folder = self.root / lesson_id
+        segments: list[dict[str, Any]] = []
+        start = since
+        paths = sorted(folder.glob("seg-*.ts")) if folder.is_dir() else []
+        for path in paths:
+            try:
+                size, end = path.stat().st_size, path.stat().st_mtime
+                digest = _sha256(path)
+            except OSError:
+                continue
+            end = max(end, start)
+            segments.append({"path": str(path), "bytes": size, "sha256": digest,
+                             "start": start, "end": end, "duration_s": end - start,
+                             "partial": path == paths[-1]})
+            start = end
+        recorded = sum(seg["duration_s"] for seg in segments) if segments else None
+        return {"segments": segments, "recorded_s": recorded}
+
     # -- for telemetry and status ---------------------------------------------------------------
 
     def stats(self) -> dict[str, Any] | None:
@@ -83,3 +105,11 @@ class LessonMedia:
             "info", "warning", "error") else "warning"
         self.emit(event(name, severity, str(line.get("message", name)),
                         **(line.get("details") or {})))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
