@@ -7,7 +7,6 @@ Runs in the daemon: it imports neither OpenCV nor NumPy (the supervisor spawns t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 
 from agent.config import LiveSinkConfig, MediaConfig
 from agent.media import retention
+from agent.media.checksum import sha256_file
 from agent.media.spec import MediaSpec
 from agent.media.supervisor import MediaSupervisor
 from agent.records import Record, event
@@ -64,7 +64,7 @@ class LessonMedia:
         for path in paths:
             try:
                 size, end = path.stat().st_size, path.stat().st_mtime
-                digest = _sha256(path)
+                digest = sha256_file(path)
             except OSError:
                 continue
             end = max(end, start)
@@ -106,10 +106,3 @@ class LessonMedia:
         self.emit(event(name, severity, str(line.get("message", name)),
                         **(line.get("details") or {})))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.media.checksum import sha256_file
 from agent.media.spec import MediaSpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -295,14 +295,6 @@ class Segment:
     start: float
     end: float
     duration_s: float
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SegmentWatcher:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.backoff import Backoff
+from agent.media.checksum import sha256_file
 from agent.media.sinks import scrub
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ class MediaSupervisor:
                 continue
             try:
                 size, mtime = path.stat().st_size, path.stat().st_mtime
-                digest = _sha256(path)
+                digest = sha256_file(path)
             except OSError:
                 continue
             if size == 0:
@@ -404,11 +404,3 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
