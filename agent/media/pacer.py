@@ -185,21 +185,15 @@ class AudioAligner:
         self._window_start = now
 
 
-class VideoPump:
-    """The thread that writes one frame per slot: new, repeated, or the slate."""
+class _Pump:
+    """A writer thread into one encoder pipe: start, stop, and the error that ended it."""
 
-    def __init__(self, source: Any, fps: int, start: float, write: Callable[[Any], None],
-                 convert: Callable[[np.ndarray], Any], slate: Slate,
-                 on_frame: Callable[[float, np.ndarray], None] | None = None,
-                 clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
-        self.source, self.write, self.convert, self.slate = source, write, convert, slate
-        self.on_frame, self.clock, self.wall = on_frame, clock, wall
-        self.pacer = VideoPacer(fps, start)
-        self.patience = 0.5 / fps
+    name = "pump"
+
+    def __init__(self) -> None:
         self.error: BaseException | None = None
-        self._last: Any = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="video-pump", daemon=True)
+        self._thread = threading.Thread(target=self._guarded, name=self.name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -209,18 +203,41 @@ class VideoPump:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _run(self) -> None:
+    def _guarded(self) -> None:
         try:
-            while not self._stop.is_set():
-                wait = self.pacer.due() - self.clock()
-                if wait > 0:
-                    self._stop.wait(wait)
-                    continue
-                self.write(self._next_frame())
+            self._run()
         except (BrokenPipeError, ValueError, OSError) as exc:  # the encoder went away
             if not self._stop.is_set():
                 self.error = exc
-                log.warning("video pump stopped: %s", exc)
+                log.warning("%s stopped: %s", self.name.replace("-", " "), exc)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class VideoPump(_Pump):
+    """The thread that writes one frame per slot: new, repeated, or the slate."""
+
+    name = "video-pump"
+
+    def __init__(self, source: Any, fps: int, start: float, write: Callable[[Any], None],
+                 convert: Callable[[np.ndarray], Any], slate: Slate,
+                 on_frame: Callable[[float, np.ndarray], None] | None = None,
+                 clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
+        self.source, self.write, self.convert, self.slate = source, write, convert, slate
+        self.on_frame, self.clock, self.wall = on_frame, clock, wall
+        self.pacer = VideoPacer(fps, start)
+        self.patience = 0.5 / fps
+        self._last: Any = None
+        super().__init__()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.pacer.due() - self.clock()
+            if wait > 0:
+                self._stop.wait(wait)
+                continue
+            self.write(self._next_frame())
 
     def _next_frame(self) -> Any:
         lost = self.source.check()
@@ -240,8 +257,10 @@ class VideoPump:
         return self._last
 
 
-class AudioPump:
+class AudioPump(_Pump):
     """The thread that writes captured audio, aligned to the clock, silence when there is none."""
+
+    name = "audio-pump"
 
     def __init__(self, source: Any, aligner: AudioAligner, write: Callable[[bytes], None],
                  on_chunk: Callable[[float, bytes], None] | None = None,
@@ -249,35 +268,20 @@ class AudioPump:
                  clock: Clock = time.monotonic) -> None:
         self.source, self.aligner, self.write = source, aligner, write
         self.on_chunk, self.on_gap, self.clock = on_chunk, on_gap, clock
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audio-pump", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 3.0) -> bool:
-        self._stop.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        super().__init__()
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = self.source.get(timeout=0.05)
-                now = self.clock()
-                if chunk is not None:
-                    out = self.aligner.feed(now, chunk.data)
-                    if self.on_chunk is not None:
-                        self.on_chunk(now, chunk.data)
-                else:
-                    self.source.check()
-                    out = self.aligner.fill(now)
-                    if out and self.on_gap is not None:
-                        self.on_gap(now)
-                if out:
-                    self.write(out)
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            if not self._stop.is_set():
-                self.error = exc
-                log.warning("audio pump stopped: %s", exc)
+        while not self._stop.is_set():
+            chunk = self.source.get(timeout=0.05)
+            now = self.clock()
+            if chunk is not None:
+                out = self.aligner.feed(now, chunk.data)
+                if self.on_chunk is not None:
+                    self.on_chunk(now, chunk.data)
+            else:
+                self.source.check()
+                out = self.aligner.fill(now)
+                if out and self.on_gap is not None:
+                    self.on_gap(now)
+            if out:
+                self.write(out)
