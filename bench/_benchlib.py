@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -231,3 +232,16 @@ def tcp_bytes_by_pid(broker_port: int) -> dict[int, tuple[int, int]] | None:
             sent, recv = result.get(current, (0, 0))
             result[current] = (sent + int(s.group(1)), recv + int(r.group(1)))
     return result
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary working directory, removed afterwards unless ``keep`` (its path is logged)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)

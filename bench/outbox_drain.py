@@ -35,6 +35,7 @@ from _benchlib import (
     free_port,
     log,
     mosquitto,
+    scratch_dir,
     sigterm_as_interrupt,
     stop_process,
     wait_port,
@@ -288,31 +289,27 @@ def main() -> int:
     sigterm_as_interrupt()
     ensure_apt(["mosquitto", "mosquitto-clients"])
 
-    work = Path(tempfile.mkdtemp(prefix="outbox-drain-"))
     results: list[DrainResult] = []
     try:
-        filled = work / "filled"
-        log(f"fill: {args.records} records in batches of {args.batch} into {filled}")
-        fr = fill(filled, args.records, args.batch, args.single)
-        avg = fr.bytes / fr.records
-        log(f"fill: {fr.records} records ({avg:.0f} bytes each on average) in {fr.seconds:.2f} s"
-            f" = {fr.records / fr.seconds:,.0f} records/s committed in batches of {args.batch}")
-        log(f"fill: single-record commits: {fr.single_rate:,.0f} commits/s "
-            f"(p50 {fr.single_ms_p50:.2f} ms, max {fr.single_ms_max:.2f} ms, "
-            f"{args.single} commits, synchronous=FULL)")
-        # Queue every record for the subscriber (no drop) and let paho's window be the limit.
-        extra = ["max_queued_messages 0", "max_queued_bytes 0", "max_inflight_messages 100"]
-        with mosquitto(work, extra) as port:
-            for inflight in inflights:
-                results.append(drain(filled, work, port, args.records, inflight, args.timeout))
+        with scratch_dir("outbox-drain-", args.keep) as work:
+            filled = work / "filled"
+            log(f"fill: {args.records} records in batches of {args.batch} into {filled}")
+            fr = fill(filled, args.records, args.batch, args.single)
+            avg = fr.bytes / fr.records
+            log(f"fill: {fr.records} records ({avg:.0f} bytes each on average) in "
+                f"{fr.seconds:.2f} s = {fr.records / fr.seconds:,.0f} records/s committed in "
+                f"batches of {args.batch}")
+            log(f"fill: single-record commits: {fr.single_rate:,.0f} commits/s "
+                f"(p50 {fr.single_ms_p50:.2f} ms, max {fr.single_ms_max:.2f} ms, "
+                f"{args.single} commits, synchronous=FULL)")
+            # Queue every record for the subscriber (no drop) and let paho's window be the limit.
+            extra = ["max_queued_messages 0", "max_queued_bytes 0", "max_inflight_messages 100"]
+            with mosquitto(work, extra) as port:
+                for inflight in inflights:
+                    results.append(drain(filled, work, port, args.records, inflight, args.timeout))
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
     print()
     print(f"Outbox drain, N = {args.records} records of ~{avg:.0f} bytes, target >= "

@@ -18,7 +18,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from _benchlib import (
     log,
     memory,
     mosquitto,
+    scratch_dir,
     sigterm_as_interrupt,
     stop_process,
     tcp_bytes_by_pid,
@@ -351,19 +351,13 @@ def main() -> int:
     ensure_apt(apt)
     glances = ensure_glances() if "glances" in names else None
 
-    work = Path(tempfile.mkdtemp(prefix="telemetry-overhead-"))
     try:
-        with mosquitto(work) as port:
+        with scratch_dir("telemetry-overhead-", args.keep) as work, mosquitto(work) as port:
             ok = run(work, port, names, glances, args.interval, warmup, window,
                      args.glances_topics)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 
