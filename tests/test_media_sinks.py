@@ -1,7 +1,8 @@
 """LiveSink against real receivers: what arrives, outages, stalls, and secrets.
 
-A real FFmpeg encodes testsrc2 + sine to MPEG-TS in real time (as the worker's encoder does) and
-a feeder thread hands its stdout to the sinks, timing every feed() call.
+A real FFmpeg encodes testsrc2 + sine in real time to each sink's container (FLV for RTMP,
+MPEG-TS for SRT, as the worker's encoder does) and a feeder thread hands its stdout to the
+sinks (FLV cut into whole tags by the encoder's framer), timing every feed() call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.media.flv import FlvFramer, FlvGate, FlvInit
 from agent.media.sinks import KeyframeGate, LiveSink, redact_url, remux_argv, scrub
 from tests.receivers import RtmpReceiver, SrtReceiver, probe, wait_for_growth
 from tests.support import free_port, wait_until
@@ -25,39 +27,50 @@ FPS = 25
 KEY = "room101-secretkey"
 
 
-def encoder_argv(seconds: float) -> list[str]:
+def encoder_argv(seconds: float, container: str = "mpegts") -> list[str]:
     return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
             "-f", "lavfi", "-i", f"testsrc2=s=640x360:r={FPS}",
             "-f", "lavfi", "-i", "sine=f=440:r=48000",
             "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", str(FPS),
             "-b:v", "1000k", "-maxrate", "1000k", "-bufsize", "1000k",
-            "-c:a", "aac", "-b:a", "96k", "-t", str(seconds), "-f", "mpegts", "pipe:1"]
+            "-c:a", "aac", "-b:a", "96k", "-t", str(seconds), "-f", container, "pipe:1"]
 
 
 class Feeder:
-    """The worker's fan-out in miniature: read the encoder's stdout, feed() every sink."""
+    """The worker's fan-out in miniature: one encoder per container the sinks need; each
+    encoder's output is feed() to its sinks."""
 
     def __init__(self, sinks: list[LiveSink], seconds: float) -> None:
-        self.sinks = sinks
-        self.proc = subprocess.Popen(encoder_argv(seconds), stdout=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL)
         self.calls: list[tuple[float, float]] = []  # (monotonic, seconds one feed() took)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.threads: list[threading.Thread] = []
+        for fmt in sorted({s.container for s in sinks}):
+            proc = subprocess.Popen(encoder_argv(seconds, fmt), stdout=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
+            mine = [s for s in sinks if s.container == fmt]
+            thread = threading.Thread(target=self._run, args=(proc, mine, fmt), daemon=True)
+            thread.start()
+            self.procs.append(proc)
+            self.threads.append(thread)
 
-    def _run(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := self.proc.stdout.read1(65536):
-            for sink in self.sinks:
+    def _run(self, proc: subprocess.Popen[bytes], sinks: list[LiveSink], fmt: str) -> None:
+        assert proc.stdout is not None
+        framer = FlvFramer() if fmt == "flv" else None
+        while raw := proc.stdout.read1(65536):
+            chunk = framer.feed(raw) if framer else raw
+            if not chunk:
+                continue
+            for sink in sinks:
                 t0 = time.perf_counter()
                 sink.feed(chunk)
                 self.calls.append((time.monotonic(), time.perf_counter() - t0))
 
     def wait(self) -> None:
-        self.proc.wait(120)
-        self.thread.join(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        for proc, thread in zip(self.procs, self.threads, strict=True):
+            proc.wait(120)
+            thread.join(10)
+            assert proc.stdout is not None
+            proc.stdout.close()
 
     def durations(self, start: float, end: float) -> list[float]:
         return [d for t, d in self.calls if start <= t <= end]
@@ -192,7 +205,9 @@ def test_stalled_remux_process_is_detected_and_killed(tmp_path: Path) -> None:
                     max_queue_bytes=400_000)
     sink.start()
     stop = threading.Event()
-    ts = _ts_stream()
+    raw = _flv_stream()
+    framer = FlvFramer()
+    chunks = [c for i in range(0, len(raw), 18800) if (c := framer.feed(raw[i:i + 18800]))]
     longest = 0.0
 
     def feed() -> None:
@@ -200,9 +215,9 @@ def test_stalled_remux_process_is_detected_and_killed(tmp_path: Path) -> None:
         i = 0
         while not stop.is_set():
             t0 = time.perf_counter()
-            sink.feed(ts[i:i + 18800])
+            sink.feed(chunks[i])
             longest = max(longest, time.perf_counter() - t0)
-            i = (i + 18800) % (len(ts) - 18800)
+            i = (i + 1) % len(chunks)
             time.sleep(0.02)
 
     feeder = threading.Thread(target=feed, daemon=True)
@@ -265,6 +280,39 @@ def test_redaction(url: str, redacted: str, secrets: list[str]) -> None:
     message = scrub(f"[rtmp] {url}: Connection refused; " + " ".join(secrets), url)
     for secret in secrets:
         assert secret not in message
+
+
+def _flv_stream() -> bytes:
+    """A few seconds of real FLV (key frame every second), as FFmpeg writes it."""
+    return subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=s=320x180:r=25", "-f", "lavfi", "-i", "sine=f=440:r=48000",
+         "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-c:a", "aac", "-t", "4",
+         "-f", "flv", "-flvflags", "no_duration_filesize", "pipe:1"],
+        capture_output=True, check=True).stdout
+
+
+def test_flv_framer_init_and_gate_start_a_decodable_stream_mid_way() -> None:
+    raw = _flv_stream()
+    framer = FlvFramer()
+    chunks = [c for i in range(0, len(raw), 3001) if (c := framer.feed(raw[i:i + 3001]))]
+    assert b"".join(chunks) == raw, "the framer loses and adds nothing"
+    init = FlvInit()
+    for c in chunks:
+        init.observe(c)
+    gate = FlvGate(init)
+    out = b"".join(gate.feed(c) for c in chunks[len(chunks) // 2:])
+    assert gate.open and out.startswith(b"FLV")
+    packets = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "packet=codec_type,flags,pts_time",
+         "-of", "csv=p=0", "-f", "flv", "-i", "pipe:0"], input=out, capture_output=True,
+        check=True).stdout.decode().split()
+    video = [p for p in packets if p.startswith("video")]
+    assert video[0].endswith("K_"), video[:3]
+    assert {p.split(",")[0] for p in packets} == {"video", "audio"}
+    assert 25 <= len(video) <= 60, len(video)
+    with pytest.raises(ValueError, match="not FLV"):
+        FlvFramer().feed(b"\x47" * 200)
 
 
 def test_remux_argv() -> None:

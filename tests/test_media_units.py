@@ -408,7 +408,8 @@ def test_missing_devices_are_reported_not_fatal() -> None:
 
 def test_argv_is_a_list_with_the_expected_options(tmp_path: Path) -> None:
     s = MediaSpec.from_json(DOC_EXAMPLE)
-    argv = enc.build_argv(s, list_path=tmp_path / "l.csv", audio_fd=7, progress_fd=9)
+    argv = enc.build_argv(s, list_path=tmp_path / "l.csv", audio_fd=7, progress_fd=9,
+                          live={"flv": 11, "mpegts": 12})
     assert all(isinstance(a, str) for a in argv) and argv[0] == "ffmpeg"
 
     def opt(name: str) -> str:
@@ -424,7 +425,12 @@ def test_argv_is_a_list_with_the_expected_options(tmp_path: Path) -> None:
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-map"] == ["0:v:0", "1:a:0"]
     tee = opt("-f") if argv.count("-f") == 1 else argv[-1]
     assert tee.startswith("[f=segment:segment_time=60:segment_format=mpegts:")
-    assert "segment_list_type=csv" in tee and tee.endswith("|[f=mpegts:onfail=abort]pipe:1")
+    assert "segment_list_type=csv" in tee and "onfail=abort]" in tee.split("|")[0]
+    assert tee.split("|")[1:] == [
+        "[f=flv:flvflags=no_duration_filesize:onfail=ignore]pipe:11",
+        "[f=mpegts:onfail=ignore]pipe:12"]
+    no_live = enc.build_argv(s, list_path=tmp_path / "l.csv")[-1]
+    assert no_live.startswith("[f=segment:") and "|" not in no_live.replace("\\|", "")
     with pytest.raises(SpecError, match="even"):
         enc.build_argv(spec(tmp_path, width=321), list_path=tmp_path / "l.csv")
 
@@ -451,8 +457,9 @@ def test_encoder_records_into_an_awkward_directory(tmp_path: Path) -> None:
     """Tee escaping for real: ':', '|', quotes, brackets and spaces in the recording path."""
     rec = tmp_path / "a:b|c d'e[1]"
     s = spec(rec)
-    ts: list[bytes] = []
-    e = enc.Encoder(s, ts.append)
+    live: dict[str, list[bytes]] = {"flv": [], "mpegts": []}
+    e = enc.Encoder(s, lambda fmt, chunk: live[fmt].append(chunk),
+                    live_formats=("flv", "mpegts"))
     e.start()
     frame = enc.to_pipe(SyntheticVideo(320, 240, 25).frame(1))
     audio = SyntheticAudio(48000, 2)
@@ -472,7 +479,10 @@ def test_encoder_records_into_an_awkward_directory(tmp_path: Path) -> None:
     segs = watcher.poll()
     assert len(segs) >= 2 and all(Path(x.path).parent == rec for x in segs)
     assert segs[0].start == 1000.0 and segs[0].sha256 == enc.sha256_file(Path(segs[0].path))
-    assert sum(len(c) for c in ts) == e.ts_bytes > 10_000
+    for fmt, chunks in live.items():  # both live containers carry the whole encode too
+        path = tmp_path / f"live.{fmt}"
+        path.write_bytes(b"".join(chunks))
+        assert count_frames(path) == 62, fmt
     streams = ffprobe_streams(segs[0].path)
     assert {x["codec_name"] for x in streams} == {"h264", "aac"}
     assert sum(count_frames(x.path) for x in segs) == 62

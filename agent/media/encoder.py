@@ -1,12 +1,14 @@
-"""The one FFmpeg that encodes: raw frames and samples in, MPEG-TS segments + an MPEG-TS stream out.
+"""The one FFmpeg that encodes: raw frames and samples in, MPEG-TS segments + live streams out.
 
 Video goes in on stdin, audio on its own pipe (``pass_fds``; one writer thread per pipe, since
 FFmpeg opens its inputs one after the other and a single writer deadlocks), encoder progress comes
-back on a third pipe. ``pass_fds`` keeps a descriptor's number in the child, so the argv names the
-real numbers (``pipe:N``) instead of renumbering to 3 and 4 in a ``preexec_fn`` (unsafe with
-threads). The ``tee`` muxer writes the recording (``segment`` muxer) and the live
-stream (stdout) from one encode. Stdout is always drained, sinks or not: a full pipe would stall
-FFmpeg and with it the recording.
+back on another pipe. ``pass_fds`` keeps a descriptor's number in the child, so the argv names the
+real numbers (``pipe:N``) instead of renumbering in a ``preexec_fn`` (unsafe with threads). The
+``tee`` muxer writes the recording (``segment`` muxer) and one live stream per container the
+sinks need (FLV for RTMP, MPEG-TS for SRT; :data:`LIVE_FORMATS`), each on a pipe of its own, from
+one encode. Every live pipe is always drained: a full pipe would stall FFmpeg and with it the
+recording. A live output that fails is dropped by the tee (``onfail=ignore``); the recording's
+failure ends the encode (``onfail=abort``), since a lesson that records nothing must be noticed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import cv2
 import numpy as np
 
 from agent.media.checksum import sha256_file
+from agent.media.flv import FlvFramer
 from agent.media.spec import MediaSpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,11 @@ _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _NO_PROBE = ("-probesize", "32", "-analyzeduration", "0")
 _LEVEL_RE = re.compile(r"\[(panic|fatal|error|warning|info|verbose|debug)\]")
+#: Live containers the encoder can write, with the tee slave options of each.
+LIVE_FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
+    "flv": (("f", "flv"), ("flvflags", "no_duration_filesize")),
+    "mpegts": (("f", "mpegts"),),
+}
 
 
 def to_pipe(image: np.ndarray, pix_fmt: str = PIPE_PIX_FMT) -> np.ndarray:
@@ -59,20 +67,26 @@ def tee_escape(text: str, specials: str) -> str:
     return "".join("\\" + c if c in specials or c in "\\'" else c for c in text)
 
 
-def tee_target(record_dir: Path, list_path: Path, segment_s: float, start_number: int) -> str:
-    """The ``-f tee`` output: segments on disk and MPEG-TS on stdout.
-
-    Two levels of parsing: the tee splits slaves on ``|`` (one level of escapes), then a slave's
-    ``[options]`` are parsed again (a second level); the slave's file name only by the first.
-    """
-    opts = [("f", "segment"), ("segment_time", f"{segment_s:g}"),
-            ("segment_format", "mpegts"), ("reset_timestamps", "0"),
-            ("segment_start_number", str(start_number)),
-            ("segment_list", str(list_path)), ("segment_list_type", "csv"),
-            ("onfail", "abort")]
+def _tee_slave(opts: list[tuple[str, str]], target: str) -> str:
+    """One slave. Two levels of parsing: the tee splits slaves on ``|`` (one level of escapes),
+    then a slave's ``[options]`` are parsed again (a second level); its file name only by the
+    first."""
     inner = ":".join(f"{k}={tee_escape(v, ':]=|[')}" for k, v in opts)
-    recording = f"[{inner}]{record_dir / SEGMENT_PATTERN}"
-    return tee_escape(recording, "|") + "|[f=mpegts:onfail=abort]pipe:1"
+    return tee_escape(f"[{inner}]{target}", "|")
+
+
+def tee_target(record_dir: Path, list_path: Path, segment_s: float, start_number: int,
+               live: Mapping[str, int] | None = None) -> str:
+    """The ``-f tee`` output: segments on disk, and each live container to its pipe (fd)."""
+    recording = [("f", "segment"), ("segment_time", f"{segment_s:g}"),
+                 ("segment_format", "mpegts"), ("reset_timestamps", "0"),
+                 ("segment_start_number", str(start_number)),
+                 ("segment_list", str(list_path)), ("segment_list_type", "csv"),
+                 ("onfail", "abort")]
+    slaves = [_tee_slave(recording, str(record_dir / SEGMENT_PATTERN))]
+    for fmt, fd in (live or {}).items():
+        slaves.append(_tee_slave([*LIVE_FORMATS[fmt], ("onfail", "ignore")], f"pipe:{fd}"))
+    return "|".join(slaves)
 
 
 def next_segment_number(record_dir: Path) -> int:
@@ -83,8 +97,8 @@ def next_segment_number(record_dir: Path) -> int:
 
 
 def build_argv(spec: MediaSpec, *, list_path: Path, start_number: int = 0,
-               audio_fd: int = 3, progress_fd: int = 4, pix_fmt: str = PIPE_PIX_FMT,
-               ffmpeg: str = "ffmpeg") -> list[str]:
+               audio_fd: int = 3, progress_fd: int = 4, live: Mapping[str, int] | None = None,
+               pix_fmt: str = PIPE_PIX_FMT, ffmpeg: str = "ffmpeg") -> list[str]:
     """The encoder's argv (a list: no shell ever sees it)."""
     v, a, e = spec.video, spec.audio, spec.encoder
     if v.width % 2 or v.height % 2:
@@ -108,7 +122,7 @@ def build_argv(spec: MediaSpec, *, list_path: Path, start_number: int = 0,
         "-c:a", "aac", "-b:a", f"{e.audio_bitrate_kbps}k",
         "-max_muxing_queue_size", "1024",
         "-f", "tee", tee_target(Path(spec.recording.dir), list_path, spec.recording.segment_s,
-                                start_number),
+                                start_number, live),
     ]
 
 
@@ -147,17 +161,24 @@ def parse_progress(block: dict[str, str]) -> Progress:
 
 
 class Encoder:
-    """Runs FFmpeg with three pipes in and two out; callers write from one thread per pipe."""
+    """Runs FFmpeg with two pipes in and one per live container out; callers write video and
+    audio from one thread each. ``on_live(container, chunk)`` gets every live chunk (FLV cut at
+    tag boundaries)."""
 
-    def __init__(self, spec: MediaSpec, on_ts: Callable[[bytes], None],
-                 ffmpeg: str = "ffmpeg", pix_fmt: str = PIPE_PIX_FMT) -> None:
-        self.spec, self.on_ts, self.pix_fmt = spec, on_ts, pix_fmt
+    def __init__(self, spec: MediaSpec, on_live: Callable[[str, bytes], None],
+                 live_formats: Collection[str] = (), ffmpeg: str = "ffmpeg",
+                 pix_fmt: str = PIPE_PIX_FMT) -> None:
+        unknown = set(live_formats) - set(LIVE_FORMATS)
+        if unknown:
+            raise ValueError(f"live container(s) {sorted(unknown)} unknown: use "
+                             f"{sorted(LIVE_FORMATS)}")
+        self.spec, self.on_live, self.pix_fmt = spec, on_live, pix_fmt
+        self.live_formats = sorted(set(live_formats))
         self.ffmpeg = shutil.which(ffmpeg) or ffmpeg
         self.record_dir = Path(spec.recording.dir)
         self.start_number = 0
         self.list_path = self.record_dir / "segments.csv"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.ts_bytes = 0
         self.errors: deque[str] = deque(maxlen=20)
         self._audio: Any = None
         self._progress = Progress()
@@ -174,26 +195,30 @@ class Encoder:
         self.list_path = self.record_dir / f"segments-{self.start_number:05d}.csv"
         audio_r, audio_w = os.pipe()
         prog_r, prog_w = os.pipe()
+        live = {fmt: os.pipe() for fmt in self.live_formats}  # container -> (read, write)
+        child_fds = (audio_r, prog_w, *(w for _r, w in live.values()))
         argv = build_argv(self.spec, list_path=self.list_path, start_number=self.start_number,
-                          audio_fd=audio_r, progress_fd=prog_w, pix_fmt=self.pix_fmt,
+                          audio_fd=audio_r, progress_fd=prog_w,
+                          live={fmt: w for fmt, (_r, w) in live.items()}, pix_fmt=self.pix_fmt,
                           ffmpeg=self.ffmpeg)
         log.info("encoder: %s", " ".join(argv))
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, pass_fds=(audio_r, prog_w))
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, pass_fds=child_fds)
         except OSError as exc:
-            for fd in (audio_r, audio_w, prog_r, prog_w):
+            for fd in (audio_w, prog_r, *child_fds, *(r for r, _w in live.values())):
                 os.close(fd)
             raise OSError(f"cannot start {self.ffmpeg}: {exc}; install FFmpeg "
                           "(scripts/deps.sh)") from None
-        os.close(audio_r)
-        os.close(prog_w)
-        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        for fd in child_fds:
+            os.close(fd)
+        assert self.proc.stdin and self.proc.stderr
         for fd in (self.proc.stdin.fileno(), audio_w):
             with contextlib.suppress(OSError):  # bigger pipes: fewer wake-ups per frame
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
         self._audio = open(audio_w, "wb")  # noqa: SIM115 (closed in close_inputs)
-        self._spawn(self._read_ts, self.proc.stdout, "encoder-stdout")
+        for fmt, (r, _w) in live.items():
+            self._spawn(lambda fd, fmt=fmt: self._read_live(fmt, fd), r, f"encoder-{fmt}")
         self._spawn(self._read_progress, open(prog_r, "rb"), "encoder-progress")  # noqa: SIM115
         self._spawn(self._read_stderr, self.proc.stderr, "encoder-stderr")
 
@@ -245,21 +270,26 @@ class Encoder:
             t.join(2.0)
         return code
 
-    def _read_ts(self, stream: Any) -> None:
-        fd = stream.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self.ts_bytes += len(chunk)
-            try:
-                self.on_ts(chunk)
-            except Exception:  # a sink's bug must not stop the drain (the recording needs it)
-                log.exception("fan-out to live sinks failed")
-        stream.close()
+    def _read_live(self, fmt: str, fd: int) -> None:
+        """Drain one live pipe to EOF, whatever happens downstream (the recording needs it)."""
+        framer = FlvFramer() if fmt == "flv" else None
+        fanning = True
+        try:
+            while chunk := os.read(fd, 65536):
+                if not fanning:
+                    continue
+                try:
+                    out = framer.feed(chunk) if framer else chunk
+                    if out:
+                        self.on_live(fmt, out)
+                except Exception:  # a sink's or the framer's bug must not stop the drain
+                    log.exception("fan-out of the %s live stream failed; its live sinks get "
+                                  "nothing more this lesson (the recording goes on)", fmt)
+                    fanning = False
+        except OSError as exc:
+            log.warning("reading the encoder's %s live output failed: %s", fmt, exc)
+        finally:
+            os.close(fd)
 
     def _read_progress(self, stream: Any) -> None:
         block: dict[str, str] = {}

@@ -1,4 +1,7 @@
-"""Live sinks: one `ffmpeg -c copy` remux process per destination, fed the encoder's MPEG-TS.
+"""Live sinks: one `ffmpeg -c copy` process per destination, fed the encoder's live stream.
+
+RTMP sinks get FLV (what RTMP carries; agent/media/flv.py), SRT sinks MPEG-TS: :func:`container`
+names which, and the encoder writes each container the sinks need once.
 
 Each sink has its own bounded queue and writer thread, so a dead or slow receiver costs that
 sink its data and never the recording or the other sinks (docs/media.md). The remux process is
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.backoff import Backoff
+from agent.media.flv import FlvGate, FlvInit
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +146,27 @@ def srt_caller_url(url: str) -> str:
     return f"{base}?{'&'.join(fixed)}"
 
 
-def remux_argv(url: str, ffmpeg: str = "ffmpeg") -> list[str]:
-    """`ffmpeg -c copy` from MPEG-TS on stdin to ``url``, with progress lines on stderr."""
+def container(url: str) -> str:
+    """The live container a sink for ``url`` is fed: ``flv`` (RTMP) or ``mpegts`` (SRT)."""
     scheme = url.split("://", 1)[0].lower()
-    head = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning",
-            "-progress", "pipe:2", "-stats_period", "0.5",
-            "-analyzeduration", str(ANALYZE_US), "-f", "mpegts", "-i", "pipe:0",
-            "-c", "copy"]
     if scheme in ("rtmp", "rtmps"):
-        return [*head, "-flush_packets", "1", "-flvflags", "no_duration_filesize",
-                "-rw_timeout", str(IO_TIMEOUT_US), "-f", "flv", url]
+        return "flv"
     if scheme == "srt":
-        return [*head, "-f", "mpegts", srt_caller_url(url)]
+        return "mpegts"
     raise ValueError(f"live sink URL scheme {scheme!r} is not supported: use rtmp://, rtmps:// "
                      "or srt://")
+
+
+def remux_argv(url: str, ffmpeg: str = "ffmpeg") -> list[str]:
+    """`ffmpeg -c copy` from the sink's container on stdin to ``url``, progress on stderr."""
+    fmt = container(url)
+    head = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning",
+            "-progress", "pipe:2", "-stats_period", "0.5",
+            "-analyzeduration", str(ANALYZE_US), "-f", fmt, "-i", "pipe:0", "-c", "copy"]
+    if fmt == "flv":
+        return [*head, "-flush_packets", "1", "-flvflags", "no_duration_filesize",
+                "-rw_timeout", str(IO_TIMEOUT_US), "-f", "flv", url]
+    return [*head, "-f", "mpegts", srt_caller_url(url)]
 
 
 # --- MPEG-TS: where a fresh remux process may start -----------------------------------------
@@ -282,7 +293,8 @@ def _pmt_video_pid(payload: bytes) -> int | None:
 # --- the sink -------------------------------------------------------------------------------
 
 class LiveSink:
-    """One live destination, fed the encoder's MPEG-TS stream; remuxes it with `ffmpeg -c copy`.
+    """One live destination, fed the encoder's stream in :attr:`container` (FLV chunks cut at
+    tag boundaries); passes it on with `ffmpeg -c copy`.
 
     ``on_event(event, severity, message, details)`` gets ``sink_down`` (warning, once per outage,
     with FFmpeg's reason) and ``sink_up`` (info, when a sink that was down is live again). It is
@@ -295,6 +307,8 @@ class LiveSink:
         self.url = url
         self.redacted = redact_url(url)
         self._argv = remux_argv(url, ffmpeg)
+        self.container = container(url)
+        self._flv_init = FlvInit() if self.container == "flv" else None
         self._on_event = on_event
         self._fixed_max = max_queue_bytes
         self._lock = threading.Lock()
@@ -337,6 +351,8 @@ class LiveSink:
             return
         now = time.monotonic()
         with self._lock:
+            if self._flv_init is not None:  # even while down: a restart needs the stream's init
+                self._flv_init.observe(chunk)
             self._rate_bytes += len(chunk)
             if now - self._rate_t0 >= 1.0:
                 rate = self._rate_bytes / (now - self._rate_t0)
@@ -444,7 +460,8 @@ class LiveSink:
         assert proc.stdin is not None
         fd = proc.stdin.fileno()
         os.set_blocking(fd, False)
-        gate = KeyframeGate()
+        gate: KeyframeGate | FlvGate = (FlvGate(self._flv_init) if self._flv_init is not None
+                                        else KeyframeGate())
         pending = memoryview(b"")
         since = time.monotonic()       # when the pending data last moved
         first_write: float | None = None

@@ -118,13 +118,13 @@ class Worker:
         self.video_health = VideoHealth()
         self.meter = AudioMeter()
         self.sinks: list[Any] = []
-        self.encoder = Encoder(spec, self._fan_out)
+        self._by_container: dict[str, list[Any]] = {}
+        self._make_sinks()
+        self.encoder = Encoder(spec, self._fan_out, live_formats=self._by_container)
         self.recording_state = "recording"
         self.watcher: SegmentWatcher | None = None
         self.video_pump: VideoPump | None = None
         self.audio_pump: AudioPump | None = None
-        self._last_ts_bytes = 0
-        self._last_stats_t = time.monotonic()
 
     def wall_of(self, mono: float) -> float:
         return self.wall0 + (mono - self.mono0)
@@ -137,8 +137,8 @@ class Worker:
         self.emitter.emit("event", event=event, severity=severity, message=message,
                           details=details)
 
-    def _fan_out(self, chunk: bytes) -> None:
-        for sink in self.sinks:
+    def _fan_out(self, container: str, chunk: bytes) -> None:
+        for sink in self._by_container[container]:
             sink.feed(chunk)
 
     def _make_sinks(self) -> None:
@@ -150,11 +150,12 @@ class Worker:
             def on_event(event: str, severity: str, message: str, details: dict[str, Any],
                          _name: str = s.name) -> None:
                 self._on_event(event, severity, message, details, sink=_name)
-            self.sinks.append(LiveSink(s.name, s.url, on_event))
+            sink = LiveSink(s.name, s.url, on_event)
+            self.sinks.append(sink)
+            self._by_container.setdefault(sink.container, []).append(sink)
 
     def run(self) -> int:
         """The whole lesson; returns the exit code."""
-        self._make_sinks()
         for sink in self.sinks:
             sink.start()
         self.video.start()
@@ -267,12 +268,10 @@ class Worker:
             self.emitter.emit("segment", **asdict(seg))
 
     def _emit_stats(self) -> None:
-        now = time.monotonic()
         prog = self.encoder.progress
-        ts_bytes = self.encoder.ts_bytes
-        elapsed = max(1e-3, now - self._last_stats_t)
-        stream_kbps = (ts_bytes - self._last_ts_bytes) * 8 / 1000 / elapsed
-        self._last_ts_bytes, self._last_stats_t = ts_bytes, now
+        recorded = self.watcher.recorded_bytes() if self.watcher else 0
+        # FFmpeg reports no bit rate for a tee output: the recording's mean stands in for it.
+        mean_kbps = recorded * 8 / 1000 / prog.out_time_s if prog.out_time_s > 0 else 0.0
         vc = self.video_pump.pacer.counters if self.video_pump else None
         levels = self.meter.take()
         sinks = []
@@ -291,11 +290,11 @@ class Worker:
             flags={"black": self.video_health.black, "frozen": self.video_health.frozen,
                    "silence": levels.silence},
             encoder={"fps": prog.fps, "speed": prog.speed,
-                     "bitrate_kbps": round(prog.bitrate_kbps or stream_kbps, 1),
+                     "bitrate_kbps": round(prog.bitrate_kbps or mean_kbps, 1),
                      "frames": prog.frames},
             sinks=sinks,
             recording={"state": self.recording_state, "seconds": round(prog.out_time_s, 2),
-                       "bytes": self.watcher.recorded_bytes() if self.watcher else 0},
+                       "bytes": recorded},
         )
 
 
