@@ -1,14 +1,11 @@
 """Capture-to-receiver latency of the live stream, RTMP and SRT, on loopback.
 
 Every synthetic frame carries its capture time (epoch ms) as a row of black/white blocks (the
-"time strip", below); OCR of the burned-in clock would be slow and fragile. The real worker runs
-under MediaSupervisor with both sinks; each receiver is an FFmpeg listener that decodes (one
-thread, low_delay) and writes only the strip, as grey raw video, to a pipe. Latency = the time
-a decoded frame arrives here minus the time written in it: capture, pacing, encode, the sink's
-queue and remux, transport, receive and decode.
-
-Until SyntheticVideo draws the strip itself (it sets ``TIME_STRIP = True`` then), the worker is
-started through a small wrapper that adds it; the drawing costs ~0.1 ms a frame.
+time strip, agent/media/timestrip.py). The real worker runs under MediaSupervisor with both
+sinks; each receiver is an FFmpeg listener that decodes (one thread, low_delay) and writes only
+the strip, as grey raw video, to a pipe. Latency = the time a decoded frame arrives here minus
+the time written in it: capture, pacing, encode, the sink's queue and remux, transport, receive
+and decode.
 
 Usage: python bench/latency.py [--seconds 30] [--size 1280x720] [--fps 30] [--srt-latency-ms 120]
 Target: RTMP p95 <= 120 ms.
@@ -30,94 +27,9 @@ from pathlib import Path
 import numpy as np
 from _benchlib import ROOT, free_port, log, sigterm_as_interrupt, stop_process
 
+from agent.media.timestrip import BITS, block_size, crop_filter, read_strip
+
 TARGET_RTMP_P95_MS = 120.0
-
-# --- the time strip -------------------------------------------------------------------------
-# 48 square blocks in a row at the top-left corner: sync 1010, the epoch time in milliseconds
-# modulo 2^40 (MSB first), a 4-bit checksum (sum of the ten nibbles mod 16). White = 1.
-SYNC = (1, 0, 1, 0)
-VALUE_BITS = 40
-BITS = len(SYNC) + VALUE_BITS + 4
-
-
-def block_size(width: int) -> int:
-    """Block edge in pixels: large enough to survive H.264 at low bit rates."""
-    return max(6, width // 80)
-
-
-def strip_bits(ms: int) -> list[int]:
-    value = ms % (1 << VALUE_BITS)
-    bits = [(value >> (VALUE_BITS - 1 - i)) & 1 for i in range(VALUE_BITS)]
-    check = sum((value >> (4 * i)) & 0xF for i in range(VALUE_BITS // 4)) % 16
-    return [*SYNC, *bits, *((check >> (3 - i)) & 1 for i in range(4))]
-
-
-def draw_strip(img: np.ndarray, wall: float) -> None:
-    """Write ``wall`` (epoch seconds) into ``img`` (H x W x 3 or H x W, uint8) in place."""
-    b = block_size(img.shape[1])
-    for i, bit in enumerate(strip_bits(round(wall * 1000))):
-        img[0:b, i * b:(i + 1) * b] = 255 if bit else 0
-
-
-def read_strip(gray: np.ndarray, near: float | None = None) -> float | None:
-    """The epoch seconds written in a grey frame's strip (whose width is the strip's), or None.
-
-    ``near`` (epoch seconds, default now) resolves the 2^40 ms wrap (34 years).
-    """
-    b = gray.shape[1] // BITS
-    if b < 1 or gray.shape[0] < b:
-        return None
-    row = gray[b // 2, [i * b + b // 2 for i in range(BITS)]]
-    bits = [int(v > 127) for v in row]
-    if tuple(bits[:4]) != SYNC:
-        return None
-    value = 0
-    for bit in bits[4:4 + VALUE_BITS]:
-        value = value << 1 | bit
-    check = 0
-    for bit in bits[4 + VALUE_BITS:]:
-        check = check << 1 | bit
-    if check != sum((value >> (4 * i)) & 0xF for i in range(VALUE_BITS // 4)) % 16:
-        return None
-    now_ms = round((time.time() if near is None else near) * 1000)
-    ms = now_ms - ((now_ms - value) % (1 << VALUE_BITS))
-    if now_ms - ms > (1 << (VALUE_BITS - 1)):
-        ms += 1 << VALUE_BITS
-    return ms / 1000
-
-
-def patch_synthetic() -> None:
-    """Make SyntheticVideo draw the strip (no-op once it does so itself)."""
-    from agent.media.synthetic import SyntheticVideo
-
-    if getattr(SyntheticVideo, "TIME_STRIP", False):
-        return
-    original = SyntheticVideo.frame
-
-    def frame(self: SyntheticVideo, n: int, wall: float | None = None) -> np.ndarray:
-        wall = time.time() if wall is None else wall
-        img = original(self, n, wall)
-        draw_strip(img, wall)
-        return img
-
-    SyntheticVideo.frame = frame  # type: ignore[method-assign]
-    SyntheticVideo.TIME_STRIP = True  # type: ignore[attr-defined]
-
-
-def worker_wrapper(folder: Path) -> str:
-    """An executable the supervisor can run as ``<it> -m agent.media.worker``, strip added."""
-    path = folder / "worker-with-strip"
-    path.write_text(
-        f"#!{sys.executable}\n"
-        "import runpy, sys\n"
-        f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'bench')!r}]\n"
-        "import latency\n"
-        "latency.patch_synthetic()\n"
-        "sys.argv = ['agent.media.worker']\n"
-        "runpy.run_module('agent.media.worker', run_name='__main__', alter_sys=True)\n")
-    path.chmod(0o755)
-    return str(path)
-
 
 # --- receivers that decode --------------------------------------------------------------------
 
@@ -134,7 +46,7 @@ class StripReceiver:
 
     def start(self) -> None:
         b = block_size(self.width)
-        crop = f"crop={BITS * b}:{b}:0:0,format=gray"
+        crop = crop_filter(self.width)
         argv = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
                 "-threads", "1", "-flags", "low_delay", "-fflags", "nobuffer",
                 "-analyzeduration", "500000", *self.listen_argv,
@@ -201,7 +113,7 @@ def main() -> int:
             ("srt", f"srt://127.0.0.1:{srt_port}?latency={args.srt_latency_ms}")]))
         stats: list[dict] = []
         sup = MediaSupervisor(lambda line: stats.append(line) if line["type"] == "stats"
-                              else None, python=worker_wrapper(Path(tmp)))
+                              else None)
         try:
             for r in receivers:
                 r.start()

@@ -292,47 +292,98 @@ def fd_dir_gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}/fd").exists()
 
 
-def stream_start(path: str | Path, stream: str) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries",
-                          "stream=start_time", "-of", "csv=p=0", str(path)],
-                         capture_output=True, text=True, timeout=60)
-    return float(out.stdout.split()[0])
+BEEP_HZ = 1000.0
+#: Demodulated 1 kHz level is averaged over this many samples at 48 kHz (12.5 ms): a multiple
+#: of 48000/560 and 48000/1440, so the 440 Hz tone (at 560 and 1440 Hz after demodulation) nulls.
+BEEP_AVERAGE = 600
 
 
-def av_offsets_ms(path: str | Path, fps: int, flash_rect: tuple[int, int, int, int],
-                  rate: int = 48000) -> list[float]:
-    """Audio minus video onset (ms) of each synthetic beep/flash pair: + means audio is late.
+def video_captures(path: str | Path, width: int) -> list[tuple[float, float | None]]:
+    """(PTS, capture time from the time strip, or None) of every frame of a synthetic recording,
+    in order; decoded as a stream (about 1 MB/s of memory whatever the length)."""
+    import tempfile
 
-    The flash is found in decoded frames (frame k at video start + k/fps), the beep as the
-    1 kHz burst whose level rises from the tone's -23 dBFS RMS to the beep's -15.
-    """
-    import cv2
     import numpy as np
 
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    x, y, w, h = flash_rect
-    lit: list[bool] = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        lit.append(float(img[y + 2:y + h - 2, x + 2:x + w - 2].mean()) > 128)
-    cap.release()
-    v0 = stream_start(path, "v:0")
-    flashes = [v0 + k / fps for k in range(1, len(lit)) if lit[k] and not lit[k - 1]]
+    from agent.media.timestrip import BITS, block_size, crop_filter, read_strip
 
-    pcm = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
-                          "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"],
-                         capture_output=True, timeout=120, check=True).stdout
-    a = np.frombuffer(pcm, np.float32)
-    win = rate // 400  # 2.5 ms
-    env = np.sqrt(np.mean(a[: len(a) // win * win].reshape(-1, win) ** 2, axis=1))
-    loud = env > 0.125  # between the tone's RMS (0.071) and the beep's (0.177)
-    a0 = stream_start(path, "a:0")
-    beeps = [a0 + i * win / rate for i in range(1, len(loud)) if loud[i] and not loud[i - 1]]
-    offsets = []
-    for f in flashes:
-        near = min(beeps, key=lambda b: abs(b - f), default=None)
-        if near is not None and abs(near - f) < 0.5:
-            offsets.append(round((near - f) * 1000, 1))
-    return offsets
+    b = block_size(width)
+    size = BITS * b * b
+    captures: list[float | None] = []
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "info", "-copyts", "-i",
+             str(path), "-an", "-vf", f"{crop_filter(width)},showinfo", "-fps_mode",
+             "passthrough", "-f", "rawvideo", "pipe:1"], stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        while len(data := proc.stdout.read(size)) == size:
+            captures.append(read_strip(np.frombuffer(data, np.uint8).reshape(b, BITS * b)))
+        proc.wait()
+        err.seek(0)
+        pts = [float(tok.split(":", 1)[1])
+               for line in err.read().decode(errors="replace").splitlines()
+               if "Parsed_showinfo" in line and " pts_time:" in line
+               for tok in line.split() if tok.startswith("pts_time:")]
+    if len(captures) != len(pts):
+        raise AssertionError(f"{path}: decoded {len(captures)} frames but showinfo listed "
+                             f"{len(pts)}")
+    return list(zip(pts, captures, strict=True))
+
+
+def beep_onsets(path: str | Path, rate: int = 48000) -> list[float]:
+    """PTS of every synthetic beep's onset: where the demodulated 1 kHz level crosses half the
+    beep's level (checked on FFmpeg-made beeps: within 0.5 ms)."""
+    import numpy as np
+
+    start = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "frame=pts_time",
+         "-read_intervals", "%+#1", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True, timeout=60).stdout.split()[0]
+    pcm = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map",
+         "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"],
+        capture_output=True, check=True, timeout=600).stdout
+    x = np.frombuffer(pcm, np.int16).astype(np.float64) / 32768
+    base = x * np.exp(-2j * np.pi * BEEP_HZ * np.arange(len(x)) / rate)
+    csum = np.concatenate(([0], np.cumsum(base)))
+    level = np.abs(csum[BEEP_AVERAGE:] - csum[:-BEEP_AVERAGE]) / BEEP_AVERAGE
+    half = level.max() / 2
+    above = level > half
+    onsets: list[float] = []
+    last = -1
+    for i in np.flatnonzero(~above[:-1] & above[1:]):
+        # hysteresis: a new beep only after the level fell below a quarter since the last one
+        if last >= 0 and level[last:i].min() > half / 2:
+            continue
+        last = i
+        frac = (half - level[i]) / (level[i + 1] - level[i])
+        onsets.append(float(start) + (i + frac + BEEP_AVERAGE / 2) / rate)  # window centre
+    return onsets
+
+
+def av_offsets_from(frames: list[tuple[float, float | None]],
+                    onsets: list[float]) -> list[float]:
+    """For each beep: its PTS minus the video PTS at which the capture time passes the same
+    wall-clock second (interpolated between the frames around it), in ms; + = sound late."""
+    import itertools
+
+    known = [(p, c) for p, c in frames if c is not None]
+    crossings: dict[int, float] = {}
+    for (p0, c0), (p1, c1) in itertools.pairwise(known):
+        second = int(c1)
+        if int(c0) < second and c1 > c0:
+            crossings[second] = p0 + (second - c0) / (c1 - c0) * (p1 - p0)
+    if not crossings:
+        return []
+    first_second, first_pts = min(crossings.items())
+    result = []
+    for onset in onsets:
+        second = first_second + round(onset - first_pts)
+        if second in crossings:
+            result.append(round((onset - crossings[second]) * 1000, 1))
+    return result
+
+
+def av_offsets_ms(path: str | Path, width: int) -> list[float]:
+    """A/V offset of each beep of a synthetic recording (see :func:`av_offsets_from`)."""
+    return av_offsets_from(video_captures(path, width), beep_onsets(path))

@@ -18,7 +18,6 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.media.synthetic import SyntheticVideo
 from tests.media_support import (
     UdpVideoSource,
     VirtualMicrophone,
@@ -148,10 +147,14 @@ def test_synthetic_lesson_records_reports_and_stops(tmp_path: Path,
     whole = concat_segments([s["path"] for s in segs], tmp_path / "all.ts")
     check_video(whole, summary["recorded_s"])
     assert mean_volume_db(whole) > -30.0
-    # A/V sync: the beep and the flash happen at the same wall-clock instant in the sources.
-    offsets = av_offsets_ms(whole, FPS, SyntheticVideo(W, H, FPS).flash_rect)
+    # A/V sync: each beep against the picture captured at the same wall-clock second.
+    offsets = av_offsets_ms(whole, W)
+    print(f"\nA/V offsets (audio - video, ms): {offsets}")
     assert len(offsets) >= 6, offsets
-    assert abs(statistics.median(offsets)) <= 1000 / FPS + 5, offsets
+    # The target (bench/av_sync) is every beep within +-40 ms; a starved CI core can shift the
+    # picture's phase by a frame for a while, so the test wants three beeps in four.
+    within = [x for x in offsets if abs(x) <= 40]
+    assert abs(statistics.median(offsets)) <= 40 and len(within) >= 0.75 * len(offsets), offsets
 
 
 def test_microphone_and_udp_camera(tmp_path: Path, mic: VirtualMicrophone,

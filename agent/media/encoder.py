@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # runs: I420 worker 11% + FFmpeg 23% = 34%; BGR worker 9% + FFmpeg 28% = 37%. cv2.cvtColor in
 # the worker costs less than FFmpeg's swscale of BGR, and the pipe carries half the bytes.
 PIPE_PIX_FMT = "yuv420p"
+#: Samples of priming FFmpeg's AAC encoder puts before the first input sample (its
+#: ``initial_padding``); worker.encoder_audio_lag_ms explains why it matters.
+AAC_PRIMING_SAMPLES = 1024
 SEGMENT_PATTERN = "seg-%05d.ts"
 _SEGMENT_RE = re.compile(r"^seg-(\d{5,})\.ts$")
 _PIPE_SIZE = 1 << 20

@@ -112,7 +112,7 @@ class AudioAligner:
     Silence is inserted, or samples dropped, by exactly the estimated drift.
     """
 
-    def __init__(self, rate: int, channels: int, start: float, delay_ms: int = 0,
+    def __init__(self, rate: int, channels: int, start: float, delay_ms: float = 0,
                  tolerance_s: float = 0.02, window_s: float = 1.0, gap_s: float = 0.2,
                  jump_s: float = 0.5) -> None:
         self.rate, self.frame_bytes, self.start = rate, 2 * channels, start
@@ -275,7 +275,10 @@ class AudioPump(_Pump):
             chunk = self.source.get(timeout=0.05)
             now = self.clock()
             if chunk is not None:
-                out = self.aligner.feed(now, chunk.data)
+                # Aligned on when it was captured, not when it got here: a backlog (chunks
+                # queued before the lesson started, or behind a stalled pipe) is dropped
+                # instead of playing late.
+                out = self.aligner.feed(chunk.t, chunk.data)
                 if self.on_chunk is not None:
                     self.on_chunk(now, chunk.data)
             else:

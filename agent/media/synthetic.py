@@ -1,8 +1,9 @@
 """Synthetic sources: a test pattern with a burned-in clock and a tone with a beep every second.
 
-They stand in for a camera and a microphone on machines without either, and make A/V sync
-measurable: the beep starts at each wall-clock second and the frame shows that clock to the
-millisecond. Both are paced by the caller (they only compute what was asked for).
+They stand in for a camera and a microphone on machines without either, and make latency and
+A/V sync measurable: the beep starts at each wall-clock second, and each frame carries its
+capture time to the millisecond twice, as text for people and as the time strip for machines
+(agent/media/timestrip.py). Both are paced by the caller (they only compute what was asked for).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 import cv2
 import numpy as np
 
+from agent.media.timestrip import draw_strip
+
 FLASH_S = 0.1  # the beep and the flash: the first 100 ms of every wall-clock second
 
 _BARS_BGR = [(192, 192, 192), (0, 192, 192), (192, 192, 0), (0, 192, 0), (192, 0, 192),
@@ -20,11 +23,9 @@ _BARS_BGR = [(192, 192, 192), (0, 192, 192), (192, 192, 0), (0, 192, 0), (192, 0
 
 
 class SyntheticVideo:
-    """Colour bars, a moving box and the wall clock + frame number as large text (BGR frames).
-
-    A white square (``flash_rect``) shows during the audio beep, so a recording's A/V offset can
-    be measured by machine as well as read off the burned-in clock.
-    """
+    """Colour bars, a moving box, the wall clock + frame number as large text, and the time
+    strip (BGR frames). A white square (``flash_rect``) shows during the audio beep, so people
+    can see the A/V offset too."""
 
     def __init__(self, width: int, height: int, fps: int) -> None:
         self.width, self.height, self.fps = width, height, fps
@@ -66,6 +67,7 @@ class SyntheticVideo:
         org = (w // 40, h - h // 14)
         cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, self._scale, (255, 255, 255),
                     self._thick, cv2.LINE_AA)
+        draw_strip(img, wall)
         return img
 
 
