@@ -53,6 +53,54 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
         time.sleep(step)
 
 
+def accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(d: Path, name: str) -> None:
+    """``{name}.crt`` and ``{name}.key`` in ``d``: a self-signed CA made with the openssl CLI."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
+
+
+def make_cert(d: Path, name: str, ca: str, cn: str, san: str) -> None:
+    """``{name}.crt``/``{name}.key`` signed by CA ``ca``, with common name ``cn`` and SAN."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext",
+             cwd=d)
+
+
+def secure_broker(workdir: Path, listener: str) -> tuple[Broker, int]:
+    """A Broker with its plain listener (for test clients) plus a second one configured by
+    ``listener`` (TLS, passwords, ACL...) on another free port; returns both."""
+    port = free_port()
+    b = Broker(workdir, head="per_listener_settings true",
+               extra=f"listener {port} 127.0.0.1\n{listener}")
+    b.start()
+    wait_until(lambda: accepting(port), 10, "the secured listener")
+    return b, port
+
+
+def make_password_file(path: Path, users: dict[str, str]) -> Path:
+    """A Mosquitto password file (hashed by mosquitto_passwd) for ``users``."""
+    for i, (user, password) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(path), user,
+                        password], check=True, capture_output=True, timeout=30)
+    path.chmod(0o644)  # Mosquitto may drop to another user before it reads it
+    return path
+
+
 class Broker:
     """A Mosquitto of our own; kill() and start() keep the port so clients can come back."""
 
@@ -90,11 +138,7 @@ class Broker:
     def _accepting(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return accepting(self.port)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
