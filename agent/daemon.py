@@ -105,9 +105,9 @@ class Agent:
         return make_guard(c.public_keys, c.signatures_required, c.max_age_s, cfg.device.school,
                           cfg.device.id, self.seen_ids, self.raise_event)
 
-    def _check_secret_files(self) -> None:
+    def _check_secret_files(self, cfg: config.Config) -> None:
         """Warn (log, status, event) about secret files others can read."""
-        found = exposed(self.cfg)
+        found = exposed(cfg)
         self.secret_warnings = [e.warning for e in found]
         for e in found:
             log.warning("%s", e.warning)
@@ -180,7 +180,7 @@ class Agent:
     def start(self) -> None:
         unclean = self._running_marker.exists()
         self._running_marker.write_text(f"{time.time()}\n")
-        self._check_secret_files()
+        self._check_secret_files(self.cfg)
         startup = self.outbox.take_startup_event()
         if startup is not None:
             self.raise_event(startup)
@@ -216,6 +216,7 @@ class Agent:
                                    problems=exc.problems))
             return
         old = self.cfg
+        self._check_secret_files(new)  # a chmod is a reason to reload even with the same file
         if new == old:
             log.info("reload: configuration unchanged")
             return
@@ -234,7 +235,6 @@ class Agent:
             self._reload_lessons(new)
         if new.commands != old.commands:
             self.guard = self._make_guard(new)
-        self._check_secret_files()
         if new.mqtt != old.mqtt:
             self.publisher.stop(flush_s=0)
             self.publisher = self._make_publisher(new)
