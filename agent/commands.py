@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent import CONTRACT_VERSION
 from agent.records import Envelope, Record, rfc3339
@@ -174,6 +174,17 @@ class Request:
     name: str
     id: str
     args: dict[str, Any]
+    #: Signed commands only (agent/signing.py checks them; the router passes them through).
+    ts: Any = None
+    sig: Any = None
+
+
+class Guard(Protocol):
+    """A check run on a valid request before it runs (agent/signing.py's ``CommandGuard``)."""
+
+    def check(self, req: Request) -> dict[str, Any] | None: ...
+
+    def ran(self, req: Request) -> None: ...
 
 
 def error(req_id: str | None, code: str, message: str) -> dict[str, Any]:
@@ -200,15 +211,22 @@ class CommandRouter:
         parsed = self.parse(name, payload)
         return parsed if isinstance(parsed, dict) else self.execute(parsed)
 
-    def parse(self, name: str, payload: bytes) -> Request | dict[str, Any]:
-        """A valid :class:`Request`, or the error reply explaining what is wrong with it."""
+    def parse(self, name: str, payload: bytes,
+              guard: Guard | None = None) -> Request | dict[str, Any]:
+        """A valid :class:`Request`, or the error reply explaining what is wrong with it.
+
+        ``guard`` (signed commands) is asked once the request's id is known and before the
+        command name and arguments are checked, so an unauthenticated request learns nothing
+        about them and every such attempt is counted the same way.
+        """
         try:
-            return self._parse(name, payload)
+            return self._parse(name, payload, guard)
         except Exception:  # the checks above are total; this is a last line of defence
             log.exception("commands: unexpected error validating %r", _clip(str(name)))
             return error(None, INTERNAL_ERROR, "the agent failed to read the command; see its log")
 
-    def _parse(self, name: str, payload: bytes) -> Request | dict[str, Any]:
+    def _parse(self, name: str, payload: bytes,
+               guard: Guard | None) -> Request | dict[str, Any]:
         if len(payload) > MAX_PAYLOAD:
             return error(None, TOO_LARGE,
                          f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD}")
@@ -225,20 +243,23 @@ class CommandRouter:
             return error(None, BAD_REQUEST,
                          f'"id" must be a string of 1 to {MAX_ID} characters (got '
                          f"{'nothing' if req_id is None else _json_type(req_id)})")
-        extra = sorted(set(body) - {"id", "args"})
+        extra = sorted(set(body) - {"id", "args", "ts", "sig"})
         if extra:
-            return error(req_id, BAD_REQUEST,
-                         f"unknown field {_clip(extra[0])!r}; a request has only id and args")
+            return error(req_id, BAD_REQUEST, f"unknown field {_clip(extra[0])!r}; a request "
+                         "has only id, args and, when signed, ts and sig")
+        req = Request(name, req_id, body.get("args", {}), body.get("ts"), body.get("sig"))
+        refused = guard.check(req) if guard is not None else None
+        if refused is not None:
+            return refused
         spec = self.specs.get(name)
         if spec is None or name not in self.handlers:
             known = ", ".join(sorted(n for n in self.specs if n in self.handlers))
             return error(req_id, UNKNOWN_COMMAND,
                          f"unknown command {_clip(name)!r}; this agent accepts: {known}")
-        args = body.get("args", {})
-        why = check_args(spec, args)
+        why = check_args(spec, req.args)
         if why is not None:
             return error(req_id, BAD_ARGS, f"{name}: {why}")
-        return Request(name, req_id, args)
+        return req
 
     def execute(self, req: Request) -> dict[str, Any]:
         """Run the handler; a :class:`CommandError` is a refusal, anything else a bug."""
@@ -294,8 +315,10 @@ class CommandWorker:
     """Runs commands one at a time on its own thread; MQTT and HTTP requests queue here."""
 
     def __init__(self, router: CommandRouter, envelope: Envelope, reply: ReplySink,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, guard: Callable[[], Guard | None] | None = None,
+                 ) -> None:
         self.router = router
+        self.guard = guard or (lambda: None)  # a getter: a reload may replace the guard
         self.envelope = envelope
         self.reply = reply
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
@@ -382,7 +405,8 @@ class CommandWorker:
             self._finish(job, body)
 
     def _execute(self, job: _Job) -> dict[str, Any]:
-        parsed = self.router.parse(job.name, job.payload)
+        guard = self.guard()  # before the repeat check below: a replayed id is refused
+        parsed = self.router.parse(job.name, job.payload, guard)
         if isinstance(parsed, dict):
             log.info("commands: refused %s: %s", _clip(job.name), parsed["error"]["message"])
             return parsed
@@ -393,6 +417,8 @@ class CommandWorker:
             return self._recent[key]
         started = time.monotonic()
         body = self.router.execute(parsed)
+        if guard is not None:
+            guard.ran(parsed)
         self.executed_total += 1
         outcome = "ok" if body["ok"] else body["error"]["code"]
         log.info("commands: %s id %s -> %s (%.0f ms)", parsed.name, parsed.id, outcome,

@@ -184,6 +184,24 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    """Who may command this terminal over MQTT (docs/security.md, "Signed commands")."""
+
+    public_keys: list[str] = _opt_factory(
+        list, file=True, doc="PEM files of the platform's Ed25519 public keys")
+    #: None: signatures are required exactly when public_keys lists a key. True without keys
+    #: refuses every MQTT command (local control still works).
+    require_signature: bool | None = _opt(None)
+    max_age_s: float = _opt(300.0, min=10, max=86400)
+
+    @property
+    def signatures_required(self) -> bool:
+        if self.require_signature is None:
+            return bool(self.public_keys)
+        return self.require_signature
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig
     mqtt: MqttConfig = _opt_factory(MqttConfig)
@@ -193,6 +211,7 @@ class Config:
     status: StatusConfig = _opt_factory(StatusConfig)
     media: MediaConfig = _opt_factory(MediaConfig)
     lessons: LessonsConfig = _opt_factory(LessonsConfig)
+    commands: CommandsConfig = _opt_factory(CommandsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = _opt("info")
 
     @property

@@ -22,6 +22,8 @@ from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event
 from agent.sdnotify import notify, watchdog_period
+from agent.secretfiles import exposed
+from agent.signing import CommandGuard, SeenIds, make_guard
 from agent.status import StatusBoard, StatusServer
 from agent.telemetry.agent_self import AgentCollector
 from agent.telemetry.inventory import collect_inventory
@@ -47,7 +49,11 @@ class Agent:
         self.board = StatusBoard(cfg, config_path, self.started_at, self.outbox,
                                  lambda: self.publisher, lambda: self.scheduler.failing,
                                  lessons=lambda: self.lessons.snapshot(),
-                                 media=lambda: self.media.stats())
+                                 media=lambda: self.media.stats(),
+                                 security=self._security)
+        self.seen_ids = SeenIds(state / "commands-seen.json")
+        self.guard = self._make_guard(cfg)
+        self.secret_warnings: list[str] = []
         self.media = LessonMedia(cfg.media, cfg.recording_path, self.raise_event)
         self.lessons = LessonManager(
             timetable=self._load_timetable(cfg), device_id=cfg.device.id,
@@ -56,9 +62,12 @@ class Agent:
             tz=cfg.lessons.timezone)
         # Commands from the platform (MQTT) start lessons as "command"; a technician's local
         # request (CLI -> 127.0.0.1) as "manual". Both share one set of handlers.
+        # Only MQTT commands are signed: local control is the technician at the terminal
+        # (loopback only, docs/security.md).
         self.commands = CommandWorker(CommandRouter(self._handlers("command")),
                                       self.outbox.envelope,
-                                      lambda p, t, c: self.publisher.reply(p, t, c))
+                                      lambda p, t, c: self.publisher.reply(p, t, c),
+                                      guard=lambda: self.guard)
         self.local_commands = CommandWorker(CommandRouter(self._handlers("manual")),
                                             self.outbox.envelope, lambda p, t, c: None)
         self.publisher = self._make_publisher(cfg)
@@ -90,6 +99,29 @@ class Agent:
             self.commit,
             on_tick=lambda m, e: self.board.on_tick(m, e),
         )
+
+    def _make_guard(self, cfg: config.Config) -> CommandGuard:
+        c = cfg.commands
+        return make_guard(c.public_keys, c.signatures_required, c.max_age_s, cfg.device.school,
+                          cfg.device.id, self.seen_ids, self.raise_event)
+
+    def _check_secret_files(self, cfg: config.Config) -> None:
+        """Warn (log, status, event) about secret files others can read."""
+        found = exposed(cfg)
+        self.secret_warnings = [e.warning for e in found]
+        for e in found:
+            log.warning("%s", e.warning)
+            self.raise_event(event("secret_file_exposed", "warning",
+                                   f"the {e.what} file is readable by group or others",
+                                   path=e.path, mode=f"{e.mode:04o}"))
+
+    def _security(self) -> dict[str, Any]:
+        g = self.guard
+        return {"signatures_required": g.required, "public_keys": len(g.keys),
+                "commands_rejected_total": g.rejected_total,
+                "warnings": [*self.secret_warnings, *(
+                    f"A command public key is unusable: {p}. Every MQTT command is refused "
+                    "until it is fixed." for p in g.problems)]}
 
     def _handlers(self, trigger: str) -> dict[str, Handler]:
         def lesson_start(args: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +180,7 @@ class Agent:
     def start(self) -> None:
         unclean = self._running_marker.exists()
         self._running_marker.write_text(f"{time.time()}\n")
+        self._check_secret_files(self.cfg)
         startup = self.outbox.take_startup_event()
         if startup is not None:
             self.raise_event(startup)
@@ -183,6 +216,7 @@ class Agent:
                                    problems=exc.problems))
             return
         old = self.cfg
+        self._check_secret_files(new)  # a chmod is a reason to reload even with the same file
         if new == old:
             log.info("reload: configuration unchanged")
             return
@@ -199,6 +233,8 @@ class Agent:
         self.outbox.limits = new.outbox
         if new.lessons != old.lessons or new.media != old.media:
             self._reload_lessons(new)
+        if new.commands != old.commands:
+            self.guard = self._make_guard(new)
         if new.mqtt != old.mqtt:
             self.publisher.stop(flush_s=0)
             self.publisher = self._make_publisher(new)

@@ -42,6 +42,7 @@ class StatusBoard:
         failing: Callable[[], dict[str, str]],
         lessons: Callable[[], dict[str, Any]] | None = None,
         media: Callable[[], dict[str, Any] | None] | None = None,
+        security: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -51,6 +52,7 @@ class StatusBoard:
         self.failing = failing
         self.lessons = lessons
         self.media = media
+        self.security = security
         self._lock = threading.Lock()
         self._metrics: dict[str, Any] = {}
         self._metrics_ts: float | None = None
@@ -132,6 +134,7 @@ class StatusBoard:
             "recent_events": events,
             "lessons": self._lessons(),
             "media": self.media() if self.media else None,
+            "security": self.security() if self.security else {"warnings": []},
         }
         snap["warnings"] = warnings(snap, self.cfg)
         snap["ok"] = not snap["warnings"]
@@ -186,6 +189,7 @@ def warnings(s: dict[str, Any], cfg: Config) -> list[str]:
     if ob["quarantined_total"]:
         out.append(f"The outbox file was corrupt and has been quarantined in {cfg.state_dir}. "
                    "Next step: check the disk (dmesg, smartctl).")
+    out.extend(s["security"]["warnings"])
     for name, why in s["telemetry"]["failing_collectors"].items():
         out.append(f"Collector {name} is failing: {why}.")
     out.extend(
@@ -247,6 +251,11 @@ def render_text(s: dict[str, Any]) -> str:
                      f"microphone(s), {p.get('displays_connected', 0)} display(s), "
                      f"{p.get('usb', 0)} USB device(s)")
     lines.extend(_lesson_lines(s.get("lessons") or {}, s.get("media") or {}))
+    sec = s.get("security") or {}
+    if "signatures_required" in sec:
+        mode = (f"signed only ({sec['public_keys']} public key(s))" if sec["signatures_required"]
+                else "UNSIGNED accepted (commands.public_keys not set)")
+        lines.append(f"  Commands    MQTT: {mode}, {sec['commands_rejected_total']} rejected")
     for t in km["netquality"]:
         state = f"{t['rtt_ms']:.1f} ms" if t.get("ok") else f"FAILED ({t.get('error')})"
         lines.append(f"  Network     {t['target']}: {state}")

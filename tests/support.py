@@ -53,14 +53,65 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
         time.sleep(step)
 
 
+def accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(d: Path, name: str) -> None:
+    """``{name}.crt`` and ``{name}.key`` in ``d``: a self-signed CA made with the openssl CLI."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
+
+
+def make_cert(d: Path, name: str, ca: str, cn: str, san: str) -> None:
+    """``{name}.crt``/``{name}.key`` signed by CA ``ca``, with common name ``cn`` and SAN."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", "/CN=" + cn.replace("/", "\\/"), cwd=d)
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext",
+             cwd=d)
+
+
+def secure_broker(workdir: Path, listener: str) -> tuple[Broker, int]:
+    """A Broker with its plain listener (for test clients) plus a second one configured by
+    ``listener`` (TLS, passwords, ACL...) on another free port; returns both."""
+    port = free_port()
+    b = Broker(workdir, head="per_listener_settings true",
+               extra=f"listener {port} 127.0.0.1\n{listener}")
+    b.start()
+    wait_until(lambda: accepting(port), 10, "the secured listener")
+    return b, port
+
+
+def make_password_file(path: Path, users: dict[str, str]) -> Path:
+    """A Mosquitto password file (hashed by mosquitto_passwd) for ``users``."""
+    for i, (user, password) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(path), user,
+                        password], check=True, capture_output=True, timeout=30)
+    path.chmod(0o644)  # Mosquitto may drop to another user before it reads it
+    return path
+
+
 class Broker:
     """A Mosquitto of our own; kill() and start() keep the port so clients can come back."""
 
     def __init__(self, workdir: Path, persistence: bool = False, extra: str = "",
-                 head: str = "") -> None:
+                 head: str = "", config: str | None = None, port: int | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
+        #: A whole mosquitto.conf of the test's own (e.g. config/mosquitto/ with paths
+        #: substituted) instead of the generated one; ``port`` must be one of its listeners.
+        self.config = config
         self.persistence = persistence
         self.extra = extra
         self.head = head
@@ -70,6 +121,10 @@ class Broker:
     def conf(self) -> Path:
         # Mosquitto started as root drops to user "mosquitto", who cannot write our temp dir.
         user = pwd.getpwuid(os.geteuid()).pw_name
+        path = self.workdir / "mosquitto.conf"
+        if self.config is not None:
+            path.write_text(f"user {user}\n{self.config}")
+            return path
         lines = [self.head, f"user {user}", f"listener {self.port} 127.0.0.1",
                  "allow_anonymous true",
                  f"persistence {'true' if self.persistence else 'false'}"]
@@ -77,7 +132,6 @@ class Broker:
             lines += [f"persistence_location {self.workdir}/", "autosave_interval 1",
                       "max_queued_messages 100000"]
         lines.append(self.extra)
-        path = self.workdir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -90,11 +144,7 @@ class Broker:
     def _accepting(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return accepting(self.port)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -172,6 +222,75 @@ class Subscriber:
 
     def wait_for(self, pred: Callable[[list[Message]], Any], timeout: float, what: str) -> Any:
         return wait_until(lambda: pred(self.snapshot()), timeout, what)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class MqttClient:
+    """A plain MQTT 5 client for tests that need a login or TLS (ACL tests): every message it
+    receives is kept, and publish/subscribe wait for the broker's answer and return its codes."""
+
+    def __init__(self, port: int, username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, client_id: str | None = None) -> None:
+        self.messages: list[Message] = []
+        self._acks: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                        client_id=client_id or f"test-{time.monotonic_ns()}")
+        if username is not None:
+            c.username_pw_set(username, password)
+        if ca_file:
+            c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
+        connected = threading.Event()
+        self.connack: Any = None
+
+        def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            self.connack = rc
+            connected.set()
+
+        c.on_connect = on_connect
+        c.on_message = lambda _c, _u, m: self._keep(m)
+        c.on_publish = lambda _c, _u, mid, rc, _p: self._ack(mid, rc)
+        c.on_subscribe = lambda _c, _u, mid, rcs, _p: self._ack(mid, rcs)
+        c.connect("127.0.0.1", port, keepalive=10)
+        c.loop_start()
+        self.client = c
+        wait_until(connected.is_set, 10, f"client {username} to get a CONNACK")
+        if self.connack.is_failure:
+            self.close()
+            raise AssertionError(f"broker refused {username}: {self.connack}")
+
+    def _keep(self, m: mqtt.MQTTMessage) -> None:
+        try:
+            payload = json.loads(m.payload)
+        except ValueError:
+            payload = {"_unparsed": m.payload.decode(errors="replace")}
+        with self._lock:
+            self.messages.append(Message(m.topic, payload, bool(m.retain), m.payload))
+
+    def _ack(self, mid: int, rc: Any) -> None:
+        with self._lock:
+            self._acks[mid] = rc
+
+    def _wait(self, mid: int, what: str) -> Any:
+        return wait_until(lambda: self._acks.get(mid), 10, what)
+
+    def publish(self, topic: str, payload: bytes | str) -> Any:
+        """Publish at QoS 1; the PUBACK reason code (e.g. "Not authorized" under an ACL)."""
+        info = self.client.publish(topic, payload, qos=1)
+        return self._wait(info.mid, f"PUBACK for {topic}")
+
+    def subscribe(self, topic: str) -> list[Any]:
+        """Subscribe at QoS 1; the SUBACK reason codes."""
+        _rc, mid = self.client.subscribe(topic, qos=1)
+        return self._wait(mid, f"SUBACK for {topic}")
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [m.topic for m in self.messages]
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -7,63 +7,38 @@ listener for the test's own subscriber and one secured listener for the agent.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import AgentProcess, Broker, Subscriber, free_port, wait_until
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Subscriber,
+    make_ca,
+    make_cert,
+    make_password_file,
+    secure_broker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI missing")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
-
-
-def _cert(d: Path, name: str, ca: str, cn: str, san: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext",
-             cwd=d)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
-    _ca(d, "ca")
-    _ca(d, "other-ca")
-    _cert(d, "server", "ca", "localhost", "DNS:localhost,IP:127.0.0.1")
-    _cert(d, "client", "ca", "room-101", "DNS:room-101")
-    _cert(d, "rogue", "other-ca", "localhost", "DNS:localhost,IP:127.0.0.1")
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    make_cert(d, "server", "ca", "localhost", "DNS:localhost,IP:127.0.0.1")
+    make_cert(d, "client", "ca", "room-101", "DNS:room-101")
+    make_cert(d, "rogue", "other-ca", "localhost", "DNS:localhost,IP:127.0.0.1")
     return d
 
 
 def _secure_broker(tmp_path: Path, listener: str) -> tuple[Broker, int]:
-    port = free_port()
-    b = Broker(tmp_path / "broker", head="per_listener_settings true",
-               extra=f"listener {port} 127.0.0.1\n{listener}")
-    b.start()
-    wait_until(lambda: _accepting(port), 10, "the secured listener")
-    return b, port
-
-
-def _accepting(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    return secure_broker(tmp_path / "broker", listener)
 
 
 @pytest.fixture
@@ -130,10 +105,7 @@ def test_client_certificate(tmp_path: Path, pki: Path, cleanup: list) -> None:
 
 
 def test_username_and_password_file(tmp_path: Path, cleanup: list) -> None:
-    passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "room-101", "Corr3ct-horse"],
-                   check=True, capture_output=True, timeout=30)
-    passwd.chmod(0o644)
+    passwd = make_password_file(tmp_path / "passwd", {"room-101": "Corr3ct-horse"})
     broker, port = _secure_broker(tmp_path, f"password_file {passwd}\nallow_anonymous false")
     cleanup.append(broker)
     sub = Subscriber(broker.port)

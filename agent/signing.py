@@ -1,0 +1,281 @@
+"""Signed commands: the platform signs each MQTT command with Ed25519; the agent verifies it.
+
+Why: the broker ACL keeps devices out of each other's topics, but whoever holds the platform's
+broker account (or the broker itself) could still start a camera. With signatures that takes the
+platform's private key, which never leaves the platform; the agent holds only public keys.
+
+What is signed (docs/contract.md, "Signed commands") is :func:`canonical`: a fixed prefix and
+the canonical JSON (sorted keys, compact, UTF-8) of school, device, command name, id, ts and args.
+So a signature cannot be moved to another device, another command, other arguments or another
+time. :class:`CommandGuard` checks a parsed request before the router runs it: signature,
+``ts`` inside ``max_age_s`` of the agent's clock (both directions), and the id not seen before
+(:class:`SeenIds`, persisted in the state directory, so a restart does not reopen the window).
+A rejection is an error reply plus a ``command_rejected`` event that never carries the
+signature or the arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from agent.commands import Request, error
+from agent.records import Record, event, rfc3339
+
+log = logging.getLogger(__name__)
+
+#: Domain separation: these bytes can never be confused with anything else the key signs.
+DOMAIN = b"classroom-agent command v1\n"
+
+SIGNATURE_REQUIRED = "signature_required"
+BAD_SIGNATURE = "bad_signature"
+EXPIRED = "expired"
+NOT_YET_VALID = "not_yet_valid"
+REPLAYED = "replayed"
+CODES = (SIGNATURE_REQUIRED, BAD_SIGNATURE, EXPIRED, NOT_YET_VALID, REPLAYED)
+
+#: Ids remembered at most; beyond it the oldest is forgotten and its ts becomes a floor below
+#: which every command counts as replayed, so forgetting never reopens a replay.
+SEEN_LIMIT = 4096
+
+
+class KeyFileError(ValueError):
+    """A public key file that cannot be used; the message names the file and what is wrong."""
+
+
+def canonical(school: str, device: str, command: str, req_id: str, ts: str,
+              args: dict[str, Any]) -> bytes:
+    """The exact bytes a command's signature covers (raises ValueError for unencodable text)."""
+    body = {"school": school, "device": device, "command": command, "id": req_id, "ts": ts,
+            "args": args}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return DOMAIN + text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
+
+
+def sign_request(key: Ed25519PrivateKey, school: str, device: str, command: str, req_id: str,
+                 args: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+    """A signed request body, as the platform (and scripts/send-command) publishes it."""
+    stamp = rfc3339(time.time() if ts is None else ts)
+    sig = key.sign(canonical(school, device, command, req_id, stamp, args))
+    return {"id": req_id, "args": args, "ts": stamp, "sig": base64.b64encode(sig).decode()}
+
+
+def load_public_key(path: str) -> Ed25519PublicKey:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY" in data:
+        raise KeyFileError(f"{path} holds a PRIVATE key. Next step: give the agent only the public "
+                        "key (scripts/send-command --keygen writes it as *.pub.pem) and keep "
+                        "the private key on the platform")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{path} is not a PEM public key. Next step: use the .pub.pem file of "
+                        "scripts/send-command --keygen or `openssl pkey -pubout`") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path} is a {type(key).__name__}, not an Ed25519 public key")
+    return key
+
+
+def parse_ts(ts: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 time with a zone (Z or +hh:mm), or None if it is not one."""
+    if not isinstance(ts, str) or not 20 <= len(ts) <= 40 or "T" not in ts:
+        return None
+    try:
+        when = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+class SeenIds:
+    """Ids of commands already run, with their ts; saved to ``path`` after every change.
+
+    Only ids whose ts is still inside the window matter (older commands are refused as expired
+    anyway), so the file stays small. A missing file is an empty memory; an unreadable one is
+    replaced by a floor at load time, so no command signed before the start can run (fail closed).
+    """
+
+    def __init__(self, path: Path, limit: int = SEEN_LIMIT) -> None:
+        self.path = path
+        self.limit = limit
+        self.ids: dict[str, float] = {}
+        self.floor = 0.0
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            self.floor = float(doc.get("floor", 0.0))
+            self.ids = {str(k): float(v) for k, v in doc["ids"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.floor = time.time()
+            self.ids = {}
+            log.error("signing: %s is unreadable (%s); refusing every command signed before now "
+                      "so none can be replayed. Next step: none, the file is rewritten with the "
+                      "next accepted command", self.path, exc)
+
+    def seen(self, req_id: str, ts: float) -> bool:
+        return req_id in self.ids or ts <= self.floor
+
+    def add(self, req_id: str, ts: float, oldest_useful: float) -> None:
+        self.ids = {k: v for k, v in self.ids.items() if v >= oldest_useful}
+        self.ids[req_id] = ts
+        while len(self.ids) > self.limit:
+            victim = min(self.ids, key=self.ids.__getitem__)
+            self.floor = max(self.floor, self.ids.pop(victim))
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"floor": self.floor, "ids": self.ids}, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+        except OSError as exc:  # the in-memory copy still protects this run
+            log.error("signing: cannot save %s: %s; a restart could accept a replay of the last "
+                      "commands. Next step: check the state directory (space, permissions)",
+                      self.path, exc)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: str
+    message: str
+
+
+class CommandGuard:
+    """Checks a parsed MQTT request before it runs; :meth:`ran` remembers it afterwards."""
+
+    def __init__(self, keys: Sequence[Ed25519PublicKey], required: bool, max_age_s: float,
+                 school: str, device: str, seen: SeenIds, emit: Callable[[Record], None],
+                 problems: Sequence[str] = (), clock: Callable[[], float] = time.time) -> None:
+        self.keys = list(keys)
+        self.required = required
+        self.max_age_s = max_age_s
+        self.school = school
+        self.device = device
+        self.seen = seen
+        self.emit = emit
+        self.problems = list(problems)
+        self.clock = clock
+        self.rejected_total = 0
+
+    def check(self, req: Request) -> dict[str, Any] | None:
+        """None when ``req`` may run, else the error reply (and a ``command_rejected`` event)."""
+        verdict = self._verdict(req)
+        if verdict is None:
+            return None
+        self.rejected_total += 1
+        log.warning("signing: rejected %s id %s: %s", req.name, req.id, verdict.code)
+        self.emit(event("command_rejected", "warning",
+                        f"command {req.name} rejected: {verdict.code}",
+                        reason=verdict.code, command=req.name, id=req.id))
+        return error(req.id, verdict.code, verdict.message)
+
+    def ran(self, req: Request) -> None:
+        """Remember a verified request's id once it has run (a crash before that lets the
+        broker's redelivery run it, as for unsigned commands)."""
+        ts = parse_ts(req.ts)
+        if ts is not None and self.keys and req.sig is not None:
+            self.seen.add(req.id, ts, self.clock() - self.max_age_s)
+
+    def _verdict(self, req: Request) -> Verdict | None:
+        if req.sig is None and req.ts is None:
+            if not self.required:
+                return None
+            why = ("; " + "; ".join(self.problems)) if self.problems else ""
+            return Verdict(SIGNATURE_REQUIRED,
+                           "this terminal takes only signed commands (ts and sig)" + why +
+                           ". Next step: sign with the platform key (scripts/send-command)")
+        if not self.keys:
+            if self.required:
+                return Verdict(BAD_SIGNATURE, "no usable public key is configured ("
+                               + ("; ".join(self.problems) or "commands.public_keys is empty")
+                               + "). Next step: fix commands.public_keys in the agent config")
+            return None  # nothing to verify against; unsigned commands are allowed here
+        ts = parse_ts(req.ts)
+        sig = _signature(req.sig)
+        if ts is None or sig is None:
+            return Verdict(BAD_SIGNATURE, "a signed command needs ts (RFC 3339 with a zone, e.g. "
+                           "2026-11-23T08:00:00.000Z) and sig (base64 of 64 bytes)")
+        try:
+            signed = canonical(self.school, self.device, req.name, req.id, req.ts, req.args)
+        except ValueError:
+            return Verdict(BAD_SIGNATURE, "the request cannot be put in canonical form")
+        if not any(_verifies(k, sig, signed) for k in self.keys):
+            return Verdict(BAD_SIGNATURE, "the signature does not match this command for this "
+                           "device with any configured public key")
+        now = self.clock()
+        if ts < now - self.max_age_s:
+            return Verdict(EXPIRED, f"ts {req.ts} is more than {self.max_age_s:g} s old (agent "
+                           f"clock {rfc3339(now)}). Next step: send it again with a fresh ts; if "
+                           "fresh ones fail too, check both clocks (NTP)")
+        if ts > now + self.max_age_s:
+            return Verdict(NOT_YET_VALID, f"ts {req.ts} is more than {self.max_age_s:g} s ahead "
+                           f"of the agent clock {rfc3339(now)}. Next step: check both clocks (NTP)")
+        if self.seen.seen(req.id, ts):
+            return Verdict(REPLAYED, f"id {req.id} was already used; this is a replay or a "
+                           "duplicate delivery. Next step: a new command needs a new id")
+        return None
+
+
+def _signature(sig: Any) -> bytes | None:
+    if not isinstance(sig, str) or len(sig) > 100:
+        return None
+    try:
+        raw = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 64 else None
+
+
+def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
+    try:
+        key.verify(sig, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def make_guard(public_keys: Sequence[str], required: bool, max_age_s: float, school: str,
+               device: str, seen: SeenIds, emit: Callable[[Record], None]) -> CommandGuard:
+    """A guard from config values. An unusable key file is logged and kept as a problem: the
+    guard then still requires signatures (fails closed) with the keys that did load."""
+    keys: list[Ed25519PublicKey] = []
+    problems: list[str] = []
+    for path in public_keys:
+        try:
+            keys.append(load_public_key(path))
+        except KeyFileError as exc:
+            problems.append(str(exc))
+            log.error("signing: %s", exc)
+    if problems:
+        required = True
+    elif not required:
+        log.warning("signing: MQTT commands are accepted WITHOUT a signature. Next step: set "
+                    "commands.public_keys to the platform's public key (docs/security.md)")
+    return CommandGuard(keys, required, max_age_s, school, device, seen, emit, problems)

@@ -1,0 +1,265 @@
+"""Signed commands: the pure checks, then the real agent and a real Mosquitto.
+
+The agent holds only the platform's public key; every refusal (unsigned, wrong key, tampered,
+another device's signature, expired, from the future, replayed, also after a restart) must be an
+error reply with its documented code plus a ``command_rejected`` event, and the daemon goes on.
+scripts/send-command makes the key pair and sends signed commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.commands import Request
+from agent.config import loads
+from agent.records import Record
+from agent.signing import (
+    DOMAIN,
+    CommandGuard,
+    KeyFileError,
+    SeenIds,
+    canonical,
+    load_public_key,
+    sign_request,
+)
+from tests.support import REPO, Broker, Subscriber, schema_errors, wait_until
+from tests.test_commands import Commander, commands_reach, wait_reply
+
+SEND = REPO / "scripts" / "send-command"
+
+
+def _req(body: dict[str, Any], name: str = "report.now") -> Request:
+    return Request(name, body["id"], body.get("args", {}), body.get("ts"), body.get("sig"))
+
+
+def _guard(tmp_path: Path, key: Ed25519PrivateKey, events: list[Record],
+           now: float = 1_800_000_000.0) -> CommandGuard:
+    return CommandGuard([key.public_key()], True, 300, "school-a", "room-101",
+                        SeenIds(tmp_path / "seen.json"), events.append, clock=lambda: now)
+
+
+# -- pure --------------------------------------------------------------------------------------
+
+
+def test_canonical_bytes_are_exactly_specified() -> None:
+    got = canonical("school-a", "room-101", "lesson.start", "c-1", "2026-11-23T08:00:00.000Z",
+                    {"teacher": "王芳", "duration_s": 2700})
+    assert got == DOMAIN + (
+        '{"args":{"duration_s":2700,"teacher":"王芳"},"command":"lesson.start",'
+        '"device":"room-101","id":"c-1","school":"school-a","ts":"2026-11-23T08:00:00.000Z"}'
+    ).encode()
+
+
+def test_guard_verdicts_and_events(tmp_path: Path) -> None:
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    now = 1_800_000_000.0
+    events: list[Record] = []
+    guard = _guard(tmp_path, key, events, now)
+
+    def signed(k: Ed25519PrivateKey = key, device: str = "room-101", ts: float = now,
+               rid: str = "c-1", **args: Any) -> dict[str, Any]:
+        return sign_request(k, "school-a", device, "lesson.start", rid, args, ts=ts)
+
+    good = signed(course="Maths")
+    tampered = {**good, "args": {"course": "Art"}}
+    bad_sig = {**good, "sig": base64.b64encode(b"x" * 63).decode()}
+    cases = [
+        ({"id": "u"}, "signature_required"),
+        ({**good, "sig": None}, "bad_signature"),  # ts without sig
+        (bad_sig, "bad_signature"),
+        ({**good, "ts": "yesterday"}, "bad_signature"),
+        (signed(other), "bad_signature"),
+        (tampered, "bad_signature"),
+        (signed(device="room-102"), "bad_signature"),
+        (signed(ts=now - 301), "expired"),
+        (signed(ts=now + 301), "not_yet_valid"),
+    ]
+    for body, code in cases:
+        reply = guard.check(_req(body, "lesson.start"))
+        assert reply is not None and reply["error"]["code"] == code, (body, reply)
+    # The same signature presented for another command name does not verify either.
+    assert guard.check(_req(good, "lesson.stop"))["error"]["code"] == "bad_signature"
+    assert guard.check(_req(good, "lesson.start")) is None
+    guard.ran(_req(good, "lesson.start"))
+    assert guard.check(_req(good, "lesson.start"))["error"]["code"] == "replayed"
+    # The memory of ids is on disk: a new guard (an agent restart) still refuses the replay.
+    again = _guard(tmp_path, key, events, now + 10)
+    assert again.check(_req(good, "lesson.start"))["error"]["code"] == "replayed"
+    assert len(events) == len(cases) + 3
+    assert {e.data["type"] for e in events} == {"command_rejected"}
+    for e in events:
+        assert set(e.data["details"]) == {"reason", "command", "id"}
+        assert good["sig"] not in json.dumps(e.data) and "Maths" not in json.dumps(e.data)
+
+
+def test_seen_ids_are_bounded_without_reopening_a_replay(tmp_path: Path) -> None:
+    seen = SeenIds(tmp_path / "seen.json", limit=3)
+    for i in range(5):
+        seen.add(f"id{i}", 1000.0 + i, oldest_useful=0)
+    assert len(seen.ids) == 3 and seen.floor == 1001.0
+    assert seen.seen("id0", 1000.0) and seen.seen("new", 1001.0) and not seen.seen("new", 1002.5)
+    reloaded = SeenIds(tmp_path / "seen.json", limit=3)
+    assert reloaded.ids == seen.ids and reloaded.floor == 1001.0
+    (tmp_path / "seen.json").write_text("{broken")
+    started = time.time()
+    broken = SeenIds(tmp_path / "seen.json")  # fails closed: nothing signed before now runs
+    assert broken.seen("never-seen", started - 1) and not broken.seen("fresh", started + 5)
+
+
+def test_key_files_are_checked(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    priv = tmp_path / "k.pem"
+    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    with pytest.raises(KeyFileError, match="PRIVATE key"):
+        load_public_key(str(priv))
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello\n")
+    with pytest.raises(KeyFileError, match="not a PEM public key"):
+        load_public_key(str(junk))
+
+
+def test_require_signature_default_follows_the_keys(tmp_path: Path) -> None:
+    pub = tmp_path / "p.pem"
+    pub.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    base = "device: {id: r, school: s}\n"
+    assert not loads(base).commands.signatures_required  # a fresh install / demo
+    assert loads(base + f"commands: {{public_keys: [{pub}]}}\n").commands.signatures_required
+    assert loads(base + "commands: {require_signature: true}\n").commands.signatures_required
+    off = loads(base + f"commands: {{public_keys: [{pub}], require_signature: false}}\n")
+    assert not off.commands.signatures_required
+
+
+# -- the real agent ----------------------------------------------------------------------------
+
+
+def _send_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SEND), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def _rejections(sub: Subscriber) -> dict[str, dict[str, Any]]:
+    return {m.payload["data"]["details"]["id"]: m.payload["data"]
+            for m in sub.snapshot("event") if m.payload["data"]["type"] == "command_rejected"}
+
+
+def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: Subscriber,
+                                    agent_factory) -> None:
+    made = _send_command("--keygen", str(tmp_path / "platform.key"))
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "platform.key").stat().st_mode & 0o077 == 0
+    pub = tmp_path / "platform.pub.pem"
+    key = serialization.load_pem_private_key((tmp_path / "platform.key").read_bytes(), None)
+    agent = agent_factory(commands={"public_keys": [str(pub)]}).start()
+    assert agent.status()["security"] == {"signatures_required": True, "public_keys": 1,
+                                          "commands_rejected_total": 0, "warnings": []}
+    cmd = Commander(broker.port)
+    warmup = _SignedWarmup(cmd, key)
+    commands_reach(agent, subscriber, warmup)  # subscribed: nothing sent below can be missed
+    send = ["--port", str(broker.port), "--host", "127.0.0.1", "--school", "school-a",
+            "--device", "room-101", "--timeout", "30"]
+    # The script's round trip: keygen above, a signed report.now here, answered ok.
+    ok = _send_command(*send, "--key", str(tmp_path / "platform.key"), "--id", "signed-1",
+                       "report.now")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] and json.loads(ok.stdout)["id"] == "signed-1"
+    unsigned = _send_command(*send, "--id", "unsigned-1", "report.now")
+    assert unsigned.returncode == 1
+    assert json.loads(unsigned.stdout)["error"]["code"] == "signature_required"
+
+    now = time.time()
+    other = Ed25519PrivateKey.generate()
+
+    def signed(rid: str, k: Any = key, device: str = "room-101", ts: float | None = None,
+               **args: Any) -> dict[str, Any]:
+        return sign_request(k, "school-a", device, "report.now", rid, args, ts=ts)
+
+    tampered = signed("tampered", **{})
+    tampered["args"] = {"x": 1}
+    good = signed("good")
+    cases = {
+        "wrong-key": (signed("wrong-key", other), "bad_signature"),
+        "tampered": (tampered, "bad_signature"),
+        "other-device": (signed("other-device", device="room-102"), "bad_signature"),
+        "expired": (signed("expired", ts=now - 400), "expired"),
+        "future": (signed("future", ts=now + 400), "not_yet_valid"),
+    }
+    try:
+        cmd.send("report.now", good)
+        assert wait_reply(subscriber, "good")["ok"]
+        for body, _code in cases.values():
+            cmd.send("report.now", body)
+        cmd.send("report.now", good)  # a replay of the exact bytes that ran
+        for rid, (_body, code) in cases.items():
+            assert wait_reply(subscriber, rid)["error"]["code"] == code, rid
+        replay = subscriber.wait_for(
+            lambda _m: [r for r in (m.payload for m in subscriber.snapshot("reply"))
+                        if r["id"] == "good" and not r["ok"]], 20, "the replay's refusal")[0]
+        assert replay["error"]["code"] == "replayed"
+        events = subscriber.wait_for(
+            lambda _m: len(got := _rejections(subscriber)) >= len(cases) + 2 and got, 20,
+            "a command_rejected event per refusal")
+        assert events["unsigned-1"]["details"]["reason"] == "signature_required"
+        for rid, (_body, code) in cases.items():
+            assert events[rid]["details"] == {"reason": code, "command": "report.now", "id": rid}
+        assert events["good"]["details"]["reason"] == "replayed"
+
+        # A restart does not forget: the same signed request is still a replay.
+        assert agent.stop() == 0
+        agent.start()
+        commands_reach(agent, subscriber, warmup)
+        cmd.send("report.now", good)
+        wait_until(lambda: len([r for r in (m.payload for m in subscriber.snapshot("reply"))
+                                if r["id"] == "good" and not r["ok"]]) >= 2, 30,
+                   "the replay after the restart to be refused")
+        assert sum(1 for r in (m.payload for m in subscriber.snapshot("reply"))
+                   if r["id"] == "good" and r["ok"]) == 1, "the command ran exactly once"
+    finally:
+        cmd.close()
+    s = agent.status()
+    assert s["security"]["commands_rejected_total"] >= 1
+    problems = [e for m in subscriber.snapshot() for e in schema_errors(m)
+                if "/cmd/" not in m.topic]
+    assert not problems, problems
+    sig_text = good["sig"]
+    assert sig_text not in agent.log_text()
+    assert not [m for m in subscriber.snapshot("event") if sig_text in m.raw.decode()]
+
+
+class _SignedWarmup:
+    """A Commander that signs what it sends (commands_reach pings with report.now)."""
+
+    def __init__(self, cmd: Commander, key: Any) -> None:
+        self.cmd, self.key = cmd, key
+
+    def send(self, name: str, payload: dict[str, Any], **kw: Any) -> None:
+        self.cmd.send(name, sign_request(self.key, "school-a", "room-101", name, payload["id"],
+                                         payload.get("args", {})), **kw)
+
+
+def test_unsigned_commands_still_work_without_keys(broker: Broker, subscriber: Subscriber,
+                                                   agent_factory) -> None:
+    """A fresh install or demo (no commands.public_keys) takes unsigned commands, says so in its
+    status, and logs how to lock it down."""
+    agent = agent_factory().start()
+    cmd = Commander(broker.port)
+    try:
+        commands_reach(agent, subscriber, cmd)
+    finally:
+        cmd.close()
+    assert agent.status()["security"]["signatures_required"] is False
+    assert "commands.public_keys" in agent.log_text()
+    res = agent.cli("status", "--config", str(agent.config_path))
+    assert "UNSIGNED accepted" in res.stdout
