@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 
-from tests.support import Broker, Subscriber, assert_no_loss, retained, schema_errors, wait_until
+from tests.support import (
+    REPO,
+    Broker,
+    Subscriber,
+    assert_no_loss,
+    retained,
+    schema_errors,
+    wait_until,
+)
 
 PREFIX = "classroom/v1/school-a/room-101"
 
@@ -86,3 +96,28 @@ def test_sigterm_flushes_and_says_goodbye(broker: Broker, subscriber: Subscriber
                     and m.payload["data"]["type"] == "agent_started"
                     and m.payload["seq"] > last_seq], 20, "second agent_started")
     assert ev[0].payload["data"]["details"]["previous_stop"] == "clean"
+
+
+def test_documented_event_types_are_the_schemas() -> None:
+    """docs/contract.md's event table and agent/schemas/event.json name the same types."""
+    table = (REPO / "docs" / "contract.md").read_text()
+    rows = re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \| (?:info|warning|error)", table, re.M)
+    documented = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row)}
+    schema = json.loads((REPO / "agent" / "schemas" / "event.json").read_text())
+    enums: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            enum = node.get("properties", {}).get("type", {}).get("enum")
+            if enum:
+                enums.update(enum)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert enums, "no event type enum found in the schema"
+    assert documented - enums == set(), "documented but not in the schema"
+    assert enums - documented == set(), "in the schema but not documented"
