@@ -6,6 +6,7 @@ at run time, so a system Mosquitto on 1883 is never involved.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -269,6 +270,16 @@ class AgentProcess:
             self.proc.kill()
             raise
 
+    def children(self) -> list[int]:
+        """Pids of the agent's child processes (its media worker), from every thread."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -378,3 +389,11 @@ def witnessed(agent: AgentProcess, subscriber: Subscriber, timeout: float = 60) 
     subscriber.wait_for(lambda _ms: max(subscriber.seqs(), default=0) >= last, 30,
                         f"seq {last} at the subscriber")
     return last
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie left to an init that does not reap counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True

@@ -4,7 +4,8 @@ The broker keeps a persistence file (autosave every second) and the test's subsc
 persistent session, so what it misses while the broker is down reaches it after the restart.
 A broker killed before it has saved loses what it acknowledged but had not yet passed on: that
 would be the broker's loss, not the agent's. So each kill waits until the subscriber is
-connected again, and falls at a random moment of the "up" time that follows.
+connected again (and the agent too, so that every kill cuts a live connection), and falls at a
+random moment of the "up" time that follows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.support import AgentProcess, Broker, Delivery, Subscriber, delivery, witnessed
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Delivery,
+    Subscriber,
+    delivery,
+    wait_until,
+    witnessed,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ def broker_chaos(broker: Broker, agent: AgentProcess, subscriber: Subscriber, se
     kills = 0
     while time.monotonic() - began < seconds:
         subscriber.wait_connected()
+        wait_until(lambda: (agent.status() or {}).get("broker", {}).get("connected"), 60,
+                   "the agent to reconnect")
         time.sleep(rng.uniform(*up_s))
         broker.kill()
         kills += 1
