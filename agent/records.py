@@ -43,6 +43,12 @@ def event(type_: str, severity: Severity, message: str, **details: Any) -> Recor
     return Record("event", data)
 
 
+def age_s(ts: float, now: float | None = None) -> float:
+    """Seconds since the wall-clock instant ``ts``, never negative: the clock may have been
+    stepped back since ``ts`` was taken (NTP, a technician fixing the date)."""
+    return max(0.0, (time.time() if now is None else now) - ts)
+
+
 def rfc3339(ts: float) -> str:
     """Format epoch seconds as RFC 3339 UTC with milliseconds, e.g. 2026-11-23T08:00:00.123Z."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

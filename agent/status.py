@@ -26,7 +26,7 @@ from agent import CONTRACT_VERSION, __version__, control
 from agent.config import Config
 from agent.outbox import Outbox
 from agent.publisher import Publisher
-from agent.records import Record, rfc3339
+from agent.records import Record, age_s, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class StatusBoard:
         self.cfg = cfg
         self.config_path = config_path
         self.started_at = started_at
+        # Uptime counts on the monotonic clock: a wall-clock step must not make it negative.
+        self._started_mono = time.monotonic() - age_s(started_at)
         self.outbox = outbox
         self.publisher = publisher
         self.failing = failing
@@ -93,7 +95,7 @@ class StatusBoard:
                 "contract": CONTRACT_VERSION,
                 "pid": os.getpid(),
                 "started_at": rfc3339(self.started_at),
-                "uptime_s": round(now - self.started_at, 1),
+                "uptime_s": round(time.monotonic() - self._started_mono, 1),
                 "config_path": self.config_path,
                 "config_hash": self.cfg.hash,
             },
@@ -118,7 +120,7 @@ class StatusBoard:
             "outbox": {
                 "depth": ob.depth,
                 "bytes": ob.bytes,
-                "oldest_age_s": _round(now - ob.oldest_ts) if ob.oldest_ts else None,
+                "oldest_age_s": _round(age_s(ob.oldest_ts, now)) if ob.oldest_ts else None,
                 "dropped_total": ob.dropped_total,
                 "last_seq": ob.last_seq,
                 "quarantined_total": ob.quarantined_total,

@@ -42,7 +42,8 @@ runtime_pkgs=(ffmpeg gcc portaudio19-dev mosquitto-clients)
 #   sox srt-tools               test tones; SRT receivers for end-to-end stream tests
 #   (shellcheck)                lints scripts/ (tests/test_scripts.py)
 #   openssl                     test CA and certificates made at run time (tests/test_transport.py)
-dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl)
+#   faketime                    libfaketime, to step the wall clock under the agent (tests/faults/)
+dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl faketime)
 
 wanted=("${runtime_pkgs[@]}")
 if [[ $mode == dev ]]; then

@@ -6,6 +6,7 @@ at run time, so a system Mosquitto on 1883 is never involved.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,7 @@ class Message:
     payload: dict[str, Any]
     retain: bool
     raw: bytes
+    arrived: float = field(default_factory=time.time)  # wall time at the subscriber
 
 
 @dataclass
@@ -386,6 +389,16 @@ class AgentProcess:
             self.proc.kill()
             raise
 
+    def children(self) -> list[int]:
+        """Pids of the agent's child processes (its media worker), from every thread."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -427,16 +440,79 @@ def schema_errors(msg: Message) -> list[str]:
             for e in validator.iter_errors(msg.payload)]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What a subscriber saw of the agent's sequenced records, as the fault tests report it."""
+
+    received: int  # distinct seqs
+    lost: list[int]  # seqs from ``first`` to the highest seen that never arrived
+    out_of_order: list[tuple[int, int]]  # first arrivals that came after a higher seq
+    duplicates: int  # deliveries beyond the first (QoS 1 resends)
+    max_delay_s: float  # first arrival minus observation time (``ts``), worst case
+
+    def summary(self) -> str:
+        return (f"{self.received} received, {len(self.lost)} lost, "
+                f"{len(self.out_of_order)} out of order, {self.duplicates} duplicates, "
+                f"max delivery delay {self.max_delay_s:.1f} s")
+
+
+def delivery(msgs: list[Message], first: int = 1) -> Delivery:
+    """Figures of the sequenced messages in ``msgs``. Retained replays (a resubscribe gets the
+    stored inventory again) are not deliveries and count only towards "not lost"."""
+    live = [m for m in msgs if "seq" in m.payload and not m.retain]
+    firsts: dict[int, Message] = {}
+    for m in live:
+        firsts.setdefault(m.payload["seq"], m)
+    everything = set(firsts) | {m.payload["seq"] for m in msgs if "seq" in m.payload}
+    delays = [m.arrived - epoch(m.payload["ts"]) for m in firsts.values() if "ts" in m.payload]
+    return Delivery(
+        received=len(everything), lost=_missing(everything, first),
+        out_of_order=_out_of_order(list(firsts)), duplicates=len(live) - len(firsts),
+        max_delay_s=max(delays, default=0.0))
+
+
+def epoch(ts: str) -> float:
+    """Epoch seconds of a contract timestamp (RFC 3339 UTC with milliseconds)."""
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def _missing(seen: set[int], first: int) -> list[int]:
+    return sorted(set(range(first, max(seen, default=0) + 1)) - seen)
+
+
+def _out_of_order(order: list[int]) -> list[tuple[int, int]]:
+    return [(a, b) for a, b in itertools.pairwise(order) if b < a]
+
+
 def assert_no_loss(seqs: list[int], first: int = 1) -> None:
     """Every seq from ``first`` to the highest seen arrived; first arrivals are in order."""
     assert seqs, "no sequenced message arrived"
-    seen: set[int] = set()
-    order: list[int] = []
-    for s in seqs:
-        if s not in seen:
-            seen.add(s)
-            order.append(s)
-    missing = sorted(set(range(first, max(seen) + 1)) - seen)
+    missing = _missing(set(seqs), first)
     assert not missing, f"{len(missing)} records lost, e.g. seq {missing[:20]}"
-    out_of_order = [(a, b) for a, b in itertools.pairwise(order) if b < a]
+    out_of_order = _out_of_order(list(dict.fromkeys(seqs)))
     assert not out_of_order, f"first arrivals out of order, e.g. {out_of_order[:10]}"
+
+
+def drained(agent: AgentProcess) -> bool:
+    """Connected, and the outbox holds nothing more to send."""
+    s = agent.status()
+    return s is not None and s["broker"]["connected"] and s["outbox"]["depth"] == 0
+
+
+def witnessed(agent: AgentProcess, subscriber: Subscriber, timeout: float = 60) -> int:
+    """Wait until the outbox is drained and the subscriber has everything drained; returns the
+    last seq the agent committed."""
+    wait_until(lambda: drained(agent), timeout, "the backlog to drain")
+    subscriber.wait_connected()
+    last = int(agent.status()["outbox"]["last_seq"])
+    subscriber.wait_for(lambda _ms: max(subscriber.seqs(), default=0) >= last, 30,
+                        f"seq {last} at the subscriber")
+    return last
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie left to an init that does not reap counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True

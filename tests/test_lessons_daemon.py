@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Broker, Subscriber, schema_errors, wait_until
+from tests.support import Broker, Subscriber, epoch, schema_errors, wait_until
 from tests.test_commands import Commander, commands_reach, reply_errors, wait_reply
 
 MEDIA = {"video": {"width": 320, "height": 180, "fps": 15},
@@ -35,10 +35,6 @@ def _ics(path: Path, start: datetime, end: datetime) -> Path:
         "SUMMARY:English", "X-TEACHER:Chen Jing", "X-ROLE:receiving",
         "END:VEVENT", "END:VCALENDAR", ""]))
     return path
-
-
-def _parse(ts: str) -> float:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def test_timetable_lesson_runs_on_time_with_the_broker_down(
@@ -69,8 +65,8 @@ def test_timetable_lesson_runs_on_time_with_the_broker_down(
     d = ended_ev["data"]["details"]
     assert d["role"] == "receiving" and d["teacher"] == "Chen Jing"
     assert d["ended_by"] == "schedule"
-    assert abs(_parse(d["actual_start"]) - start.timestamp()) < 2.5
-    assert abs(_parse(d["actual_end"]) - end.timestamp()) < 4
+    assert abs(epoch(d["actual_start"]) - start.timestamp()) < 2.5
+    assert abs(epoch(d["actual_end"]) - end.timestamp()) < 4
     assert d["recorded_s"] and d["recorded_s"] > 8
     assert {Path(s["path"]).name for s in d["segments"]} == {p.name for p in segments}
     assert _events(subscriber, "lesson_started")

@@ -336,6 +336,11 @@ class LessonManager:
             actual_start=now_w, start_mono=now_m, deadline_mono=now_m + remaining, until=until,
             sinks=sinks, late_s=late if late > LATE_AFTER_S else 0.0, continues=continues,
         )
+        with self._lock:
+            self._history[base_id] = _Seen(resume_n, False, until)
+        # On disk before media starts: a kill from here on is reported as agent_interrupted,
+        # never leaving a recording folder that no evidence mentions.
+        self._persist(run, now_m)
         try:
             self._media.start(lesson_id, list(sinks))
             run.media_started = True
@@ -346,8 +351,6 @@ class LessonManager:
             log.warning("lesson %s: media did not start: %s", lesson_id, run.media_error)
         with self._lock:
             self._current = run
-            self._history[base_id] = _Seen(resume_n, False, until)
-        self._persist(run, now_m)
         details = self._started_details(run)
         self._emit("lesson_started", "warning" if run.media_error else "info",
                    self._started_message(run), details)

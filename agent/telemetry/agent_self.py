@@ -7,13 +7,13 @@ platform can see that the monitor itself stays cheap.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import psutil
 
 from agent.outbox import Outbox
 from agent.publisher import Publisher
+from agent.records import age_s
 from agent.telemetry.base import Accumulator
 
 
@@ -44,7 +44,7 @@ class AgentCollector:
             "outbox": {
                 "depth": ob.depth,
                 "bytes": ob.bytes,
-                "oldest_age_s": round(time.time() - ob.oldest_ts, 3) if ob.oldest_ts else None,
+                "oldest_age_s": round(age_s(ob.oldest_ts), 3) if ob.oldest_ts else None,
                 "dropped_total": ob.dropped_total + held_dropped,
                 "held_in_memory": held,
                 "last_seq": ob.last_seq,

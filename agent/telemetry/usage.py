@@ -65,7 +65,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 class _Period:
     """What has been counted since the last ``take()``."""
 
-    start: float
+    start_mono: float = field(default_factory=time.monotonic)  # the wall start is derived
     sessions: int = 0
     local: int = 0
     remote: int = 0
@@ -120,7 +120,7 @@ class UsageTracker:
         self._load()
         self._procs: dict[tuple[int, float], _Proc] = {}
         self._prev_mono: float | None = None
-        self._period = _Period(start=time.time())
+        self._period = _Period()
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -235,17 +235,21 @@ class UsageTracker:
     def take(self) -> dict[str, Any]:
         """Return what was counted since the last take (see class doc) and start a new period."""
         with self._lock:
-            now = time.time()
-            p, self._period = self._period, _Period(start=now)
+            now, mono = time.time(), time.monotonic()
+            p, self._period = self._period, _Period(start_mono=mono)
+            # The period's length is monotonic time, placed on today's wall clock: a clock
+            # stepped back during the period must not make it end before it starts. Power-on
+            # ends are clamped for the same reason (the boot time is the kernel's, read once).
+            start = now - max(0.0, mono - p.start_mono)
             power_on = [
-                {"start": rfc3339(s), "end": rfc3339(e), "ongoing": False} for s, e in self._pending
+                {"start": rfc3339(s), "end": rfc3339(max(s, e)), "ongoing": False}
+                for s, e in self._pending
             ]
-            power_on.append(
-                {"start": rfc3339(self._boot_time), "end": rfc3339(now), "ongoing": True}
-            )
+            power_on.append({"start": rfc3339(self._boot_time),
+                             "end": rfc3339(max(now, self._boot_time)), "ongoing": True})
             self._pending = []  # persisted as reported by the next sample()
             return {
-                "period": {"start": rfc3339(p.start), "end": rfc3339(now)},
+                "period": {"start": rfc3339(start), "end": rfc3339(now)},
                 "power_on": power_on,
                 "sessions": {"count": p.sessions, "local": p.local, "remote": p.remote},
                 "apps": {

@@ -1,0 +1,106 @@
+"""The wall clock stepped back and forward an hour under the running agent, as NTP or a
+technician fixing the date would, while the monotonic clock runs on.
+
+libfaketime (Debian package ``faketime``) is preloaded into the agent, its CLI and its media
+worker; the offset is read from a file every second (``FAKETIME_CACHE_DURATION``), so the test
+moves it mid-run. ``FAKETIME_DONT_FAKE_MONOTONIC`` leaves ``CLOCK_MONOTONIC`` alone.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import AgentProcess, Subscriber, assert_no_loss, wait_until, witnessed
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+LESSON_S = 24.0
+#: Offsets from the true time, one step every 4 s: back an hour, forward again, forward an hour
+#: more, and back to true time.
+STEPS = ("-3600", "+0", "+3600", "+0")
+MEDIA = {"video": {"width": 160, "height": 120, "fps": 10},
+         "encoder": {"preset": "ultrafast", "video_bitrate_kbps": 200},
+         "recording": {"segment_s": 2, "min_free_mb": 0}}
+
+
+def _fake_clock(agent: AgentProcess) -> Path:
+    offset = agent.workdir / "faketime.offset"
+    offset.write_text("+0\n")
+    agent.env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME_TIMESTAMP_FILE=str(offset),
+                     FAKETIME_CACHE_DURATION="1", FAKETIME_DONT_FAKE_MONOTONIC="1",
+                     FAKETIME_DONT_RESET="1")
+    return offset
+
+
+SIGNED = ("_dbfs", "_db")  # levels in decibels are negative by nature
+
+
+def _negatives(value: Any, path: str = "") -> list[str]:
+    """Every negative number in a payload (but decibels), with its key path."""
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _negatives(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in _negatives(v, f"{path}[{i}]")]
+    if (isinstance(value, int | float) and not isinstance(value, bool) and value < 0
+            and not path.endswith(SIGNED)):
+        return [f"{path}={value}"]
+    return []
+
+
+def _intervals(value: Any, path: str = "") -> list[str]:
+    """Every {start, end} pair (lesson, segment, interruption, usage period, power-on) whose end
+    lies before its start."""
+    out = []
+    if isinstance(value, dict):
+        s, e = value.get("start"), value.get("end")
+        if isinstance(s, str) and isinstance(e, str) and e < s:
+            out.append(f"{path}: {s} .. {e}")
+        s, e = value.get("actual_start"), value.get("actual_end")
+        if isinstance(s, str) and isinstance(e, str) and e < s:
+            out.append(f"{path}: {s} .. {e}")
+        out += [n for k, v in value.items() for n in _intervals(v, f"{path}.{k}")]
+    elif isinstance(value, list):
+        out += [n for i, v in enumerate(value) for n in _intervals(v, f"{path}[{i}]")]
+    return out
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime missing: scripts/deps.sh")
+def test_wall_clock_jumps_keep_order_lesson_length_and_durations(
+        subscriber: Subscriber, agent_factory) -> None:
+    agent = agent_factory(media=MEDIA, telemetry={"interval_s": 0.2, "usage_interval_s": 2,
+                                                  "usage_sample_s": 0.5})
+    offset = _fake_clock(agent)
+    agent.start()
+    assert agent.cli("lesson", "start", "--course", "History", "--duration", f"{LESSON_S:g}",
+                     "--config", str(agent.config_path)).returncode == 0
+    began = time.monotonic()
+    wait_until(lambda: agent.status()["lessons"]["current"], 10, "the lesson to start")
+    status_negatives = []
+    for step in STEPS:
+        time.sleep(2.5)
+        offset.write_text(step + "\n")
+        time.sleep(1.5)  # libfaketime rereads the offset every second
+        status_negatives += _negatives(agent.status(), f"status@{step}")
+    wait_until(lambda: agent.status()["lessons"]["current"] is None, LESSON_S + 20,
+               "the lesson to end")
+    lasted = time.monotonic() - began
+    witnessed(agent, subscriber)
+
+    assert_no_loss(subscriber.seqs())
+    msgs = subscriber.snapshot()
+    ended = [m.payload["data"]["details"] for m in subscriber.snapshot("event")
+             if m.payload["data"]["type"] == "lesson_ended"]
+    assert ended and ended[0]["ended_by"] == "duration"
+    reported = ended[0]["duration_s"]
+    print(f"\nclock steps {', '.join(STEPS)} s: lesson of {LESSON_S:g} s lasted {lasted:.1f} s "
+          f"(evidence {reported:.1f} s), {len(set(subscriber.seqs()))} records in order")
+    assert abs(reported - LESSON_S) < 2.0, ended[0]
+    assert LESSON_S - 1 < lasted < LESSON_S + 6
+    negatives = [n for m in msgs for n in _negatives(m.payload, m.topic.rsplit("/", 1)[-1])]
+    assert not negatives, negatives[:20]
+    backwards = [n for m in msgs for n in _intervals(m.payload, m.topic.rsplit("/", 1)[-1])]
+    assert not backwards, backwards[:20]
+    assert not status_negatives, status_negatives
