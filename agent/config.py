@@ -104,6 +104,25 @@ DEFAULT_APPS: dict[str, list[str]] = {
 
 
 @dataclass(frozen=True)
+class TelemetryClasses:
+    """Which classes of telemetry are collected at all (docs/privacy.md lists their fields).
+
+    A class that is off is not read from the machine and never reaches the wire. What the agent
+    needs to work (``state``, events about the agent itself, the ``agent`` metrics section and
+    the lesson evidence) belongs to no class and is always on.
+    """
+
+    system: bool = _opt(True, doc="metrics sections cpu, memory, swap, disks, network, sensors, "
+                                  "host")
+    usage: bool = _opt(True, doc="usage records: power-on intervals, session counts, app seconds")
+    peripherals: bool = _opt(True, doc="metrics section peripherals, peripheral and display "
+                                       "events, the peripherals of the inventory")
+    netquality: bool = _opt(True, doc="metrics section netquality: TCP connect probes")
+    inventory: bool = _opt(True, doc="inventory records: hardware, OS, network cards")
+    media: bool = _opt(True, doc="metrics section media: the lesson pipeline's health")
+
+
+@dataclass(frozen=True)
 class TelemetryConfig:
     interval_s: float = _opt(60.0, min=0.05, max=86400)
     usage_interval_s: float = _opt(900.0, min=0.05, max=86400)
@@ -112,6 +131,7 @@ class TelemetryConfig:
     probes: list[str] = _opt_factory(list, pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
     probe_interval_s: float = _opt(60.0, min=0.05, max=86400)
     apps: dict[str, list[str]] = _opt_factory(lambda: {k: [*v] for k, v in DEFAULT_APPS.items()})
+    classes: TelemetryClasses = _opt_factory(TelemetryClasses)
 
 
 _SINK_URL = r"^(rtmps?|srt)://[^\s]+$"
