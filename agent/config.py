@@ -402,15 +402,30 @@ class _Loader:
         if pattern and isinstance(value, str) and not re.match(pattern, value):
             rule = meta.get("doc") or f"must match {pattern}"
             self._err(node, path, f"invalid value {value!r}: {rule}")
+        elif pattern == _HOSTPORT and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            self._err(node, path, f"invalid value {value!r}: the port must be 1-65535")
         if meta.get("file") and isinstance(value, str):
-            p = Path(value)
-            if not p.is_file():
-                self._err(node, path, f"file {value} does not exist or is not a regular file")
-            elif not os.access(p, os.R_OK):
-                self._err(node, path, f"file {value} is not readable by this user")
+            self._check_file(value, node, path)
+
+    def _check_file(self, value: str, node: yaml.Node, path: str) -> None:
+        p = Path(value)
+        try:  # a name too long for the file system, a NUL byte, ... are the file's problems
+            is_file = p.is_file()
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            self._err(node, path, f"file {_clip(value)!r} cannot be used: {why}")
+            return
+        if not is_file:
+            self._err(node, path, f"file {value} does not exist or is not a regular file")
+        elif not os.access(p, os.R_OK):
+            self._err(node, path, f"file {value} is not readable by this user")
 
 
 _INVALID = object()
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
 
 
 def _type_name(tp: Any) -> str:
