@@ -671,9 +671,13 @@ def _correlation(props: Any) -> bytes | None:
 
 
 def _valid_publish_topic(topic: str) -> bool:
-    """What MQTT allows as a publish topic: non-empty, no wildcards or NUL, at most 65535 bytes."""
-    return (bool(topic) and not any(c in topic for c in "+#\0")
-            and len(topic.encode("utf-8", errors="replace")) <= 65535)
+    """What MQTT allows as a publish topic: non-empty UTF-8 (no lone surrogate, which paho could
+    not encode), no wildcards or NUL, at most 65535 bytes."""
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return bool(topic) and not any(c in topic for c in "+#\0") and size <= 65535
 
 
 def _unsupported_version(reason: Any) -> bool:
