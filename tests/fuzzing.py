@@ -3,7 +3,8 @@
 Profiles (chosen by ``CLASSROOM_AGENT_FUZZ``, loaded in tests/conftest.py):
 
 * ``ci`` (default): a few dozen examples per test, so the suite stays quick;
-* ``bench``: 10,000 examples per test, no example database; ``bench/fuzz.py`` runs it.
+* ``bench``: 10,000 examples per test (``CLASSROOM_AGENT_FUZZ_EXAMPLES`` changes it), no
+  example database; ``bench/fuzz.py`` runs it.
 
 Every example runs inside :func:`fuzz_case`, which counts it and interrupts it with :class:`Hang`
 after ``HANG_S`` seconds (a SIGALRM timer, repeated each second in case the code under test
@@ -30,9 +31,10 @@ from hypothesis import strategies as st
 
 PROFILE_ENV = "CLASSROOM_AGENT_FUZZ"
 REPORT_ENV = "CLASSROOM_AGENT_FUZZ_REPORT"
+EXAMPLES_ENV = "CLASSROOM_AGENT_FUZZ_EXAMPLES"
 #: An example that runs longer than this is a hang.
 HANG_S = 10.0
-BENCH_EXAMPLES = 10_000
+BENCH_EXAMPLES = int(os.environ.get(EXAMPLES_ENV) or 10_000)
 
 _COMMON: dict[str, Any] = {
     "deadline": None,
