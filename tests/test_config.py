@@ -6,6 +6,8 @@ since what a technician sees (exit code, stderr) is the behaviour under test the
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -202,6 +204,13 @@ def test_host_port_values_need_a_port_a_socket_accepts(key: str, port: str) -> N
     assert msg.startswith("agent.yaml:2: ") and "the port must be 1-65535" in msg, msg
 
 
+def test_a_lone_surrogate_escape_is_a_config_error() -> None:
+    """Found by fuzzing (the timetable's twin): "\\ud800" is a valid YAML escape but no text
+    a path, a log line or a record can hold; state_dir: "\\ud800" crashed the daemon at start."""
+    msg = _one(GOOD + 'state_dir: "/var/lib/x\\ud800"\n')
+    assert msg.startswith("agent.yaml:2:12: '/var/lib/x\\ud800' is not valid Unicode"), msg
+
+
 def test_duplicate_keys_are_errors() -> None:
     assert _one(HEAD + "  port: 1\n  port: 2\n") == "agent.yaml:4: mqtt.port: duplicate key"
     assert _one(GOOD + GOOD) == "agent.yaml:2: device: duplicate key"
@@ -348,6 +357,7 @@ def _only_config_error(text: str) -> None:
         host, port = cfg.status.address  # address in it is one a socket accepts
         assert host and 0 < port <= 65535, cfg.status.listen
         assert all(_port_ok(p) for p in cfg.telemetry.probes), cfg.telemetry.probes
+        json.dumps(dataclasses.asdict(cfg), ensure_ascii=False).encode()  # all text is UTF-8
 
 
 @pytest.mark.fuzz

@@ -386,6 +386,13 @@ def test_bad_files_name_the_line_and_key(text: str, expected: str) -> None:
     assert any(p.startswith(expected) for p in problems), problems
 
 
+def test_a_lone_surrogate_escape_is_a_timetable_error() -> None:
+    """Found by the near-valid timetable fuzzer: course "\\ud800科学" (a valid YAML escape)
+    raised UnicodeEncodeError out of the loader (course_code), which stops the daemon."""
+    msg = _one(WEEK.replace("course: Math", 'course: "\\ud800科学"'))
+    assert msg.startswith("tt.yaml:10:") and "is not valid Unicode" in msg, msg
+
+
 def test_every_problem_is_reported_at_once() -> None:
     problems = _problems(HEAD + """\
 weekly:
