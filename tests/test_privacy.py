@@ -229,3 +229,10 @@ def test_no_command_line_window_title_or_document_name_on_the_wire(
         leaks = [m.topic for m in msgs if needle.encode() in m.raw]
         assert not leaks, f"{needle!r} was sent in {leaks[:5]}"
 
+
+
+def test_privacy_doc_names_every_event_type() -> None:
+    doc = (REPO / "docs" / "privacy.md").read_text(encoding="utf-8")
+    events = json.loads((SCHEMAS / "event.json").read_text())
+    types = events["properties"]["data"]["properties"]["type"]["enum"]
+    assert [t for t in types if f"`{t}`" not in doc] == []
