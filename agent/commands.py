@@ -139,6 +139,9 @@ def check_args(spec: CommandSpec, args: Any) -> str | None:
         if arg.type == "string":
             if not 1 <= len(value) <= arg.max_length:
                 return f"argument {name!r} must be 1 to {arg.max_length} characters long"
+            if not _is_unicode(value):
+                return (f"argument {name!r} is not valid Unicode text (a lone surrogate such as "
+                        "\\ud800); send the text itself, UTF-8 encoded")
             if arg.enum is not None and value not in arg.enum:
                 return f"argument {name!r} must be one of {', '.join(arg.enum)}"
         if arg.minimum is not None and value < arg.minimum:
@@ -146,6 +149,16 @@ def check_args(spec: CommandSpec, args: Any) -> str | None:
         if arg.maximum is not None and value > arg.maximum:
             return f"argument {name!r} must be at most {arg.maximum:g}"
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a lone surrogate (JSON allows a bare "\\ud800" escape): such text cannot be
+    written to the lesson state or encoded into a record, so it must not get past the door."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:

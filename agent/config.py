@@ -104,6 +104,25 @@ DEFAULT_APPS: dict[str, list[str]] = {
 
 
 @dataclass(frozen=True)
+class TelemetryClasses:
+    """Which classes of telemetry are collected at all (docs/privacy.md lists their fields).
+
+    A class that is off is not read from the machine and never reaches the wire. What the agent
+    needs to work (``state``, events about the agent itself, the ``agent`` metrics section and
+    the lesson evidence) belongs to no class and is always on.
+    """
+
+    system: bool = _opt(True, doc="metrics sections cpu, memory, swap, disks, network, sensors, "
+                                  "host")
+    usage: bool = _opt(True, doc="usage records: power-on intervals, session counts, app seconds")
+    peripherals: bool = _opt(True, doc="metrics section peripherals, peripheral and display "
+                                       "events, the peripherals of the inventory")
+    netquality: bool = _opt(True, doc="metrics section netquality: TCP connect probes")
+    inventory: bool = _opt(True, doc="inventory records: hardware, OS, network cards")
+    media: bool = _opt(True, doc="metrics section media: the lesson pipeline's health")
+
+
+@dataclass(frozen=True)
 class TelemetryConfig:
     interval_s: float = _opt(60.0, min=0.05, max=86400)
     usage_interval_s: float = _opt(900.0, min=0.05, max=86400)
@@ -112,6 +131,7 @@ class TelemetryConfig:
     probes: list[str] = _opt_factory(list, pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
     probe_interval_s: float = _opt(60.0, min=0.05, max=86400)
     apps: dict[str, list[str]] = _opt_factory(lambda: {k: [*v] for k, v in DEFAULT_APPS.items()})
+    classes: TelemetryClasses = _opt_factory(TelemetryClasses)
 
 
 _SINK_URL = r"^(rtmps?|srt)://[^\s]+$"
@@ -382,15 +402,30 @@ class _Loader:
         if pattern and isinstance(value, str) and not re.match(pattern, value):
             rule = meta.get("doc") or f"must match {pattern}"
             self._err(node, path, f"invalid value {value!r}: {rule}")
+        elif pattern == _HOSTPORT and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            self._err(node, path, f"invalid value {value!r}: the port must be 1-65535")
         if meta.get("file") and isinstance(value, str):
-            p = Path(value)
-            if not p.is_file():
-                self._err(node, path, f"file {value} does not exist or is not a regular file")
-            elif not os.access(p, os.R_OK):
-                self._err(node, path, f"file {value} is not readable by this user")
+            self._check_file(value, node, path)
+
+    def _check_file(self, value: str, node: yaml.Node, path: str) -> None:
+        p = Path(value)
+        try:  # a name too long for the file system, a NUL byte, ... are the file's problems
+            is_file = p.is_file()
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            self._err(node, path, f"file {_clip(value)!r} cannot be used: {why}")
+            return
+        if not is_file:
+            self._err(node, path, f"file {value} does not exist or is not a regular file")
+        elif not os.access(p, os.R_OK):
+            self._err(node, path, f"file {value} is not readable by this user")
 
 
 _INVALID = object()
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
 
 
 def _type_name(tp: Any) -> str:

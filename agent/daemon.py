@@ -26,6 +26,7 @@ from agent.secretfiles import exposed
 from agent.signing import CommandGuard, SeenIds, make_guard
 from agent.status import StatusBoard, StatusServer
 from agent.telemetry.agent_self import AgentCollector
+from agent.telemetry.classes import retained_to_clear
 from agent.telemetry.inventory import collect_inventory
 from agent.telemetry.media_health import MediaHealthCollector
 from agent.telemetry.netquality import NetworkQualityCollector
@@ -80,7 +81,8 @@ class Agent:
     def _make_publisher(self, cfg: config.Config) -> Publisher:
         return Publisher(cfg.mqtt, self.outbox.envelope, self.outbox, cfg.state_path,
                          historical_after_s=max(2 * cfg.telemetry.interval_s, 1.0),
-                         started_at=self.started_at, command_sink=self.commands.submit)
+                         started_at=self.started_at, command_sink=self.commands.submit,
+                         clear_retained=retained_to_clear(cfg.telemetry.classes))
 
     def _make_scheduler(self, cfg: config.Config) -> Scheduler:
         probes = [(cfg.mqtt.host, cfg.mqtt.port)] + [_hostport(p) for p in cfg.telemetry.probes]
@@ -235,12 +237,15 @@ class Agent:
             self._reload_lessons(new)
         if new.commands != old.commands:
             self.guard = self._make_guard(new)
-        if new.mqtt != old.mqtt:
+        telemetry_changed = new.telemetry != old.telemetry or new.mqtt != old.mqtt
+        if telemetry_changed:  # first, so no record of a class just turned off follows the clear
+            self.scheduler.stop()
+        if new.mqtt != old.mqtt or (retained_to_clear(new.telemetry.classes)
+                                    != retained_to_clear(old.telemetry.classes)):
             self.publisher.stop(flush_s=0)
             self.publisher = self._make_publisher(new)
             self.publisher.start()
-        if new.telemetry != old.telemetry or new.mqtt != old.mqtt:
-            self.scheduler.stop()
+        if telemetry_changed:
             self.scheduler = self._make_scheduler(new)
             self.scheduler.start()
         self.board.cfg = new

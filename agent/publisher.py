@@ -119,8 +119,12 @@ class Publisher:
         historical_after_s: float,
         started_at: float,
         command_sink: CommandSink | None = None,
+        clear_retained: tuple[str, ...] = (),
     ) -> None:
         self.cfg = cfg
+        # Retained kinds whose telemetry class is off: emptied on every connect, so the broker
+        # stops handing out a copy taken while the class was on (docs/privacy.md).
+        self.clear_retained = clear_retained
         self.envelope = envelope
         self.outbox = outbox
         self.historical_after_s = historical_after_s
@@ -453,6 +457,8 @@ class Publisher:
             self._state_payload("online", self.stats.session, "connected"),
             qos=1, retain=True,
         )
+        for kind in self.clear_retained:  # an empty retained payload deletes the broker's copy
+            self._client.publish(self.topic(kind), b"", qos=1, retain=True)
         if self.command_sink is not None:
             self._subscribe_commands()
 
@@ -665,9 +671,13 @@ def _correlation(props: Any) -> bytes | None:
 
 
 def _valid_publish_topic(topic: str) -> bool:
-    """What MQTT allows as a publish topic: non-empty, no wildcards or NUL, at most 65535 bytes."""
-    return (bool(topic) and not any(c in topic for c in "+#\0")
-            and len(topic.encode("utf-8", errors="replace")) <= 65535)
+    """What MQTT allows as a publish topic: non-empty UTF-8 (no lone surrogate, which paho could
+    not encode), no wildcards or NUL, at most 65535 bytes."""
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return bool(topic) and not any(c in topic for c in "+#\0") and size <= 65535
 
 
 def _unsupported_version(reason: Any) -> bool:

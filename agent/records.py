@@ -74,7 +74,11 @@ class Envelope:
         }
         if seq is None:
             del body["seq"]
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        try:
+            return json.dumps(body, separators=(",", ":"), ensure_ascii=False,
+                              default=str).encode()
+        except UnicodeEncodeError:  # a lone surrogate got in: escape it rather than lose this
+            return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
 def mark_historical(payload: bytes) -> bytes:

@@ -27,6 +27,7 @@ from agent.config import Config
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Record, age_s, rfc3339
+from agent.telemetry import classes as telemetry_classes
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class StatusBoard:
                 "interval_s": self.cfg.telemetry.interval_s,
                 "last_sample": _ts(metrics_ts),
                 "failing_collectors": self.failing(),
+                "classes_off": telemetry_classes.off(self.cfg.telemetry.classes),
             },
             "metrics": _key_metrics(metrics),
             "peripherals": metrics.get("peripherals", {}),
@@ -247,6 +249,9 @@ def render_text(s: dict[str, Any]) -> str:
     mem = f"{km['memory_percent']:.0f}%" if km["memory_percent"] is not None else "-"
     lines.append(f"  Machine     CPU {cpu}, memory {mem}, disks {disks}, "
                  f"up {_human_s(km['uptime_s'])}")
+    off = s["telemetry"].get("classes_off") or []
+    if off:
+        lines.append(f"  Telemetry   turned off (telemetry.classes): {', '.join(off)}")
     p = s.get("peripherals") or {}
     if p:
         lines.append(f"  Peripherals {p.get('video', 0)} camera(s), {p.get('audio_inputs', 0)} "

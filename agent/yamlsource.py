@@ -15,7 +15,7 @@ def compose(text: str, name: str, what: str,
             error: Callable[[list[str]], Exception]) -> yaml.Node | None:
     """The root node of ``text`` (None when empty); raises ``error([...])`` naming the line."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
@@ -24,3 +24,31 @@ def compose(text: str, name: str, what: str,
         raise error([f"{name}: YAML error: {exc}"]) from None
     except RecursionError:
         raise error([f"{name}: YAML nested too deeply to be {what}"]) from None
+    bad = _lone_surrogate(root)
+    if bad is not None:
+        mark = bad.start_mark
+        raise error([f"{name}:{mark.line + 1}:{mark.column + 1}: {bad.value[:40]!a} is not "
+                     "valid Unicode (a lone surrogate escape such as \\ud800): write the "
+                     "character itself"])
+    return root
+
+
+def _lone_surrogate(root: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first scalar holding a lone surrogate, which only a ``"\\ud800"`` escape can make:
+    such text cannot be written to a file, a log line or a record, so it is the file's error."""
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:  # aliases share nodes; a recursive one loops
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                node.value.encode("utf-8")
+            except UnicodeEncodeError:
+                return node
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+    return None

@@ -1,11 +1,30 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import fuzzing
 from tests.support import AgentProcess, Broker, Subscriber
+
+fuzzing.load_profile()  # before the test modules build their @settings
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
+    fuzzing.set_current_test(item.nodeid)
+    yield
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        fuzzing.note_outcome(report.nodeid, report.outcome, report.duration)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    fuzzing.write_report()
 
 
 @pytest.fixture

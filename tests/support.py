@@ -516,3 +516,30 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
     except (OSError, IndexError):
         return True
+
+
+class CountingListener:
+    """A TCP listener on a free loopback port that accepts and counts connections (a probe target
+    whose count proves whether the agent connected at all)."""
+
+    def __init__(self) -> None:
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self._srv.listen(64)
+        self.port = int(self._srv.getsockname()[1])
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._run, name="counting-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _addr = self._srv.accept()
+            except OSError:  # closed
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the blocked accept() on Linux
+            self._srv.shutdown(socket.SHUT_RDWR)
+        self._srv.close()

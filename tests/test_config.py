@@ -6,6 +6,8 @@ since what a technician sees (exit code, stderr) is the behaviour under test the
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -14,11 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import config
 from agent.config import ConfigError, describe_keys, load, loads
+from tests.fuzzing import fuzz_case, hostile_scalars, near_valid, yaml_text
 from tests.support import REPO
 
 GOOD = "device: {id: a, school: b}\n"
@@ -182,6 +185,32 @@ def test_tls_file_must_exist(tmp_path: Path) -> None:
     assert cfg.mqtt.tls.ca_file == str(missing) and cfg.mqtt.tls.active
 
 
+def test_a_file_name_the_file_system_refuses_is_a_config_error() -> None:
+    """Found by fuzzing: a 300-character password_file made Path.is_file() raise
+    OSError(ENAMETOOLONG) out of the loader instead of a ConfigError."""
+    msg = _one(HEAD + f"  password_file: {'a' * 300}\n")
+    assert msg.startswith("agent.yaml:3: mqtt.password_file: file 'aaaa")
+    assert "cannot be used: File name too long" in msg and "(300 characters)" in msg
+    assert "mqtt.password_file: file" in _one(HEAD + '  password_file: "a\\0b"\n')  # NUL byte
+
+
+@pytest.mark.parametrize("key", ["status: {listen: ", "telemetry: {probes: ["])
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_host_port_values_need_a_port_a_socket_accepts(key: str, port: str) -> None:
+    """'127.0.0.1:99999' matched HOST:PORT, and the daemon then died binding the status port
+    (OverflowError) and the netquality collector failed every tick."""
+    close = "}" if key.startswith("status") else "]}"
+    msg = _one(f"{GOOD}{key}'127.0.0.1:{port}'{close}\n")
+    assert msg.startswith("agent.yaml:2: ") and "the port must be 1-65535" in msg, msg
+
+
+def test_a_lone_surrogate_escape_is_a_config_error() -> None:
+    """Found by fuzzing (the timetable's twin): "\\ud800" is a valid YAML escape but no text
+    a path, a log line or a record can hold; state_dir: "\\ud800" crashed the daemon at start."""
+    msg = _one(GOOD + 'state_dir: "/var/lib/x\\ud800"\n')
+    assert msg.startswith("agent.yaml:2:12: '/var/lib/x\\ud800' is not valid Unicode"), msg
+
+
 def test_duplicate_keys_are_errors() -> None:
     assert _one(HEAD + "  port: 1\n  port: 2\n") == "agent.yaml:4: mqtt.port: duplicate key"
     assert _one(GOOD + GOOD) == "agent.yaml:2: device: duplicate key"
@@ -304,33 +333,46 @@ _trees = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(_keys, children, max_size=6),
     max_leaves=30,
 )
-_FUZZ = settings(max_examples=200, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+#: The example config with one app (the catalogue would take most mutations), a probe and a
+#: live sink, so that mutations land on every kind of value.
+_EXAMPLE = yaml.safe_load((REPO / "config" / "agent.example.yaml").read_text())
+_EXAMPLE["telemetry"].update(apps={"whiteboard": ["easinote*"]}, probes=["10.0.0.1:53"])
+_EXAMPLE["media"]["live"] = [{"url": "rtmp://live.example/app/key", "name": "platform"}]
+_WORDS = [f"{part}: " for part in _SEGMENTS] + ["room-101", "school-a", "127.0.0.1:8765"]
+
+
+def _port_ok(hostport: str) -> bool:
+    return 0 < int(hostport.rpartition(":")[2]) <= 65535
 
 
 def _only_config_error(text: str) -> None:
-    try:
-        cfg = loads(text)
-    except ConfigError as exc:
-        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
-    else:
+    with fuzz_case():
+        try:
+            cfg = loads(text)
+        except ConfigError as exc:
+            assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+            return
         assert isinstance(cfg, config.Config)
-        assert len(cfg.hash) == 16  # a valid result is fully usable
+        assert len(cfg.hash) == 16  # a valid result is fully usable: hashable, and every
+        host, port = cfg.status.address  # address in it is one a socket accepts
+        assert host and 0 < port <= 65535, cfg.status.listen
+        assert all(_port_ok(p) for p in cfg.telemetry.probes), cfg.telemetry.probes
+        json.dumps(dataclasses.asdict(cfg), ensure_ascii=False).encode()  # all text is UTF-8
 
 
-@_FUZZ
+@pytest.mark.fuzz
 @given(st.text(max_size=300))
 def test_random_text_raises_only_config_error(text: str) -> None:
     _only_config_error(text)
 
 
-@_FUZZ
+@pytest.mark.fuzz
 @given(_trees)
 def test_random_yaml_structures_raise_only_config_error(tree: Any) -> None:
     _only_config_error(yaml.safe_dump(tree))
 
 
-@_FUZZ
+@pytest.mark.fuzz
 @given(st.dictionaries(st.sampled_from(["device", "mqtt", "telemetry", "outbox", "status",
                                         "state_dir", "log_level"]), _trees, max_size=7))
 def test_random_values_under_real_sections_raise_only_config_error(tree: dict[str, Any]) -> None:
@@ -338,7 +380,7 @@ def test_random_values_under_real_sections_raise_only_config_error(tree: dict[st
     _only_config_error(yaml.safe_dump(tree))
 
 
-@_FUZZ
+@pytest.mark.fuzz
 @given(st.sampled_from([p for p, _t, _d in describe_keys()]), st.sampled_from(_TAGS),
        st.sampled_from(["", "abc", "1", "0.5", "2001-12-14", "true", "[]", "{}", "'%%'"]))
 def test_explicit_tags_at_any_key_raise_only_config_error(path: str, tag: str, value: str) -> None:
@@ -350,3 +392,15 @@ def test_explicit_tags_at_any_key_raise_only_config_error(path: str, tag: str, v
     node[leaf] = "@@VALUE@@"
     text = yaml.safe_dump(tree).replace("'@@VALUE@@'", f"{tag} {value}")
     _only_config_error(text)
+
+
+@pytest.mark.fuzz
+@given(yaml_text(_WORDS))
+def test_yaml_syntax_soup_raises_only_config_error(text: str) -> None:
+    _only_config_error(text)
+
+
+@pytest.mark.fuzz
+@given(near_valid(_EXAMPLE, hostile_scalars()))
+def test_near_valid_configs_raise_only_config_error(tree: dict[str, Any]) -> None:
+    _only_config_error(yaml.safe_dump(tree, allow_unicode=True))

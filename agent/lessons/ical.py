@@ -82,7 +82,10 @@ def loads_ical(data: bytes | str, tz: str, name: str = "<ical>") -> IcalTimetabl
     events = calendar.walk("VEVENT")
     for i, ev in enumerate(events):
         where = f"{name}:{lines[i]}" if i < len(lines) else name
-        problems.extend(f"{where}: {_label(ev)}: {p}" for p in _check_event(ev))
+        try:
+            problems.extend(f"{where}: {_label(ev)}: {p}" for p in _check_event(ev))
+        except Exception as exc:  # icalendar raises many types; a bad event is the file's fault
+            problems.append(f"{where}: VEVENT cannot be read: {_first_line(exc)}")
     if not problems:
         problems = _check_recurrence(calendar, events, lines, zi, name)
     if problems:
@@ -233,8 +236,11 @@ def _live(ev: icalendar.Event) -> tuple[list[str], list[str]] | None:
 
 
 def _check_event(ev: icalendar.Event) -> Iterable[str]:
-    for prop, problem in getattr(ev, "errors", []) or []:
+    errors = getattr(ev, "errors", []) or []
+    for prop, problem in errors:
         yield f"{prop}: {problem}"
+    if errors:  # a property icalendar could not parse raises on any use: check no further
+        return
     if ev.get("DTSTART") is None:
         yield "DTSTART is missing"
     if ev.get("RECURRENCE-ID") is None and not str(ev.get("SUMMARY", "")).strip():

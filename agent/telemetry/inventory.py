@@ -112,10 +112,11 @@ def _disks() -> list[dict[str, Any]]:
     return disks
 
 
-def collect_inventory(agent_version: str, config_hash: str, peripherals: dict) -> dict:
-    """The inventory ``data``; ``peripherals`` is a :meth:`PeripheralWatch.snapshot`."""
+def collect_inventory(agent_version: str, config_hash: str, peripherals: dict | None) -> dict:
+    """The inventory ``data``; ``peripherals`` is a :meth:`PeripheralWatch.snapshot`, or None
+    when the peripherals class is off (the key is then left out)."""
     machine_id = (_read(_MACHINE_ID) or "").strip() or None
-    return {
+    inv = {
         "host": {"hostname": socket.gethostname(), "machine_id": machine_id},
         "os": _os(),
         "kernel": platform.release(),
@@ -128,5 +129,7 @@ def collect_inventory(agent_version: str, config_hash: str, peripherals: dict) -
         "disks": _disks(),
         "nics": _nics(),
         "agent": {"version": agent_version, "config_hash": config_hash},
-        "peripherals": peripherals,
     }
+    if peripherals is not None:
+        inv["peripherals"] = peripherals
+    return inv

@@ -3,7 +3,9 @@
 Ticks follow a monotonic schedule (no drift, no bursts after a wall-clock jump). Each tick gathers
 every collector into one ``metrics`` record plus any events, samples usage, and at their own
 cadences emits ``usage`` and (when it changed) ``inventory``. A collector that raises is reported
-once per distinct error as a ``collector_failed`` event and never stops the others.
+once per distinct error as a ``collector_failed`` event and never stops the others. A telemetry
+class that is off (``cfg.classes``, see :mod:`agent.telemetry.classes`) is skipped entirely: its
+collectors never run, usage is never sampled, the inventory never built.
 
 Records go to ``sink`` (the outbox). If the sink fails (disk full, I/O error), records are held
 in memory, bounded, and offered again at the next tick, so a transient fault loses nothing.
@@ -22,6 +24,7 @@ from typing import Any
 
 from agent.config import TelemetryConfig
 from agent.records import Record, Severity, event
+from agent.telemetry import classes
 from agent.telemetry.base import Collector
 from agent.telemetry.peripherals import PeripheralWatch
 from agent.telemetry.usage import UsageTracker
@@ -50,15 +53,17 @@ class Scheduler:
         collectors: Sequence[Collector],
         usage: UsageTracker,
         peripherals: PeripheralWatch,
-        inventory: Callable[[dict[str, Any]], dict[str, Any]],
+        inventory: Callable[[dict[str, Any] | None], dict[str, Any]],
         sink: Callable[[list[Record]], None],
         on_tick: Callable[[dict[str, Any], list[Record]], None] = lambda m, e: None,
     ) -> None:
         self.cfg = cfg
-        self.collectors = [*collectors, peripherals]
-        self.usage = usage
-        self.peripherals = peripherals
-        self.inventory = inventory
+        on = cfg.classes
+        self.collectors = [c for c in [*collectors, peripherals]
+                           if classes.collector_allowed(on, c.name)]
+        self.usage = usage if on.usage else None
+        self.peripherals = peripherals if on.peripherals else None
+        self.inventory = inventory if on.inventory else None
         self.sink = sink
         self.on_tick = on_tick
         self._stop = threading.Event()
@@ -92,19 +97,19 @@ class Scheduler:
             now = time.monotonic()
             records: list[Record] = []
             try:
-                if now >= next_sample or now >= next_usage:
+                if self.usage is not None and (now >= next_sample or now >= next_usage):
                     # The process scan is most of a tick's cost: sample on its own cadence.
                     next_sample = now + self.cfg.usage_sample_s
-                    self._sample_usage()
+                    self._sample_usage(self.usage)
                 metrics, events = self.tick()
                 records += [metrics, *events]
                 changed = any(e.data["type"].startswith(("peripheral", "display")) for e in events)
-                if now >= next_inventory or changed:
+                if self.inventory is not None and (now >= next_inventory or changed):
                     next_inventory = now + self.cfg.inventory_check_s
-                    inv = self._inventory_if_changed()
+                    inv = self._inventory_if_changed(self.inventory)
                     if inv is not None:
                         records.append(inv)
-                if now >= next_usage:
+                if self.usage is not None and now >= next_usage:
                     next_usage = now + self.cfg.usage_interval_s
                     records.append(Record("usage", self.usage.take()))
                 self.on_tick(metrics.data, events)
@@ -133,9 +138,9 @@ class Scheduler:
             self._usage_failure = None
         return Record("metrics", acc.metrics, ts), acc.events
 
-    def _sample_usage(self) -> None:
+    def _sample_usage(self, usage: UsageTracker) -> None:
         try:
-            self.usage.sample()
+            usage.sample()
         except Exception as exc:
             self._usage_failure = exc  # reported as an event with the next metrics record
         else:
@@ -154,8 +159,11 @@ class Scheduler:
     def failing(self) -> dict[str, str]:
         return dict(self._failures)
 
-    def _inventory_if_changed(self) -> Record | None:
-        inv = self.inventory(self.peripherals.last or self.peripherals.snapshot())
+    def _inventory_if_changed(
+        self, inventory: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> Record | None:
+        watch = self.peripherals
+        inv = inventory(None if watch is None else watch.last or watch.snapshot())
         digest = hashlib.sha256(json.dumps(inv, sort_keys=True, default=str).encode()).hexdigest()
         if digest == self._inventory_hash:
             return None
