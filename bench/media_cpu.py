@@ -3,10 +3,10 @@
 Pipeline: the real worker (``python -m agent.media.worker`` under MediaSupervisor), counted with
 every FFmpeg it starts (utime+stime of the tree, from /proc, including reaped children).
 Bare: one ``ffmpeg`` with the same size, fps, preset, bit rates, GOP and outputs (MPEG-TS
-segments + an MPEG-TS stream on stdout), fed the same kind of source: for ``synthetic``,
-FFmpeg's own testsrc2 + sine (``-re``); for ``udp``, the same UDP MPEG-TS stream the worker reads
-(sent by a third FFmpeg that neither side is charged for). Both run alone, one after the other,
-and are measured for ``--seconds`` after ``--warmup``.
+segments, and with ``--sink`` FLV to the same RTMP receiver), fed the same kind of source: for
+``synthetic``, FFmpeg's own testsrc2 + sine (``-re``); for ``udp``, the same UDP MPEG-TS stream
+the worker reads (sent by a third FFmpeg that neither side is charged for). Both run alone, one
+after the other, and are measured for ``--seconds`` after ``--warmup``.
 
 Usage: python bench/media_cpu.py [--seconds 20] [--sizes 1280x720,1920x1080] [--fps 30]
        [--sources synthetic,udp] [--sink]
@@ -106,8 +106,7 @@ def bare_argv(args: argparse.Namespace, width: int, height: int, source: str,
         video = ["-re", "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r={args.fps}"]
     else:
         video = ["-i", f"{source}?overrun_nonfatal=1&fifo_size=5000000"]
-    outputs = [f"[f=segment:segment_time=60:segment_format=mpegts]{folder}/bare-%05d.ts",
-               "[f=mpegts]pipe:1"]
+    outputs = [f"[f=segment:segment_time=60:segment_format=mpegts]{folder}/bare-%05d.ts"]
     if sink_url:
         outputs.append(f"[f=flv]{sink_url}")
     return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *video,
@@ -154,8 +153,8 @@ def main() -> int:
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     ap.add_argument("--sink", action="store_true",
-                    help="also push one RTMP live sink (worker: its remux process; bare: a "
-                         "third tee output)")
+                    help="also push one RTMP live sink (worker: its FLV output and remux "
+                         "process; bare: a second tee output)")
     args = ap.parse_args()
     sigterm_as_interrupt()
     sys.path.insert(0, str(ROOT))

@@ -109,6 +109,47 @@ def test_spec_module_stays_light() -> None:
 # ----------------------------------------------------------------------------------- pacer
 
 
+class _StillSource:
+    """A camera whose latest frame is always new (seq grows on every look)."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.looked = 0
+
+    def check(self) -> bool:
+        return False
+
+    def latest(self) -> Any:
+        from agent.media.sources import Frame
+
+        self.seq += 1
+        self.looked += 1
+        return Frame(np.zeros((4, 4, 3), np.uint8), 0.0, self.seq)
+
+    def wait_newer(self, seq: int, timeout: float) -> Any:
+        return self.latest()
+
+
+def test_pump_behind_its_slots_repeats_instead_of_putting_new_pictures_in_old_slots() -> None:
+    """A starved pump catches up with repeats: no picture lands in a slot before its capture."""
+    from agent.media.pacer import MAX_LAG_FRAMES, Slate, VideoPump
+
+    now = [0.0]
+    source = _StillSource()
+    pump = VideoPump(source, 30, 0.0, lambda data: None, lambda img: img,
+                     Slate(4, 4, lambda img: img), clock=lambda: now[0])
+    pump._next_frame()                       # slot 0 on time: a new picture
+    assert source.looked == 1
+    now[0] = 1.0                              # starved for a second: 30 slots behind
+    behind = 30 - MAX_LAG_FRAMES - 1           # slots 1..27 are more than 2 slots late at 1.0 s
+    for _ in range(behind):
+        pump._next_frame()
+    assert source.looked == 1, "catching up must not take new pictures"
+    assert pump.pacer.counters.duplicated == behind
+    pump._next_frame()                        # within the bound again: new pictures resume
+    assert source.looked == 2
+
+
 def run_pacer(fps: int, camera_fps: float, seconds: float,
               lost: tuple[float, float] | None = None) -> VideoPacer:
     """Simulate a camera at ``camera_fps`` against the pacer's slots (fake time)."""

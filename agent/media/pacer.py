@@ -215,6 +215,10 @@ class _Pump:
         raise NotImplementedError
 
 
+#: A pump more than this many slots behind repeats the last frame until it has caught up.
+MAX_LAG_FRAMES = 2
+
+
 class VideoPump(_Pump):
     """The thread that writes one frame per slot: new, repeated, or the slate."""
 
@@ -228,6 +232,7 @@ class VideoPump(_Pump):
         self.on_frame, self.clock, self.wall = on_frame, clock, wall
         self.pacer = VideoPacer(fps, start)
         self.patience = 0.5 / fps
+        self.max_lag = MAX_LAG_FRAMES / fps
         self._last: Any = None
         super().__init__()
 
@@ -241,6 +246,13 @@ class VideoPump(_Pump):
 
     def _next_frame(self) -> Any:
         lost = self.source.check()
+        if (self._last is not None and not lost
+                and self.clock() - self.pacer.due() > self.max_lag):
+            # Behind its slots (the encoder or this thread was starved): fill the missed slots
+            # with the last frame. A newer picture in an old slot would put the video behind
+            # the sound by the lag, for the rest of the lesson if the lag never clears.
+            self.pacer.decide(self.pacer.last_seq, False)
+            return self._last
         frame = self.source.latest()
         if frame is not None and not lost and frame.seq == self.pacer.last_seq:
             # A camera at the same nominal rate arrives with jitter around our slot: wait a
