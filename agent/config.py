@@ -174,7 +174,12 @@ class RecordingConfig:
     dir: str = _opt("", doc="default: {state_dir}/recordings")
     segment_s: float = _opt(60.0, min=2, max=3600)
     retention_days: float = _opt(30.0, min=0.01, max=3650)
-    min_free_mb: int = _opt(2048, min=0)
+    min_free_mb: int = _opt(2048, min=0, doc="free-space reserve on the recording disk: "
+                            "below it, old recordings are removed, then the recording stops")
+    resume_margin_mb: int = _opt(512, min=0, doc="a stopped recording resumes once free space "
+                                 "is back above min_free_mb + this")
+    check_s: float = _opt(5.0, min=0.2, max=600, doc="how often free space is checked during "
+                          "a lesson")
 
 
 @dataclass(frozen=True)

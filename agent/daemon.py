@@ -174,8 +174,15 @@ class Agent:
         self.board.note_events([record])
         try:
             self.commit([record])
-        except Exception as exc:  # the outbox logs the cause; the event is in the log too
-            log.error("could not commit event %s: %s", record.data.get("type"), exc)
+        except Exception as exc:  # disk full, I/O error: hold it with the telemetry
+            scheduler = getattr(self, "scheduler", None)  # None while the agent is being built
+            if scheduler is None:
+                log.error("could not commit event %s: %s (lost; it is in this log)",
+                          record.data.get("type"), exc)
+                return
+            scheduler.hold([record])
+            log.error("could not commit event %s: %s; held in memory until the outbox "
+                      "works again", record.data.get("type"), exc)
 
     # -- life cycle ----------------------------------------------------------------------------
 

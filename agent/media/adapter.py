@@ -3,13 +3,25 @@
 Builds the worker spec from the config (one recording directory per lesson), keeps recordings
 within their retention before each lesson, and turns the worker's event lines into agent events.
 Runs in the daemon: it imports neither OpenCV nor NumPy (the supervisor spawns the worker).
+
+The disk guard: at the start and every ``recording.check_s`` during a lesson, free space on the
+recording disk is compared with ``recording.min_free_mb``. Under it, older lessons' recordings are
+removed first (never the running one); if that is not enough, the recording stops before the disk
+is full (``recording_stopped``, reason ``disk_full``): the worker is stopped cleanly (its open
+segment is finished) and, if the lesson has live sinks, a live-only worker takes over. When free
+space is back above the reserve plus ``resume_margin_mb`` the recording resumes in the same lesson
+(``recording_resumed``), continuing the segment numbering; the gap is one interruption
+(``recording_stopped``) in the lesson's evidence.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +35,33 @@ from agent.records import Record, event
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Lesson:
+    """The running lesson's media, as far as the disk guard is concerned."""
+
+    lesson_id: str
+    spec: MediaSpec
+    guard: retention.ReserveGuard
+    parts: list[dict[str, Any]] = field(default_factory=list)  # workers stopped mid-lesson
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
+    stopped_at: float | None = None  # wall time the recording stopped for lack of space
+    stopped_why: str = ""
+
+
 class LessonMedia:
     def __init__(self, media: MediaConfig, recording_root: Path,
-                 emit: Callable[[Record], None]) -> None:
+                 emit: Callable[[Record], None],
+                 free_mb: Callable[[Path], float] = retention.free_mb) -> None:
         self.media = media
         self.root = recording_root
         self.emit = emit
+        self._free_mb = free_mb
         self._lock = threading.Lock()
         self._active: Path | None = None
+        self._busy = threading.RLock()  # serialises start, stop and the guard's stop/resume
+        self._lesson: _Lesson | None = None
+        self._guard_stop = threading.Event()
+        self._guard_thread: threading.Thread | None = None
         self.supervisor = MediaSupervisor(self._on_line)
 
     # -- MediaControl (agent.lessons.manager) ----------------------------------------------------
@@ -38,21 +69,138 @@ class LessonMedia:
     def start(self, lesson_id: str, live: list[tuple[str, str]]) -> None:
         directory = self.root / lesson_id
         directory.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._active = directory
-        self.housekeeping()
+        rec = self.media.recording
         sinks = [LiveSinkConfig(url=url, name=name) for name, url in live]
-        self.supervisor.start(MediaSpec.from_config(self.media, lesson_id, directory, sinks))
+        lesson = _Lesson(lesson_id, MediaSpec.from_config(self.media, lesson_id, directory, sinks),
+                         retention.ReserveGuard(rec.min_free_mb, rec.resume_margin_mb))
+        with self._busy:
+            with self._lock:
+                self._active = directory
+            self._lesson = lesson
+            self.housekeeping()
+            free = self._free()
+            if free is not None and lesson.guard.update(free) == "stop":
+                self._stop_recording(lesson, free)
+            else:
+                self.supervisor.start(lesson.spec)
+        self._start_guard()
 
     def stop(self) -> dict | None:
-        try:
-            return self.supervisor.stop()
-        finally:
-            with self._lock:
-                self._active = None
+        self._stop_guard()
+        with self._busy:
+            lesson, self._lesson = self._lesson, None
+            try:
+                last = self.supervisor.stop()
+            finally:
+                with self._lock:
+                    self._active = None
+            if lesson is None:
+                return last
+            if lesson.stopped_at is not None:
+                self._close_gap(lesson, time.time())
+            return _merge([*lesson.parts, last], lesson.interruptions)
 
     def running(self) -> bool:
-        return self.supervisor.running()
+        """The worker runs, or the lesson's recording is held off for lack of disk space."""
+        lesson = self._lesson
+        return self.supervisor.running() or (lesson is not None and lesson.guard.stopped)
+
+    # -- the disk guard ---------------------------------------------------------------------------
+
+    def check_space(self) -> None:
+        """One guard step (the guard thread calls it every ``recording.check_s``)."""
+        with self._busy:
+            lesson = self._lesson
+            free = self._free()
+            if lesson is None or free is None:
+                return
+            if free < lesson.guard.reserve_mb and not lesson.guard.stopped:
+                self.housekeeping()  # older lessons' recordings go first
+                free = self._free() or 0.0
+            action = lesson.guard.update(free)
+            if action == "stop":
+                self._stop_recording(lesson, free)
+            elif action == "resume":
+                self._resume_recording(lesson, free)
+
+    def _free(self) -> float | None:
+        try:
+            return self._free_mb(self.root)
+        except OSError as exc:
+            log.warning("cannot measure free space of %s: %s", self.root, exc)
+            return None
+
+    def _stop_recording(self, lesson: _Lesson, free: float) -> None:
+        part = self.supervisor.stop()
+        if part is not None:
+            lesson.parts.append(part)
+        lesson.stopped_at = time.time()
+        live = bool(lesson.spec.live)
+        lesson.stopped_why = (f"disk_full: {free:.0f} MB free on {self.root}, under the "
+                              f"{lesson.guard.reserve_mb:g} MB reserve")
+        if live:
+            self._start_worker(replace(lesson.spec, recording=replace(lesson.spec.recording,
+                                                                      enabled=False)))
+        log.warning("lesson %s: recording stopped, %s", lesson.lesson_id, lesson.stopped_why)
+        self.emit(event(
+            "recording_stopped", "warning",
+            f"recording of lesson {lesson.lesson_id} stopped before the disk is full: "
+            f"{free:.0f} MB free, reserve {lesson.guard.reserve_mb:g} MB"
+            + ("; the live stream goes on" if live else "")
+            + ". Next step: free space on the recording disk (or lower "
+            "media.recording.retention_days); the recording resumes by itself",
+            lesson_id=lesson.lesson_id, reason="disk_full", free_mb=round(free, 1),
+            min_free_mb=lesson.guard.reserve_mb, dir=str(self.root), live_continues=live))
+
+    def _resume_recording(self, lesson: _Lesson, free: float) -> None:
+        part = self.supervisor.stop()  # the live-only worker, if any
+        if part is not None:
+            lesson.parts.append(part)
+        gap = self._close_gap(lesson, time.time())
+        self._start_worker(lesson.spec)
+        log.info("lesson %s: recording resumed after %.0f s", lesson.lesson_id, gap["duration_s"])
+        self.emit(event(
+            "recording_resumed", "info",
+            f"recording of lesson {lesson.lesson_id} resumed: {free:.0f} MB free again after "
+            f"{gap['duration_s']:.0f} s without recording",
+            lesson_id=lesson.lesson_id, free_mb=round(free, 1), stopped_s=gap["duration_s"]))
+
+    def _close_gap(self, lesson: _Lesson, end: float) -> dict[str, Any]:
+        assert lesson.stopped_at is not None
+        gap = {"what": "recording_stopped", "start": round(lesson.stopped_at, 3),
+               "end": round(end, 3), "duration_s": round(max(0.0, end - lesson.stopped_at), 3),
+               "detail": lesson.stopped_why}
+        lesson.interruptions.append(gap)
+        lesson.stopped_at = None
+        return gap
+
+    def _start_worker(self, spec: MediaSpec) -> None:
+        try:
+            self.supervisor.start(spec)
+        except Exception:  # the lesson goes on; the next lesson starts media afresh
+            log.exception("lesson %s: the media worker could not be started", spec.lesson_id)
+
+    def _start_guard(self) -> None:
+        if self._guard_thread is not None and self._guard_thread.is_alive():
+            return
+        self._guard_stop = threading.Event()
+        self._guard_thread = threading.Thread(target=self._guard_loop, args=(self._guard_stop,),
+                                              name="media-disk-guard", daemon=True)
+        self._guard_thread.start()
+
+    def _stop_guard(self) -> None:
+        self._guard_stop.set()
+        thread, self._guard_thread = self._guard_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(60)
+
+    def _guard_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.media.recording.check_s):
+            try:
+                self.check_space()
+            except Exception:  # the guard must outlive one bad check
+                log.exception("disk guard: check failed; trying again in %.0f s",
+                              self.media.recording.check_s)
 
     def recorded(self, lesson_id: str, since: float) -> dict[str, Any]:
         """The segments a lesson left on disk (after a kill or power cut), hashed, in order.
@@ -106,3 +254,23 @@ class LessonMedia:
         self.emit(event(name, severity, str(line.get("message", name)),
                         **(line.get("details") or {})))
 
+
+def _merge(parts: list[dict[str, Any] | None], gaps: list[dict[str, Any]]) -> dict | None:
+    """One lesson summary from the workers that ran it in turn (the disk guard stops and starts
+    them) plus the guard's own interruptions."""
+    done = [p for p in parts if p is not None]
+    if not gaps and len(done) <= 1:
+        return done[0] if done else None
+    live: dict[str, float] = collections.defaultdict(float)
+    segments: list[dict[str, Any]] = []
+    recorded = 0.0
+    interruptions = list(gaps)
+    for p in done:
+        for name, sec in (p.get("live_s") or {}).items():
+            live[str(name)] += float(sec)
+        segments += p.get("segments") or []
+        recorded += float(p.get("recorded_s") or 0.0)
+        interruptions += p.get("interruptions") or []
+    return {"live_s": {k: round(v, 1) for k, v in live.items()}, "recorded_s": round(recorded, 3),
+            "segments": segments,
+            "interruptions": sorted(interruptions, key=lambda i: float(i.get("start") or 0))}

@@ -79,17 +79,18 @@ def _tee_slave(opts: list[tuple[str, str]], target: str) -> str:
 
 
 def tee_target(record_dir: Path, list_path: Path, segment_s: float, start_number: int,
-               live: Mapping[str, int] | None = None) -> str:
-    """The ``-f tee`` output: segments on disk, and each live container to its pipe (fd)."""
+               live: Mapping[str, int] | None = None, record: bool = True) -> str:
+    """The ``-f tee`` output: segments on disk (unless ``record`` is off: the disk guard stopped
+    the recording, docs/media.md), and each live container to its pipe (fd)."""
     recording = [("f", "segment"), ("segment_time", f"{segment_s:g}"),
                  ("segment_format", "mpegts"), ("reset_timestamps", "0"),
                  ("segment_start_number", str(start_number)),
                  ("segment_list", str(list_path)), ("segment_list_type", "csv"),
                  ("onfail", "abort")]
-    slaves = [_tee_slave(recording, str(record_dir / SEGMENT_PATTERN))]
+    slaves = [_tee_slave(recording, str(record_dir / SEGMENT_PATTERN))] if record else []
     for fmt, fd in (live or {}).items():
         slaves.append(_tee_slave([*LIVE_FORMATS[fmt], ("onfail", "ignore")], f"pipe:{fd}"))
-    return "|".join(slaves)
+    return "|".join(slaves) or _tee_slave([("f", "null")], "-")  # encode, keep nothing
 
 
 def next_segment_number(record_dir: Path) -> int:
@@ -125,7 +126,7 @@ def build_argv(spec: MediaSpec, *, list_path: Path, start_number: int = 0,
         "-c:a", "aac", "-b:a", f"{e.audio_bitrate_kbps}k",
         "-max_muxing_queue_size", "1024",
         "-f", "tee", tee_target(Path(spec.recording.dir), list_path, spec.recording.segment_s,
-                                start_number, live),
+                                start_number, live, record=spec.recording.enabled),
     ]
 
 
@@ -189,13 +190,8 @@ class Encoder:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        try:
-            self.record_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(f"cannot create the recording directory {self.record_dir}: {exc}; "
-                          "check media.recording.dir and its permissions") from None
-        self.start_number = next_segment_number(self.record_dir)
-        self.list_path = self.record_dir / f"segments-{self.start_number:05d}.csv"
+        if self.spec.recording.enabled:
+            self._prepare_recording()
         audio_r, audio_w = os.pipe()
         prog_r, prog_w = os.pipe()
         live = {fmt: os.pipe() for fmt in self.live_formats}  # container -> (read, write)
@@ -224,6 +220,15 @@ class Encoder:
             self._spawn(lambda fd, fmt=fmt: self._read_live(fmt, fd), r, f"encoder-{fmt}")
         self._spawn(self._read_progress, open(prog_r, "rb"), "encoder-progress")  # noqa: SIM115
         self._spawn(self._read_stderr, self.proc.stderr, "encoder-stderr")
+
+    def _prepare_recording(self) -> None:
+        try:
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the recording directory {self.record_dir}: {exc}; "
+                          "check media.recording.dir and its permissions") from None
+        self.start_number = next_segment_number(self.record_dir)
+        self.list_path = self.record_dir / f"segments-{self.start_number:05d}.csv"
 
     def _spawn(self, fn: Callable[[Any], None], stream: Any, name: str) -> None:
         t = threading.Thread(target=fn, args=(stream,), name=name, daemon=True)

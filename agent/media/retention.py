@@ -85,3 +85,22 @@ def _remove(d: Path, reason: str) -> Removed:
         return Removed(str(d), -1, reason)
     log.info("retention: removed %s (%d bytes, %s)", d, size, reason)
     return Removed(str(d), size, reason)
+
+
+class ReserveGuard:
+    """Hysteresis on the free-space reserve: say "stop" once when free space falls under the
+    reserve, "resume" once when it is back above reserve + margin (so a segment written and a
+    recording removed do not make it flap)."""
+
+    def __init__(self, reserve_mb: float, margin_mb: float) -> None:
+        self.reserve_mb, self.margin_mb = reserve_mb, margin_mb
+        self.stopped = False
+
+    def update(self, free: float) -> str | None:
+        if not self.stopped and free < self.reserve_mb:
+            self.stopped = True
+            return "stop"
+        if self.stopped and free >= self.reserve_mb + self.margin_mb:
+            self.stopped = False
+            return "resume"
+        return None

@@ -55,6 +55,8 @@ class SinkSpec:
 class RecordingSpec:
     dir: str
     segment_s: float = 60.0
+    #: False: live only, nothing written to disk (the daemon's disk guard stopped the recording)
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,5 +141,7 @@ def _scalar(tp: Any, raw: Any, key: str) -> Any:
     if tp is int and isinstance(raw, int) and not isinstance(raw, bool):
         return raw
     if tp is str and isinstance(raw, str):
+        return raw
+    if tp is bool and isinstance(raw, bool):
         return raw
     raise SpecError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {raw!r}")

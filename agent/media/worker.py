@@ -129,7 +129,7 @@ class Worker:
         self._by_container: dict[str, list[Any]] = {}
         self._make_sinks()
         self.encoder = Encoder(spec, self._fan_out, live_formats=self._by_container)
-        self.recording_state = "recording"
+        self.recording_state = "recording" if spec.recording.enabled else "off"
         self.watcher: SegmentWatcher | None = None
         self.video_pump: VideoPump | None = None
         self.audio_pump: AudioPump | None = None
@@ -173,8 +173,10 @@ class Worker:
         except (OSError, SpecError) as exc:
             return self._fail(f"the encoder could not start: {exc}")
         start = time.monotonic() + START_DELAY_S
-        self.watcher = SegmentWatcher(self.encoder.list_path, self.encoder.record_dir,
-                                      self.wall_of(start))
+        recording = self.spec.recording.enabled
+        if recording:
+            self.watcher = SegmentWatcher(self.encoder.list_path, self.encoder.record_dir,
+                                          self.wall_of(start))
         spec = self.spec
         slate = Slate(spec.video.width, spec.video.height, to_pipe)
         self.video_pump = VideoPump(self.video, spec.video.fps, start, self.encoder.write_video,
@@ -186,8 +188,9 @@ class Worker:
         self.video_pump.start()
         self.audio_pump.start()
         self.emitter.emit("started", pid=os.getpid(), ffmpeg=ffmpeg_version(self.encoder.ffmpeg),
-                          lesson_id=spec.lesson_id, recording_dir=str(self.encoder.record_dir),
-                          first_segment=self.encoder.start_number)
+                          lesson_id=spec.lesson_id,
+                          recording_dir=str(self.encoder.record_dir) if recording else None,
+                          first_segment=self.encoder.start_number if recording else None)
         failure = self._loop()
         return self._finish(failure)
 
@@ -233,7 +236,8 @@ class Worker:
         live_s = self._stop_sinks()
         if failure:
             return self._fail(failure)
-        self.recording_state = "stopped"
+        if self.recording_state == "recording":
+            self.recording_state = "stopped"
         segments = self.watcher.segments if self.watcher else []
         self.emitter.emit("stopped", summary={
             "live_s": live_s,

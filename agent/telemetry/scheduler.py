@@ -70,6 +70,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._failures: dict[str, str] = {}
         self._held: list[Record] = []
+        self._held_lock = threading.Lock()  # hold() is called from other threads
         self._held_dropped = 0
         self._inventory_hash = ""
         self._usage_failure: Exception | None = None
@@ -170,17 +171,26 @@ class Scheduler:
         self._inventory_hash = digest
         return Record("inventory", inv)
 
+    def hold(self, records: list[Record]) -> None:
+        """Records another part could not commit (an event while the disk is full): kept with
+        the telemetry held in memory, under the same bound, and offered again at the next tick."""
+        with self._held_lock:
+            self._keep_locked([*self._held, *records])
+
+    def _keep_locked(self, batch: list[Record]) -> None:
+        self._held = batch[-_MAX_HELD:]
+        self._held_dropped += len(batch) - len(self._held)
+
     def _deliver(self, records: list[Record]) -> None:
-        batch = [*self._held, *records]
+        with self._held_lock:
+            batch, self._held = [*self._held, *records], []
         if not batch:
             return
         try:
             self.sink(batch)
-            self._held = []
         except Exception as exc:
-            self._held = batch[-_MAX_HELD:]
-            lost = len(batch) - len(self._held)
-            self._held_dropped += lost
+            with self._held_lock:  # anything held meanwhile came later: it stays behind
+                self._keep_locked([*batch, *self._held])
             log.error("telemetry: cannot commit %d records to the outbox (%s); holding them in "
                       "memory (%d dropped so far). Next step: check free space and permissions "
                       "of the state directory.", len(batch), exc, self._held_dropped)
