@@ -231,25 +231,46 @@ class Outbox:
             rows.append((seq, rec.kind, rec.ts, payload))
             seqs.append(seq)
             added += len(payload)
+        dropped_before = self._dropped
+        count, size = self._count + len(rows), self._bytes + added
+        # Acknowledged rows awaiting deletion were delivered: at a bound they go first,
+        # uncounted, or a bound reached right after a reconnection would count them as lost.
+        take_acks = bool(self._pending_acks) and self._over_bounds(count, size)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO records(seq, kind, ts, payload) VALUES (?,?,?,?)", rows)
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (seq,))
-            count, size = self._count + len(rows), self._bytes + added
+            if take_acks:
+                n, freed = self._delete_locked(self._pending_acks)
+                count, size = count - n, size - freed
             dropped = self._enforce_bounds_locked(count, size)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback_locked(dropped_before)
             raise
+        if take_acks:
+            self._pending_acks = []
         self._last_seq = seq
         self._count, self._bytes = count - dropped[0], size - dropped[1]
         self._raise_floor(seq)
         return seqs
 
+    def _over_bounds(self, count: int, size: int) -> bool:
+        return count > self.limits.max_records or size > self.limits.max_bytes
+
+    def _delete_locked(self, seqs: list[int]) -> tuple[int, int]:
+        """Within the open transaction, delete delivered rows: (rows deleted, their bytes)."""
+        lengths = self._db.execute(
+            "DELETE FROM records WHERE seq IN (SELECT value FROM json_each(?)) "
+            "RETURNING length(payload)",
+            (json.dumps(seqs),),
+        ).fetchall()
+        return len(lengths), sum(n for (n,) in lengths)
+
     def _enforce_bounds_locked(self, count: int, size: int) -> tuple[int, int]:
         """Within the open transaction, drop the oldest rows until under the count/byte bounds."""
         over_n = count - self.limits.max_records
-        if over_n <= 0 and size <= self.limits.max_bytes:
+        if not self._over_bounds(count, size):
             return 0, 0
         n = 0
         freed = 0
@@ -274,6 +295,15 @@ class Outbox:
                             self.limits.max_bytes, self._dropped)
         return n, freed
 
+    def _rollback_locked(self, dropped_before: int) -> None:
+        """Undo a failed transaction (disk full, I/O error), its drop count included: the rows it
+        would have dropped are still there. SQLite may have rolled back already."""
+        self._dropped = dropped_before
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            log.debug("outbox: rollback: %s", exc)
+
     def _count_dropped_locked(self, n: int) -> None:
         self._dropped += n
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped_total', ?)",
@@ -284,6 +314,7 @@ class Outbox:
         cutoff = self._clock() - self.limits.max_age_s
         with self._lock:
             db = self._db
+            dropped_before = self._dropped
             db.execute("BEGIN IMMEDIATE")
             try:
                 n, freed = db.execute(
@@ -295,7 +326,7 @@ class Outbox:
                     self._count_dropped_locked(n)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback_locked(dropped_before)
                 raise
             self._count -= n
             self._bytes -= freed
@@ -332,19 +363,15 @@ class Outbox:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                lengths = db.execute(
-                    "DELETE FROM records WHERE seq IN (SELECT value FROM json_each(?)) "
-                    "RETURNING length(payload)",
-                    (json.dumps(seqs),),
-                ).fetchall()
+                n, freed = self._delete_locked(seqs)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback_locked(self._dropped)
                 self._pending_acks[:0] = seqs
                 raise
-            self._count -= len(lengths)
-            self._bytes -= sum(n for (n,) in lengths)
-            return len(lengths)
+            self._count -= n
+            self._bytes -= freed
+            return n
 
     def stats(self) -> OutboxStats:
         with self._lock:

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.config import OutboxConfig
 from agent.media.retention import free_mb
+from agent.outbox import Outbox
+from agent.records import Envelope, Record
 from tests.receivers import RtmpReceiver
 from tests.support import Broker, Subscriber, free_port, schema_errors, wait_until
 
@@ -117,6 +122,10 @@ def _events(sub: Subscriber, type_: str) -> list[dict[str, Any]]:
             if m.payload["data"]["type"] == type_]
 
 
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
 def _segments(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.glob("seg-*.ts"))}
 
@@ -199,3 +208,90 @@ def test_recording_stops_before_the_disk_is_full_and_resumes(
     print(f"\nlowest free space seen: {watch.lowest:.1f} MiB (reserve {RESERVE_MB}); recording "
           f"stopped at {d['free_mb']} MiB free for {gaps[0]['duration_s']:.1f} s; "
           f"{len(names)} segments, live {ended['live_s']['platform']} s")
+
+
+def test_outbox_on_a_full_disk_with_the_broker_down(
+        small_fs: Path, broker: Broker, subscriber: Subscriber, agent_factory) -> None:
+    agent = agent_factory(state_dir=str(small_fs / "state"), telemetry={"interval_s": 0.2},
+                          outbox={"max_records": 60})
+    filler = Filler(small_fs)
+    agent.start()
+    subscriber.wait_for(lambda m: len(m) >= 3, 30, "the first records")
+    broker.kill()
+    # Bounded: the oldest records go first and are counted.
+    wait_until(lambda: agent.status()["outbox"]["dropped_total"] > 0, 60, "the outbox bound")
+    filler.leave_free(0)
+    full_from = time.time()
+    assert free_mb(small_fs) < 0.01
+    time.sleep(8)
+    assert agent.status()["agent"]["pid"] == agent.proc.pid, "the daemon is alive"
+    full_until = time.time()
+    filler.remove()
+    log = agent.log_text()
+    assert "cannot commit" in log, "the full disk was not felt by the outbox"
+    broker.start()
+    wait_until(lambda: agent.status()["outbox"]["depth"] == 0
+               and agent.status()["broker"]["connected"], 90, "the outbox to drain")
+    last_seq = agent.status()["outbox"]["last_seq"]
+    subscriber.wait_for(lambda _m: max(subscriber.seqs(), default=0) >= last_seq, 60,
+                        "every record up to the last seq")
+    dropped = agent.status()["outbox"]["dropped_total"]
+    metrics = [m.payload for m in subscriber.snapshot("metrics")]
+    during = [m for m in metrics if full_from + 1 <= _epoch(m["ts"]) <= full_until - 1]
+    assert len(during) >= 15, f"only {len(during)} metrics from the full-disk window arrived"
+    seen = set(subscriber.seqs())
+    missing = sorted(set(range(1, last_seq + 1)) - seen)
+    assert len(missing) == dropped, f"{len(missing)} seqs missing, {dropped} counted as dropped"
+    assert missing == list(range(missing[0], missing[-1] + 1)), "only the oldest were dropped"
+    reported = metrics[-1]["data"]["agent"]["outbox"]["dropped_total"]
+    assert reported == dropped, "nothing was dropped from the memory hold (it is far from full)"
+    problems = [e for m in subscriber.snapshot() for e in schema_errors(m)]
+    assert not problems, problems[:5]
+    print(f"\nfull disk for {full_until - full_from:.1f} s: {len(during)} metrics from that "
+          f"window delivered afterwards; {len(missing)} seqs missing, {dropped} counted dropped "
+          f"by the outbox, {reported} in metrics; last seq {last_seq}")
+
+
+# -- the outbox's accounting, unit by unit (the agent-level test above relies on it) ---------
+
+
+def _outbox(state: Path, max_records: int) -> Outbox:
+    return Outbox(state, OutboxConfig(max_records=max_records), Envelope("room-101", "school-a"))
+
+
+def _metrics(n: int) -> list[Record]:
+    return [Record("metrics", {"i": i, "pad": "x" * 200}) for i in range(n)]
+
+
+def test_outbox_failed_commit_on_a_full_disk_counts_no_drop(small_fs: Path) -> None:
+    outbox = _outbox(small_fs / "state", max_records=10)
+    assert outbox.append(_metrics(10)) == list(range(1, 11))
+    filler = Filler(small_fs)
+    filler.leave_free(0)
+    failures = 0
+    for _ in range(20):  # the WAL may take a few commits before it needs a new page
+        try:
+            outbox.append(_metrics(5))
+        except sqlite3.OperationalError as exc:
+            assert "full" in str(exc)
+            failures += 1
+    assert failures, "the full disk never reached SQLite"
+    stats = outbox.stats()
+    committed = stats.last_seq - 10
+    assert stats.dropped_total == committed, "only rows really dropped are counted"
+    filler.remove()
+    seqs = outbox.append(_metrics(5))
+    assert seqs == list(range(stats.last_seq + 1, stats.last_seq + 6)), "no seq lost to a failure"
+    assert outbox.stats().depth == 10
+    outbox.close()
+
+
+def test_outbox_bound_does_not_count_delivered_rows_as_dropped(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path, max_records=10)
+    outbox.ack(outbox.append(_metrics(10)))  # delivered; deleted at the next flush
+    outbox.append(_metrics(3))
+    stats = outbox.stats()
+    assert (stats.dropped_total, stats.depth) == (0, 3)
+    outbox.append(_metrics(9))  # now over the bound with undelivered rows: 2 really dropped
+    assert outbox.stats().dropped_total == 2
+    outbox.close()
