@@ -41,3 +41,9 @@ def test_removes_oldest_first_to_keep_the_free_space_reserve(tmp_path: Path) -> 
 
 def test_missing_root_is_not_an_error(tmp_path: Path) -> None:
     assert retention.enforce(tmp_path / "none", 30, 100) == []
+
+
+def test_reserve_guard_stops_once_and_resumes_only_above_the_margin() -> None:
+    guard = retention.ReserveGuard(reserve_mb=100, margin_mb=20)
+    seen = [guard.update(free) for free in (150, 99, 90, 105, 119, 120, 110, 99.9)]
+    assert seen == [None, "stop", None, None, None, "resume", None, "stop"]
