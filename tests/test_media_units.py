@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -474,6 +475,15 @@ def test_argv_is_a_list_with_the_expected_options(tmp_path: Path) -> None:
     assert no_live.startswith("[f=segment:") and "|" not in no_live.replace("\\|", "")
     with pytest.raises(SpecError, match="even"):
         enc.build_argv(spec(tmp_path, width=321), list_path=tmp_path / "l.csv")
+
+
+def test_argv_live_only_when_the_disk_guard_stopped_the_recording(tmp_path: Path) -> None:
+    s = MediaSpec.from_json(DOC_EXAMPLE)
+    off = replace(s, recording=replace(s.recording, enabled=False))
+    assert MediaSpec.from_json(off.to_json()) == off
+    tee = enc.build_argv(off, list_path=tmp_path / "l.csv", live={"flv": 11})[-1]
+    assert tee == "[f=flv:flvflags=no_duration_filesize:onfail=ignore]pipe:11"
+    assert enc.build_argv(off, list_path=tmp_path / "l.csv")[-1] == "[f=null]-"
 
 
 def test_progress_parsing() -> None:
