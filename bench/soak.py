@@ -10,8 +10,9 @@ the pending rows from /status.json). A table is printed as it goes and at the en
 
 Trend: least-squares slope, per hour, of each series over the second half of the run (the first
 half is warm-up: caches, the first lesson's imports, SQLite's page cache). The daemon's series are
-fitted on the samples taken between lessons and the media series on the samples taken during
-lessons, so the lesson sawtooth does not read as a trend. A slope above the tolerance is reported
+fitted on the samples taken between lessons and the media series on the median of each lesson's
+samples (each lesson has a new worker; a sample that catches one starting or stopping is not a
+trend), so the lesson sawtooth does not read as a trend. A slope above the tolerance is reported
 as an upward trend and the exit code is 1.
 
 The plot (one panel per series, lessons shaded, the fitted line in red) is drawn with OpenCV,
@@ -30,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import urllib.request
@@ -166,10 +168,24 @@ def trends(samples: list[Sample]) -> list[Trend]:
                for x, keep in zip(samples[1:], phase[s.phase], strict=True)
                if keep and x.t >= half]
         pts = [(t, v) for t, v in pts if not math.isnan(v)]
+        if s.phase == "lesson":
+            pts = _per_lesson_median(pts, gap_s=60.0)
         mean = sum(v for _, v in pts) / len(pts) if pts else math.nan
         mean_t = sum(t for t, _ in pts) / len(pts) if pts else math.nan
         out.append(Trend(s, slope_per_hour(pts), mean, mean_t, len(pts)))
     return out
+
+
+def _per_lesson_median(pts: list[tuple[float, float]], gap_s: float) -> list[tuple[float, float]]:
+    """One point per lesson (its median): a sample that catches a worker starting or stopping
+    (fewer threads, a few MiB) must not read as a trend; each lesson has a new worker anyway."""
+    groups: list[list[tuple[float, float]]] = []
+    for t, v in pts:
+        if not groups or t - groups[-1][-1][0] > gap_s:
+            groups.append([])
+        groups[-1].append((t, v))
+    return [(statistics.median(t for t, _ in g), statistics.median(v for _, v in g))
+            for g in groups]
 
 
 # --- output --------------------------------------------------------------------------------
@@ -265,7 +281,7 @@ def plot(path: Path, samples: list[Sample], found: list[Trend], title: str) -> N
                     cv2.LINE_AA)
     cv2.putText(img, "minutes", (width - right - 60, y), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
+    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise SystemExit(f"cv2.imwrite could not write {path}; check the directory")
 
 
