@@ -26,17 +26,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import Request, error
 from agent.records import Record, event, rfc3339
+
+if TYPE_CHECKING:  # cryptography costs ~9 MB of RSS: imported only when a key is configured
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,10 @@ def sign_request(key: Ed25519PrivateKey, school: str, device: str, command: str,
 
 
 def load_public_key(path: str) -> Ed25519PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -254,6 +257,8 @@ def _signature(sig: Any) -> bytes | None:
 
 
 def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(sig, data)
     except InvalidSignature:
