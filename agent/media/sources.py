@@ -106,6 +106,54 @@ class LossWatch:
         return True
 
 
+class _Capture:
+    """A device read on a thread of its own: opened, reopened with back-off, watched for loss.
+
+    Subclasses set ``reader`` (open/read/release) before calling this ``__init__`` and write
+    ``_run``; the reading itself differs (latest frame vs queued chunks), the rest does not.
+    """
+
+    def __init__(self, device: str, source: str, on_event: EventFn, clock: Clock) -> None:
+        self.device, self.source, self.clock = device, source, clock
+        self.watch = LossWatch(device, source, on_event, clock)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{device}-capture",
+                                        daemon=True)
+
+    @property
+    def state(self) -> str:
+        return self.watch.state
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def check(self) -> bool:
+        """True while lost; called by the pacer too, in case a read blocks in the driver."""
+        return self.watch.check()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s thread did not stop within %.0f s (blocked in the driver?)",
+                        self.device, timeout)
+
+    def _open(self, delay: ReopenDelay) -> bool:
+        """Open the reader; on failure report it, wait the back-off and return False."""
+        try:
+            self.reader.open()
+        except Exception as exc:
+            self.watch.check(f"cannot open: {exc}")
+            self._stop.wait(delay.next())
+            return False
+        delay.reset()
+        log.info("%s %s opened", self.device, self.source)
+        return True
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------------------- video
 
 
@@ -214,30 +262,21 @@ class _CvReader:
                 log.warning("releasing camera %s failed: %s", self.target, exc)
 
 
-class VideoSource:
+class VideoSource(_Capture):
     """Keeps only the latest frame (with its capture time); the pacer takes what it needs."""
 
     def __init__(self, spec: VideoSpec, on_event: EventFn, clock: Clock = time.monotonic) -> None:
-        self.spec, self.clock = spec, clock
+        self.spec = spec
         quiet_opencv()
         kind, target = classify(spec.source)
         self.kind = kind
         self.reader: Any = (_SyntheticReader(spec, clock) if kind == "synthetic"
                             else _CvReader(kind, target, spec, clock))
-        self.watch = LossWatch("camera", spec.source, on_event, clock)
         self.captured = 0
         self._latest: Frame | None = None
         self._lock = threading.Lock()
         self._fresh = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="video-capture", daemon=True)
-
-    @property
-    def state(self) -> str:
-        return self.watch.state
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__("camera", spec.source, on_event, clock)
 
     def latest(self) -> Frame | None:
         with self._lock:
@@ -250,33 +289,15 @@ class VideoSource:
                                  timeout)
             return self._latest
 
-    def check(self) -> bool:
-        """True while lost; called by the pacer too, in case a read blocks in the driver."""
-        return self.watch.check()
-
-    def stop(self, timeout: float = 3.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("camera thread did not stop within %.0f s (blocked in the driver?)",
-                        timeout)
-
     def _run(self) -> None:
         delay = ReopenDelay()
         is_open = False
         frames_since_open = 0
         while not self._stop.is_set():
             if not is_open:
-                try:
-                    self.reader.open()
-                    is_open = True
-                    frames_since_open = 0
-                    delay.reset()
-                    log.info("camera %s opened", self.spec.source)
-                except Exception as exc:
-                    self.watch.check(f"cannot open: {exc}")
-                    self._stop.wait(delay.next())
+                if not self._open(delay):
                     continue
+                is_open, frames_since_open = True, 0
             began = self.clock()
             try:
                 img = self.reader.read()
@@ -404,7 +425,7 @@ def find_input_device(pa: Any, source: str) -> int | None:
                   "(see `classroom-agent devices`)")
 
 
-class AudioSource:
+class AudioSource(_Capture):
     """Captured chunks go into a bounded queue (about 2 s); the oldest go when it is full.
 
     Chunks are 10 ms: FFmpeg muxes in timestamp order, so each frame of video waits in the
@@ -414,24 +435,15 @@ class AudioSource:
 
     def __init__(self, spec: AudioSpec, on_event: EventFn, clock: Clock = time.monotonic,
                  chunk_ms: int = 10) -> None:
-        self.spec, self.clock = spec, clock
+        self.spec = spec
         self.frames = max(1, spec.rate * chunk_ms // 1000)
         self.reader: Any = (_SyntheticAudioReader(spec, self.frames, clock)
                             if spec.source.strip() == "synthetic"
                             else _PyAudioReader(spec, self.frames))
-        self.watch = LossWatch("microphone", spec.source, on_event, clock)
         self.chunks = 0
         self.overflowed = 0
         self.queue: queue.Queue[Chunk] = queue.Queue(maxsize=max(4, 2000 // chunk_ms))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audio-capture", daemon=True)
-
-    @property
-    def state(self) -> str:
-        return self.watch.state
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__("microphone", spec.source, on_event, clock)
 
     def get(self, timeout: float) -> Chunk | None:
         try:
@@ -439,30 +451,15 @@ class AudioSource:
         except queue.Empty:
             return None
 
-    def check(self) -> bool:
-        return self.watch.check()
-
-    def stop(self, timeout: float = 3.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("microphone thread did not stop within %.0f s", timeout)
-
     def _run(self) -> None:
         delay = ReopenDelay()
         is_open = False
         expect = self.frames * self.spec.channels * 2
         while not self._stop.is_set():
             if not is_open:
-                try:
-                    self.reader.open()
-                    is_open = True
-                    delay.reset()
-                    log.info("microphone %s opened", self.spec.source)
-                except Exception as exc:
-                    self.watch.check(f"cannot open: {exc}")
-                    self._stop.wait(delay.next())
+                if not self._open(delay):
                     continue
+                is_open = True
             try:
                 data = self.reader.read()
             except Exception as exc:
