@@ -137,6 +137,7 @@ class LessonManager:
         self._planning_error = ""
         self._stop_event = threading.Event()
         self._wake = threading.Event()  # a new timetable: plan again now
+        self._upcoming: PlannedLesson | None = None  # the next planned start, as of the last tick
         self._thread: threading.Thread | None = None
         self._recover()
 
@@ -177,11 +178,10 @@ class LessonManager:
         with self._busy:
             if self._current is not None or self._pending_manual is not None:
                 return TICK_S
-            now_w = self._wall()
-            _, upcoming = self._planned(now_w)
+            upcoming = self._upcoming  # what the tick just planned
         if upcoming is None:
             return IDLE_TICK_S
-        return max(TICK_S, min(IDLE_TICK_S, upcoming.start.timestamp() - now_w))
+        return max(TICK_S, min(IDLE_TICK_S, upcoming.start.timestamp() - self._wall()))
 
     # -- the state machine ------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class LessonManager:
                 pending, self._pending_manual = self._pending_manual, None
                 if run is None and pending["until"] - now_w >= MIN_REMAINING_S:
                     run = self._resume_manual(pending, now_w)
-            planned, _ = self._planned(now_w)
+            planned, self._upcoming = self._planned(now_w)
             if planned is not None and self._due(planned, run, now_w):
                 if run is not None:
                     self._end("schedule" if run.trigger == "timetable" else "preempted")
