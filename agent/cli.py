@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args.config, args.json)
     if args.command == "lesson":
         if args.lesson_command == "start":
-            return _command(args.config, "lesson.start", args.json, {
+            return _command(args.config, "lesson_start", args.json, {
                 "course": args.course, "teacher": args.teacher, "role": args.role,
                 "duration_s": args.duration})
-        return _command(args.config, "lesson.stop", args.json)
+        return _command(args.config, "lesson_stop", args.json)
     if args.command == "devices":
         return _devices(args.json)
     return _check(args.path)
@@ -171,8 +171,8 @@ def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | Non
 
 
 def _done_sentence(name: str, result: dict[str, Any]) -> str:
-    what = {"lesson.start": "Lesson started", "lesson.stop": "Lesson stopped",
-            "report.now": "Report published"}.get(name, f"{name} done")
+    what = {"lesson_start": "Lesson started", "lesson_stop": "Lesson stopped",
+            "report_now": "Report published"}.get(name, f"{name} done")
     details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()
                         if isinstance(v, str | int | float) and not isinstance(v, bool))
     return f"{what}: {details}." if details else f"{what}."

@@ -90,7 +90,7 @@ class CommandSpec:
 
 #: The allow-list. A name not here is ``unknown_command`` whatever handlers are registered.
 COMMANDS: dict[str, CommandSpec] = {
-    "lesson.start": CommandSpec(
+    "lesson_start": CommandSpec(
         "Start a lesson now (manual, outside the timetable).",
         {
             "course": Arg("string", doc="course name shown on the platform"),
@@ -101,8 +101,8 @@ COMMANDS: dict[str, CommandSpec] = {
                               doc="stop by itself after this many seconds"),
         },
     ),
-    "lesson.stop": CommandSpec("Stop the running lesson."),
-    "report.now": CommandSpec("Collect and publish a metrics record now; the reply has its seq."),
+    "lesson_stop": CommandSpec("Stop the running lesson."),
+    "report_now": CommandSpec("Collect and publish a metrics record now; the reply has its seq."),
 }
 
 
@@ -457,7 +457,7 @@ def report_now(
     tick: Callable[[], tuple[Record, list[Record]]],
     commit: Callable[[list[Record]], Sequence[int]],
 ) -> Handler:
-    """``report.now``: one telemetry tick committed to the outbox; the reply carries its seq.
+    """``report_now``: one telemetry tick committed to the outbox; the reply carries its seq.
 
     ``tick`` must be safe to call beside the telemetry thread's own ticks (collectors keep the
     previous sample to compute rates); the daemon serialises the two.

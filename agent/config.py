@@ -28,11 +28,14 @@ from agent.yamlsource import compose
 
 DEFAULT_PATH = Path("/etc/classroom-agent/agent.yaml")
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_TOPIC_PREFIX = r"^[^#+/\s][^#+\s]*[^#+/\s]$|^[^#+/\s]$"
+# No '.' in anything that becomes a topic level: NATS refuses topics with '.' or ' ' and RabbitMQ
+# turns '.' into a level separator (docs/contract.md, "Brokers").
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_TOPIC_PREFIX = r"^[^#+/\s.][^#+\s.]*[^#+/\s.]$|^[^#+/\s.]$"
 _HOSTPORT = r"^\[?[A-Za-z0-9_.:-]+\]?:[0-9]{1,5}$"
-_NAME_RULE = "1-64 letters, digits, '.', '_' or '-' (it becomes an MQTT topic level)"
-_PREFIX_RULE = "topic levels without '+', '#', spaces or a leading/trailing '/'"
+_NAME_RULE = ("1-64 letters, digits, '_' or '-' (it becomes an MQTT topic level; '.' breaks "
+              "NATS and RabbitMQ)")
+_PREFIX_RULE = "topic levels without '+', '#', '.', spaces or a leading/trailing '/'"
 _HOSTPORT_RULE = "write it as HOST:PORT, e.g. 127.0.0.1:8765"
 
 

@@ -60,7 +60,7 @@ def handle_post(dispatch: Dispatch | None, path: str, headers: Mapping[str, str]
     path = path.split("?", 1)[0]
     if not path.startswith(PREFIX):
         return 404, error(None, "not_found", f"POST goes to {PREFIX}<name>, e.g. "
-                          f"{PREFIX}report.now")
+                          f"{PREFIX}report_now")
     if dispatch is None:
         return 404, error(None, "not_found", "commands are not enabled in this agent")
     if not _loopback(peer):

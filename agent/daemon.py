@@ -140,8 +140,8 @@ class Agent:
             except LessonError as exc:
                 raise CommandError("conflict", str(exc)) from None
 
-        return {"lesson.start": lesson_start, "lesson.stop": lesson_stop,
-                "report.now": report_now(lambda: self.scheduler.tick(), self.commit)}
+        return {"lesson_start": lesson_start, "lesson_stop": lesson_stop,
+                "report_now": report_now(lambda: self.scheduler.tick(), self.commit)}
 
     def _current_lesson_id(self) -> str | None:
         current = self.lessons.snapshot()["current"]

@@ -69,6 +69,15 @@ CommandSink = Callable[[str, bytes, Any], None]
 
 
 @dataclass(frozen=True)
+
+def client_id(envelope: Envelope) -> str:
+    """The MQTT client id: ``{school}.{device}``, unique in the whole fleet.
+
+    Device ids repeat across schools (every school has a ``room-101``); two clients with one id
+    take each other's connection and share one persistent session. Names contain no ``.``
+    (agent/config.py), so the separator is unambiguous."""
+    return f"{envelope.school}.{envelope.device}"
+
 class ReplyTo:
     """Where an MQTT 5 request asked for its reply, besides ``{base}/reply``; ``ack`` is to be
     called once the reply is queued (it acknowledges the request to the broker)."""
@@ -261,7 +270,7 @@ class Publisher:
         v5 = self._use_v5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.envelope.device,
+            client_id=client_id(self.envelope),
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else self.command_sink is None,
             reconnect_on_failure=False,

@@ -116,8 +116,8 @@ def sample(agent: AgentProcess, t0: float) -> Sample:
 
 
 def start_lesson(agent: AgentProcess, seconds: float) -> str:
-    """POST lesson.start to the agent's local control endpoint; returns the lesson id."""
-    url = f"http://127.0.0.1:{agent.status_port}/command/lesson.start"
+    """POST lesson_start to the agent's local control endpoint; returns the lesson id."""
+    url = f"http://127.0.0.1:{agent.status_port}/command/lesson_start"
     body = control.request_body({"duration_s": seconds, "course": "soak"})
     req = urllib.request.Request(url, data=body, method="POST",
                                  headers={"Content-Type": "application/json"})

@@ -94,12 +94,12 @@ def _code(reply: dict[str, Any]) -> str | None:
 def test_valid_request_runs_the_handler_with_its_args() -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
     router = _router(calls)
-    reply = router.handle("lesson.start", _req(course="Maths", role="receiving", duration_s=2700))
-    assert reply == {"id": "r1", "ok": True, "result": {"done": "lesson.start"}}
-    assert calls == [("lesson.start", {"course": "Maths", "role": "receiving",
+    reply = router.handle("lesson_start", _req(course="Maths", role="receiving", duration_s=2700))
+    assert reply == {"id": "r1", "ok": True, "result": {"done": "lesson_start"}}
+    assert calls == [("lesson_start", {"course": "Maths", "role": "receiving",
                                        "duration_s": 2700})]
-    assert router.handle("lesson.stop", b'{"id": "r2"}')["ok"]  # args may be left out
-    assert calls[-1] == ("lesson.stop", {})
+    assert router.handle("lesson_stop", b'{"id": "r2"}')["ok"]  # args may be left out
+    assert calls[-1] == ("lesson_stop", {})
 
 
 @pytest.mark.parametrize("payload, code, rid", [
@@ -117,11 +117,11 @@ def test_valid_request_runs_the_handler_with_its_args() -> None:
 ])
 def test_request_errors(payload: bytes, code: str, rid: str | None) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
-    reply = _router(calls).handle("lesson.start", payload)
+    reply = _router(calls).handle("lesson_start", payload)
     assert _code(reply) == code and reply["id"] == rid, reply
     assert reply["error"]["message"]
     assert not calls
-    assert not reply_errors(reply_message(ENVELOPE, "lesson.start", reply))
+    assert not reply_errors(reply_message(ENVELOPE, "lesson_start", reply))
 
 
 def test_lone_surrogates_echoed_still_encode() -> None:
@@ -132,12 +132,12 @@ def test_lone_surrogates_echoed_still_encode() -> None:
 
 
 def test_a_lone_surrogate_in_an_argument_is_bad_args(tmp_path: Path) -> None:
-    """Found by fuzzing: lesson.start with teacher "\\ud800" passed the checks, started the
+    """Found by fuzzing: lesson_start with teacher "\\ud800" passed the checks, started the
     lesson and media, then failed writing lesson.json and encoding the evidence: the platform got
     internal_error while a lesson ran with no lesson_started and no lesson_ended it could read."""
     router, encoded = _lesson_rig(tmp_path)
     for arg in ("course", "teacher"):
-        reply = router.handle("lesson.start", f'{{"id": "s", "args": {{"{arg}": "x\\ud800"}}}}'
+        reply = router.handle("lesson_start", f'{{"id": "s", "args": {{"{arg}": "x\\ud800"}}}}'
                               .encode())
         assert _code(reply) == "bad_args" and arg in reply["error"]["message"], reply
         assert "not valid Unicode" in reply["error"]["message"]
@@ -149,35 +149,35 @@ def test_a_lone_surrogate_in_an_argument_is_bad_args(tmp_path: Path) -> None:
 
 def test_size_is_checked_before_parsing() -> None:
     at_limit = _req(course="x" * 100).ljust(MAX_PAYLOAD, b" ")
-    assert len(at_limit) == MAX_PAYLOAD and _router().handle("lesson.start", at_limit)["ok"]
+    assert len(at_limit) == MAX_PAYLOAD and _router().handle("lesson_start", at_limit)["ok"]
     # Over the limit even a perfectly good request is refused, and its id is not read.
-    reply = _router().handle("lesson.start", at_limit + b" ")
+    reply = _router().handle("lesson_start", at_limit + b" ")
     assert _code(reply) == "too_large" and reply["id"] is None
 
 
 def test_unknown_command_names_what_is_accepted() -> None:
     reply = _router().handle("lesson.pause", _req())
     assert _code(reply) == "unknown_command" and reply["id"] == "r1"
-    assert "lesson.pause" in reply["error"]["message"] and "report.now" in reply["error"]["message"]
+    assert "lesson.pause" in reply["error"]["message"] and "report_now" in reply["error"]["message"]
     # Declared but not served by this agent is unknown too (no handler registered).
-    partial = CommandRouter({"report.now": lambda a: {}})
-    assert _code(partial.handle("lesson.start", _req())) == "unknown_command"
+    partial = CommandRouter({"report_now": lambda a: {}})
+    assert _code(partial.handle("lesson_start", _req())) == "unknown_command"
     with pytest.raises(ValueError, match="undeclared"):
         CommandRouter({"reboot": lambda a: {}})
 
 
 @pytest.mark.parametrize("name, args, word", [
-    ("lesson.start", {"role": "teaching"}, "'role'"),
-    ("lesson.start", {"duration_s": 5}, "'duration_s'"),
-    ("lesson.start", {"duration_s": 86401}, "'duration_s'"),
-    ("lesson.start", {"duration_s": "60"}, "'duration_s'"),
-    ("lesson.start", {"duration_s": True}, "'duration_s'"),
-    ("lesson.start", {"course": ""}, "'course'"),
-    ("lesson.start", {"course": "x" * 201}, "'course'"),
-    ("lesson.start", {"teacher": None}, "'teacher'"),
-    ("lesson.start", {"room": "101"}, "'room'"),
-    ("lesson.stop", {"now": True}, "'now'"),
-    ("report.now", {"x": 1}, "'x'"),
+    ("lesson_start", {"role": "teaching"}, "'role'"),
+    ("lesson_start", {"duration_s": 5}, "'duration_s'"),
+    ("lesson_start", {"duration_s": 86401}, "'duration_s'"),
+    ("lesson_start", {"duration_s": "60"}, "'duration_s'"),
+    ("lesson_start", {"duration_s": True}, "'duration_s'"),
+    ("lesson_start", {"course": ""}, "'course'"),
+    ("lesson_start", {"course": "x" * 201}, "'course'"),
+    ("lesson_start", {"teacher": None}, "'teacher'"),
+    ("lesson_start", {"room": "101"}, "'room'"),
+    ("lesson_stop", {"now": True}, "'now'"),
+    ("report_now", {"x": 1}, "'x'"),
 ])
 def test_bad_args_name_the_argument(name: str, args: dict[str, Any], word: str) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
@@ -188,7 +188,7 @@ def test_bad_args_name_the_argument(name: str, args: dict[str, Any], word: str) 
 
 
 def test_args_must_be_an_object() -> None:
-    reply = _router().handle("lesson.stop", b'{"id": "b", "args": [1]}')
+    reply = _router().handle("lesson_stop", b'{"id": "b", "args": [1]}')
     assert _code(reply) == "bad_args" and "object" in reply["error"]["message"]
 
 
@@ -199,17 +199,17 @@ def test_handler_refusals_and_failures(caplog: pytest.LogCaptureFixture) -> None
     def crash(_a: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("disk on fire")
 
-    router = CommandRouter({"lesson.start": refuse, "lesson.stop": crash,
-                            "report.now": lambda a: "not a dict"})  # type: ignore[arg-type,return-value]
-    reply = router.handle("lesson.start", _req(teacher="Wang Fang"))
+    router = CommandRouter({"lesson_start": refuse, "lesson_stop": crash,
+                            "report_now": lambda a: "not a dict"})  # type: ignore[arg-type,return-value]
+    reply = router.handle("lesson_start", _req(teacher="Wang Fang"))
     assert reply["error"] == {"code": "conflict", "message": "a lesson is already running"}
     assert http_status(reply) == 409
     with caplog.at_level(logging.ERROR, logger="agent.commands"):
-        reply = router.handle("lesson.stop", _req("r9"))
+        reply = router.handle("lesson_stop", _req("r9"))
     assert _code(reply) == "internal_error" and reply["id"] == "r9"
     assert "disk on fire" not in reply["error"]["message"]  # generic to the sender...
     assert "disk on fire" in caplog.text and "Traceback" in caplog.text  # ...detailed in the log
-    assert _code(router.handle("report.now", _req())) == "internal_error"
+    assert _code(router.handle("report_now", _req())) == "internal_error"
 
 
 def test_http_status_mapping() -> None:
@@ -313,7 +313,7 @@ _topics = st.one_of(
     st.builds(lambda rest: f"{PREFIX}/cmd/{rest}", _levels | st.sampled_from(sorted(COMMANDS))),
     st.builds(lambda n: f"{PREFIX}/cmd/" + "a/" * n, st.integers(0, 30_000)),
     st.sampled_from(["", "#", "+", f"{PREFIX}/cmd", f"{PREFIX}/cmd/", f"{PREFIX}//cmd/x",
-                     "classroom/v1/school-a/room-102/cmd/report.now", "(invalid UTF-8)"]),
+                     "classroom/v1/school-a/room-102/cmd/report_now", "(invalid UTF-8)"]),
     _levels,
 )
 
@@ -387,7 +387,7 @@ def _lesson_rig(tmp: Path) -> tuple[CommandRouter, list[bytes]]:
         except LessonError as exc:
             raise CommandError("conflict", str(exc)) from None
 
-    return CommandRouter({"lesson.start": start, "lesson.stop": stop}), encoded
+    return CommandRouter({"lesson_start": start, "lesson_stop": stop}), encoded
 
 
 @pytest.mark.fuzz
@@ -397,12 +397,12 @@ def test_fuzz_lesson_commands_leave_evidence_that_encodes(args: dict[str, Any], 
     (lesson.json, the lesson_started and lesson_ended records) is written and encodes."""
     with fuzz_case(), tempfile.TemporaryDirectory() as tmp:
         router, encoded = _lesson_rig(Path(tmp))
-        started = router.handle("lesson.start", _encode_request(rid[:64], args))
-        _check_reply("lesson.start", started)
+        started = router.handle("lesson_start", _encode_request(rid[:64], args))
+        _check_reply("lesson_start", started)
         if not started["ok"]:
             assert not encoded and not (Path(tmp) / "lesson.json").exists()
             return
-        stopped = router.handle("lesson.stop", _encode_request("stop", {}))
+        stopped = router.handle("lesson_stop", _encode_request("stop", {}))
         assert stopped["ok"], stopped
         kinds = [json.loads(b)["data"]["type"] for b in encoded]
         assert kinds == ["lesson_started", "lesson_ended"]
@@ -427,7 +427,7 @@ def worker_parts() -> Iterator[tuple[CommandWorker, list[bytes], threading.Event
         ran.append("quick")
         return {"n": len(ran)}
 
-    router = CommandRouter({"lesson.start": slow, "report.now": quick})
+    router = CommandRouter({"lesson_start": slow, "report_now": quick})
     w = CommandWorker(router, ENVELOPE, lambda p, _t, _c: sent.append(p), queue_size=2)
     w.start()
     yield w, sent, gate, ran
@@ -437,11 +437,11 @@ def worker_parts() -> Iterator[tuple[CommandWorker, list[bytes], threading.Event
 
 def test_worker_answers_busy_when_full_and_never_blocks(worker_parts: Any) -> None:
     w, sent, gate, _ran = worker_parts
-    w.submit("lesson.start", _req("s1"))
+    w.submit("lesson_start", _req("s1"))
     wait_until(lambda: w._jobs.empty(), 5, "the slow command to start")
     started = time.monotonic()
     for i in range(4):
-        w.submit("report.now", _req(f"q{i}"))
+        w.submit("report_now", _req(f"q{i}"))
     assert time.monotonic() - started < 0.5
     busy = [json.loads(p) for p in sent]
     assert [(r["id"], r["error"]["code"]) for r in busy] == [("q2", "busy"), ("q3", "busy")]
@@ -457,22 +457,22 @@ def test_worker_answers_a_repeated_id_without_running_it_again(worker_parts: Any
     w, sent, gate, ran = worker_parts
     gate.set()
     for n in range(1, 4):  # e.g. QoS 1 redeliveries after a lost PUBACK
-        w.submit("report.now", _req("same"))
+        w.submit("report_now", _req("same"))
         wait_until(lambda n=n: len(sent) == n, 5, f"reply {n}")
     assert ran == ["quick"]
     assert len({json.dumps(json.loads(p)["result"]) for p in sent}) == 1
-    w.submit("report.now", _req("other"))
+    w.submit("report_now", _req("other"))
     wait_until(lambda: len(sent) == 4, 5, "a fourth reply")
     assert ran == ["quick", "quick"]
 
 
 def test_worker_call_times_out_with_a_reply(worker_parts: Any) -> None:
     w, _sent, gate, _ran = worker_parts
-    reply = w.call("lesson.start", _req("t1"), timeout=0.3)
+    reply = w.call("lesson_start", _req("t1"), timeout=0.3)
     assert _code(reply) == "timeout" and reply["id"] == "t1" and http_status(reply) == 504
     assert not reply_errors(reply)
     gate.set()
-    ok = w.call("report.now", _req("t2"), timeout=5)
+    ok = w.call("report_now", _req("t2"), timeout=5)
     assert ok["ok"] and ok["kind"] == "reply" and not reply_errors(ok)
 
 
@@ -486,17 +486,17 @@ def test_local_control_refusals_without_running_anything() -> None:
 
     json_ct = {"Content-Type": "application/json; charset=utf-8", "Content-Length": "2"}
     body = io.BytesIO(b"{}")
-    assert handle_post(Fake(), "/command/report.now", json_ct, body)[0] == 200
-    assert handle_post(Fake(), "/command/report.now", json_ct, body, peer="::1")[0] == 200
+    assert handle_post(Fake(), "/command/report_now", json_ct, body)[0] == 200
+    assert handle_post(Fake(), "/command/report_now", json_ct, body, peer="::1")[0] == 200
     assert handle_post(Fake(), "/command/x", json_ct, body, peer="::ffff:127.0.0.1")[0] == 200
-    assert calls == ["report.now", "report.now", "x"]
+    assert calls == ["report_now", "report_now", "x"]
     for peer in ("192.168.1.20", "::ffff:10.0.0.1", "not-an-ip"):
-        status, reply = handle_post(Fake(), "/command/report.now", json_ct, body, peer=peer)
+        status, reply = handle_post(Fake(), "/command/report_now", json_ct, body, peer=peer)
         assert status == 403 and "terminal itself" in reply["error"]["message"], peer
-    assert handle_post(None, "/command/report.now", json_ct, body)[0] == 404
+    assert handle_post(None, "/command/report_now", json_ct, body)[0] == 404
     assert handle_post(Fake(), "/status.json", json_ct, body)[0] == 404
     bad_len = {"Content-Type": "application/json", "Content-Length": "ten"}
-    assert handle_post(Fake(), "/command/report.now", bad_len, body)[0] == 400
+    assert handle_post(Fake(), "/command/report_now", bad_len, body)[0] == 400
     assert len(calls) == 3
 
 
@@ -584,14 +584,14 @@ def wait_reply(sub: Subscriber, rid: str | None, timeout: float = 20,
 
 
 def commands_reach(agent: AgentProcess, sub: Subscriber, cmd: Commander) -> None:
-    """Wait until the agent is subscribed: ping with report.now until one is answered."""
+    """Wait until the agent is subscribed: ping with report_now until one is answered."""
     wait_until(lambda: agent.status()["broker"]["connected"], 30, "the agent to connect")
     n = 0
 
     def answered() -> bool:
         nonlocal n
         n += 1
-        cmd.send("report.now", {"id": f"warmup-{n}"})
+        cmd.send("report_now", {"id": f"warmup-{n}"})
         time.sleep(0.3)
         return any(r["id"].startswith("warmup-") for r in replies(sub) if r.get("id"))
 
@@ -602,10 +602,10 @@ def test_report_now_over_mqtt(broker: Broker, subscriber: Subscriber, commander:
                               agent_factory) -> None:
     agent = agent_factory(telemetry={"interval_s": 30}).start()  # regular ticks out of the way
     commands_reach(agent, subscriber, commander)
-    commander.send("report.now", {"id": "now-1"}, response_topic="test/replies/now-1",
+    commander.send("report_now", {"id": "now-1"}, response_topic="test/replies/now-1",
                    correlation=b"\x00corr-1")
     reply = wait_reply(subscriber, "now-1")
-    assert reply["ok"] and reply["command"] == "report.now" and "seq" not in reply
+    assert reply["ok"] and reply["command"] == "report_now" and "seq" not in reply
     assert reply["device"] == "room-101" and reply["school"] == "school-a"
     seq = reply["result"]["seq"]
     metrics = subscriber.wait_for(
@@ -627,10 +627,10 @@ def test_bad_commands_get_error_replies_and_the_agent_carries_on(
     agent = agent_factory().start()
     commands_reach(agent, subscriber, commander)
     commander.send("reboot.now", {"id": "u1"})
-    commander.send("report.now", {"id": "a1", "args": {"verbose": True}})
-    commander.send("report.now", {"args": {}})
-    commander.send("report.now", b"{not json")
-    commander.send("report.now", json.dumps({"id": "big", "pad": "x" * 17 * 1024}).encode())
+    commander.send("report_now", {"id": "a1", "args": {"verbose": True}})
+    commander.send("report_now", {"args": {}})
+    commander.send("report_now", b"{not json")
+    commander.send("report_now", json.dumps({"id": "big", "pad": "x" * 17 * 1024}).encode())
     assert wait_reply(subscriber, "u1")["error"]["code"] == "unknown_command"
     bad_args = wait_reply(subscriber, "a1")["error"]
     assert bad_args["code"] == "bad_args" and "'verbose'" in bad_args["message"]
@@ -646,7 +646,7 @@ def test_bad_commands_get_error_replies_and_the_agent_carries_on(
                                     and m.payload["seq"] > before], 20, "new metrics")
     status = agent.status()
     assert status["broker"]["connected"] and status["agent"]["pid"] == agent.proc.pid
-    commander.send("report.now", {"id": "after"})
+    commander.send("report_now", {"id": "after"})
     assert wait_reply(subscriber, "after")["ok"]
 
 
@@ -655,7 +655,7 @@ def test_command_sent_while_the_agent_was_away_runs_when_it_is_back(
     agent = agent_factory().start()
     commands_reach(agent, subscriber, commander)
     agent.kill()  # SIGKILL: the broker keeps the agent's session and queues what comes
-    commander.send("report.now", {"id": "while-away"}, response_topic="test/replies/away",
+    commander.send("report_now", {"id": "while-away"}, response_topic="test/replies/away",
                    correlation=b"away")
     time.sleep(1.0)
     assert not replies(subscriber, "while-away")
@@ -682,7 +682,7 @@ def test_command_in_flight_when_the_agent_died_is_redelivered_and_run_once(
     commands_reach(agent, subscriber, commander)
     agent.signal(signal.SIGSTOP)  # the broker writes the PUBLISH to the socket; no PUBACK comes
     try:
-        commander.send("report.now", {"id": "in-flight"})
+        commander.send("report_now", {"id": "in-flight"})
         time.sleep(1.0)
     finally:
         agent.kill()  # SIGKILL works on a stopped process
@@ -714,12 +714,12 @@ def test_a_command_is_acknowledged_only_after_its_reply(tmp_path: Path, broker: 
 
     try:
         pub = connect()
-        commander.send("report.now", {"id": "unanswered"})
+        commander.send("report_now", {"id": "unanswered"})
         wait_until(lambda: len(got) == 1, 10, "the command")
         pub.stop(flush_s=0)  # never answered, never acknowledged
         pub = connect()
         wait_until(lambda: len(got) == 2, 10, "the command again")
-        assert got[1][:2] == got[0][:2] == ("report.now", b'{"id": "unanswered"}')
+        assert got[1][:2] == got[0][:2] == ("report_now", b'{"id": "unanswered"}')
         pub.reply(b'{"answer": 1}', None, None)
         got[1][2].ack()
         time.sleep(0.5)
@@ -738,7 +738,7 @@ def test_commands_over_mqtt_3_1_1(broker: Broker, subscriber: Subscriber, agent_
         agent = agent_factory(mqtt={"protocol": "3.1.1"}).start()
         commands_reach(agent, subscriber, cmd)
         agent.kill()
-        cmd.send("report.now", {"id": "v311-away"})
+        cmd.send("report_now", {"id": "v311-away"})
         agent.start()
         reply = wait_reply(subscriber, "v311-away", timeout=30)
         assert reply["ok"] and not reply_errors(reply)
@@ -767,7 +767,7 @@ def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
     try:
         agent.start()
         wait_until(lambda: agent.status()["outbox"]["last_seq"] >= 1, 20, "first records")
-        status, reply = post(agent, "report.now", b'{"id": "local-1"}')
+        status, reply = post(agent, "report_now", b'{"id": "local-1"}')
         assert status == 200 and reply["ok"] and reply["id"] == "local-1", reply
         assert not reply_errors(reply)
         seq = reply["result"]["seq"]
@@ -775,23 +775,23 @@ def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
         assert not st_["broker"]["connected"] and st_["outbox"]["last_seq"] >= seq
         assert st_["outbox"]["depth"] >= 1  # waiting in the outbox for the broker
 
-        status, reply = post(agent, "report.now", b'{"id": "x", "args": {"n": 1}}')
+        status, reply = post(agent, "report_now", b'{"id": "x", "args": {"n": 1}}')
         assert status == 400 and reply["error"]["code"] == "bad_args"
-        status, reply = post(agent, "lesson.stop", b'{"id": "x"}')
+        status, reply = post(agent, "lesson_stop", b'{"id": "x"}')
         assert status == 409 and reply["error"]["code"] == "conflict"  # no lesson is running
-        status, reply = post(agent, "report.now", b"{" + b" " * (MAX_PAYLOAD + 10) + b"}")
+        status, reply = post(agent, "report_now", b"{" + b" " * (MAX_PAYLOAD + 10) + b"}")
         assert status == 400 and reply["error"]["code"] == "too_large"
-        status, reply = post(agent, "report.now", b'{"id": "x"}',
+        status, reply = post(agent, "report_now", b'{"id": "x"}',
                              {"Content-Type": "application/json",
                               "Origin": "http://evil.example"})
         assert status == 403
-        status, reply = post(agent, "report.now", b'{"id": "x"}', {"Content-Type": "text/plain"})
+        status, reply = post(agent, "report_now", b'{"id": "x"}', {"Content-Type": "text/plain"})
         assert status == 415
 
         # The CLI: a refusal is exit 1 with the reason; the agent keeps running.
         res = agent.cli("lesson", "stop", "--config", str(agent.config_path))
         assert res.returncode == 1, res.stdout + res.stderr
-        assert "refused lesson.stop" in res.stdout and "no lesson is running" in res.stdout
+        assert "refused lesson_stop" in res.stdout and "no lesson is running" in res.stdout
         res = agent.cli("lesson", "stop", "--json", "--config", str(agent.config_path))
         assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "conflict"
         assert agent.status()["agent"]["pid"] == agent.proc.pid  # type: ignore[union-attr]
@@ -815,5 +815,5 @@ def test_devices_cli(tmp_path: Path) -> None:
 
 
 def test_request_dataclass_is_what_parse_returns() -> None:
-    parsed = _router().parse("report.now", _req("p"))
-    assert parsed == Request("report.now", "p", {})
+    parsed = _router().parse("report_now", _req("p"))
+    assert parsed == Request("report_now", "p", {})

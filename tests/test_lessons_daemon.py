@@ -80,15 +80,15 @@ def test_lessons_by_command_with_replies(broker: Broker, subscriber: Subscriber,
     try:
         agent = agent_factory(media=MEDIA, telemetry={"interval_s": 1}).start()
         commands_reach(agent, subscriber, cmd)
-        cmd.send("lesson.start", {"id": "start-1", "args": {"course": "Art", "role": "lecturing",
+        cmd.send("lesson_start", {"id": "start-1", "args": {"course": "Art", "role": "lecturing",
                                                             "duration_s": 60}})
         ok = wait_reply(subscriber, "start-1")
         assert ok["ok"] is True and not reply_errors(ok)
-        cmd.send("lesson.start", {"id": "start-2", "args": {}})
+        cmd.send("lesson_start", {"id": "start-2", "args": {}})
         busy = wait_reply(subscriber, "start-2")
         assert busy["ok"] is False and busy["error"]["code"] == "conflict"
         time.sleep(4)
-        cmd.send("lesson.stop", {"id": "stop-1"})
+        cmd.send("lesson_stop", {"id": "stop-1"})
         stopped = wait_reply(subscriber, "stop-1", timeout=40)
         assert stopped["ok"] is True and not reply_errors(stopped)
         ev = subscriber.wait_for(lambda _m: _events(subscriber, "lesson_ended"), 30, "evidence")
@@ -97,7 +97,7 @@ def test_lessons_by_command_with_replies(broker: Broker, subscriber: Subscriber,
         assert d["segments"] and all(len(s["sha256"]) == 64 for s in d["segments"])
         for s in d["segments"]:  # the evidence's checksums are those of the files on disk
             assert os.path.getsize(s["path"]) == s["bytes"]
-        cmd.send("lesson.stop", {"id": "stop-2"})
+        cmd.send("lesson_stop", {"id": "stop-2"})
         assert wait_reply(subscriber, "stop-2")["error"]["code"] == "conflict"
         assert not [e for m in subscriber.snapshot() for e in schema_errors(m)]
     finally:

@@ -52,9 +52,9 @@ def test_no_secret_in_logs_status_or_messages(tmp_path: Path) -> None:
     try:
         agent.start()
         commands_reach(agent, sub, cmd)
-        cmd.send("report.now", {"id": "full-1"})
-        cmd.send("lesson.stop", {"id": "full-2"})
-        cmd.send("report.now", b"{broken")
+        cmd.send("report_now", {"id": "full-1"})
+        cmd.send("lesson_stop", {"id": "full-2"})
+        cmd.send("report_now", b"{broken")
         assert wait_reply(sub, "full-1")["ok"]
         assert wait_reply(sub, "full-2")["error"]["code"] == "conflict"
         agent.config["telemetry"]["interval_s"] = 0.7

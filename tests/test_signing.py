@@ -38,7 +38,7 @@ from tests.test_commands import Commander, commands_reach, wait_reply
 SEND = REPO / "scripts" / "send-command"
 
 
-def _req(body: dict[str, Any], name: str = "report.now") -> Request:
+def _req(body: dict[str, Any], name: str = "report_now") -> Request:
     return Request(name, body["id"], body.get("args", {}), body.get("ts"), body.get("sig"))
 
 
@@ -52,10 +52,10 @@ def _guard(tmp_path: Path, key: Ed25519PrivateKey, events: list[Record],
 
 
 def test_canonical_bytes_are_exactly_specified() -> None:
-    got = canonical("school-a", "room-101", "lesson.start", "c-1", "2026-11-23T08:00:00.000Z",
+    got = canonical("school-a", "room-101", "lesson_start", "c-1", "2026-11-23T08:00:00.000Z",
                     {"teacher": "王芳", "duration_s": 2700})
     assert got == DOMAIN + (
-        '{"args":{"duration_s":2700,"teacher":"王芳"},"command":"lesson.start",'
+        '{"args":{"duration_s":2700,"teacher":"王芳"},"command":"lesson_start",'
         '"device":"room-101","id":"c-1","school":"school-a","ts":"2026-11-23T08:00:00.000Z"}'
     ).encode()
 
@@ -68,7 +68,7 @@ def test_guard_verdicts_and_events(tmp_path: Path) -> None:
 
     def signed(k: Ed25519PrivateKey = key, device: str = "room-101", ts: float = now,
                rid: str = "c-1", **args: Any) -> dict[str, Any]:
-        return sign_request(k, "school-a", device, "lesson.start", rid, args, ts=ts)
+        return sign_request(k, "school-a", device, "lesson_start", rid, args, ts=ts)
 
     good = signed(course="Maths")
     tampered = {**good, "args": {"course": "Art"}}
@@ -85,16 +85,16 @@ def test_guard_verdicts_and_events(tmp_path: Path) -> None:
         (signed(ts=now + 301), "not_yet_valid"),
     ]
     for body, code in cases:
-        reply = guard.check(_req(body, "lesson.start"))
+        reply = guard.check(_req(body, "lesson_start"))
         assert reply is not None and reply["error"]["code"] == code, (body, reply)
     # The same signature presented for another command name does not verify either.
-    assert guard.check(_req(good, "lesson.stop"))["error"]["code"] == "bad_signature"
-    assert guard.check(_req(good, "lesson.start")) is None
-    guard.ran(_req(good, "lesson.start"))
-    assert guard.check(_req(good, "lesson.start"))["error"]["code"] == "replayed"
+    assert guard.check(_req(good, "lesson_stop"))["error"]["code"] == "bad_signature"
+    assert guard.check(_req(good, "lesson_start")) is None
+    guard.ran(_req(good, "lesson_start"))
+    assert guard.check(_req(good, "lesson_start"))["error"]["code"] == "replayed"
     # The memory of ids is on disk: a new guard (an agent restart) still refuses the replay.
     again = _guard(tmp_path, key, events, now + 10)
-    assert again.check(_req(good, "lesson.start"))["error"]["code"] == "replayed"
+    assert again.check(_req(good, "lesson_start"))["error"]["code"] == "replayed"
     assert len(events) == len(cases) + 3
     assert {e.data["type"] for e in events} == {"command_rejected"}
     for e in events:
@@ -170,12 +170,12 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
     commands_reach(agent, subscriber, warmup)  # subscribed: nothing sent below can be missed
     send = ["--port", str(broker.port), "--host", "127.0.0.1", "--school", "school-a",
             "--device", "room-101", "--timeout", "30"]
-    # The script's round trip: keygen above, a signed report.now here, answered ok.
+    # The script's round trip: keygen above, a signed report_now here, answered ok.
     ok = _send_command(*send, "--key", str(tmp_path / "platform.key"), "--id", "signed-1",
-                       "report.now")
+                       "report_now")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] and json.loads(ok.stdout)["id"] == "signed-1"
-    unsigned = _send_command(*send, "--id", "unsigned-1", "report.now")
+    unsigned = _send_command(*send, "--id", "unsigned-1", "report_now")
     assert unsigned.returncode == 1
     assert json.loads(unsigned.stdout)["error"]["code"] == "signature_required"
 
@@ -184,7 +184,7 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
 
     def signed(rid: str, k: Any = key, device: str = "room-101", ts: float | None = None,
                **args: Any) -> dict[str, Any]:
-        return sign_request(k, "school-a", device, "report.now", rid, args, ts=ts)
+        return sign_request(k, "school-a", device, "report_now", rid, args, ts=ts)
 
     tampered = signed("tampered", **{})
     tampered["args"] = {"x": 1}
@@ -197,11 +197,11 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
         "future": (signed("future", ts=now + 400), "not_yet_valid"),
     }
     try:
-        cmd.send("report.now", good)
+        cmd.send("report_now", good)
         assert wait_reply(subscriber, "good")["ok"]
         for body, _code in cases.values():
-            cmd.send("report.now", body)
-        cmd.send("report.now", good)  # a replay of the exact bytes that ran
+            cmd.send("report_now", body)
+        cmd.send("report_now", good)  # a replay of the exact bytes that ran
         for rid, (_body, code) in cases.items():
             assert wait_reply(subscriber, rid)["error"]["code"] == code, rid
         replay = subscriber.wait_for(
@@ -213,14 +213,14 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
             "a command_rejected event per refusal")
         assert events["unsigned-1"]["details"]["reason"] == "signature_required"
         for rid, (_body, code) in cases.items():
-            assert events[rid]["details"] == {"reason": code, "command": "report.now", "id": rid}
+            assert events[rid]["details"] == {"reason": code, "command": "report_now", "id": rid}
         assert events["good"]["details"]["reason"] == "replayed"
 
         # A restart does not forget: the same signed request is still a replay.
         assert agent.stop() == 0
         agent.start()
         commands_reach(agent, subscriber, warmup)
-        cmd.send("report.now", good)
+        cmd.send("report_now", good)
         wait_until(lambda: len([r for r in (m.payload for m in subscriber.snapshot("reply"))
                                 if r["id"] == "good" and not r["ok"]]) >= 2, 30,
                    "the replay after the restart to be refused")
@@ -239,7 +239,7 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
 
 
 class _SignedWarmup:
-    """A Commander that signs what it sends (commands_reach pings with report.now)."""
+    """A Commander that signs what it sends (commands_reach pings with report_now)."""
 
     def __init__(self, cmd: Commander, key: Any) -> None:
         self.cmd, self.key = cmd, key
