@@ -68,8 +68,6 @@ MAX_PENDING_REPLIES = 100
 CommandSink = Callable[[str, bytes, Any], None]
 
 
-@dataclass(frozen=True)
-
 def client_id(envelope: Envelope) -> str:
     """The MQTT client id: ``{school}.{device}``, unique in the whole fleet.
 
@@ -78,6 +76,8 @@ def client_id(envelope: Envelope) -> str:
     (agent/config.py), so the separator is unambiguous."""
     return f"{envelope.school}.{envelope.device}"
 
+
+@dataclass(frozen=True)
 class ReplyTo:
     """Where an MQTT 5 request asked for its reply, besides ``{base}/reply``; ``ack`` is to be
     called once the reply is queued (it acknowledges the request to the broker)."""
