@@ -132,7 +132,7 @@ def _status(path: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(snap, indent=2))
     else:
-        from agent.status import render_text
+        from agent.status.text import render_text
 
         print(render_text(snap))
     return EXIT_OK if snap.get("ok") else EXIT_WARN

@@ -1,4 +1,4 @@
-"""Local control for technicians: ``POST /command/{name}`` on the status server.
+"""Local control for technicians: ``POST /command/{name}`` on a local HTTP server.
 
 It works with no broker at all (offline-first): the request goes through the same
 :class:`~agent.commands.CommandWorker` as MQTT commands, so validation, the one-at-a-time
@@ -25,10 +25,12 @@ from urllib.parse import unquote
 
 from agent import commands
 from agent.commands import CONFLICT, INPUT_ERRORS, error
+from agent.status.http import Request, Response, Routes
 
 PREFIX = "/command/"
-#: Bytes read and thrown away from an oversized body, so the client sees our answer, not a reset.
-_DRAIN_LIMIT = 1024 * 1024
+#: Largest body the server reads for a command; bigger than ``commands.MAX_PAYLOAD`` so that an
+#: oversized request is answered ``too_large`` in the reply format, not cut off.
+MAX_BODY = 4 * commands.MAX_PAYLOAD
 #: How long an HTTP request waits for its command (lesson start can take a few seconds).
 CALL_TIMEOUT_S = 30.0
 
@@ -37,10 +39,6 @@ class Dispatch(Protocol):
     """What the server needs: the command worker (``CommandWorker`` implements it)."""
 
     def call(self, name: str, payload: bytes, timeout: float = ...) -> dict[str, Any]: ...
-
-
-class _Readable(Protocol):
-    def read(self, n: int = ..., /) -> bytes: ...
 
 
 def http_status(reply: Mapping[str, Any]) -> int:
@@ -54,36 +52,37 @@ def http_status(reply: Mapping[str, Any]) -> int:
             CONFLICT: 409}.get(code, 409)
 
 
-def handle_post(dispatch: Dispatch | None, path: str, headers: Mapping[str, str],
-                body: _Readable, peer: str = "127.0.0.1") -> tuple[int, dict[str, Any]]:
-    """Answer one POST from ``peer``: (HTTP status, reply JSON). Never raises for bad input."""
-    path = path.split("?", 1)[0]
-    if not path.startswith(PREFIX):
+def routes(dispatch: Dispatch, loopback_only: bool = True) -> Routes:
+    """``POST /command/{name}`` through ``dispatch``; ``loopback_only`` refuses other peers."""
+
+    def command(req: Request) -> Response:
+        code, reply = handle(dispatch, req, loopback_only)
+        return Response.json(reply, code)
+
+    return Routes().post(PREFIX, command)
+
+
+def handle(dispatch: Dispatch, req: Request,
+           loopback_only: bool = True) -> tuple[int, dict[str, Any]]:
+    """Answer one POST: (HTTP status, reply JSON). Never raises for bad input."""
+    if not req.path.startswith(PREFIX):
         return 404, error(None, "not_found", f"POST goes to {PREFIX}<name>, e.g. "
                           f"{PREFIX}report_now")
-    if dispatch is None:
-        return 404, error(None, "not_found", "commands are not enabled in this agent")
-    if not _loopback(peer):
+    if loopback_only and not _loopback(req.peer.address):
         return 403, error(None, "forbidden", "commands are taken only from the terminal itself "
                           "(127.0.0.1); run `classroom-agent lesson ...` there")
-    if headers.get("Origin") is not None:
+    if req.headers.get("origin") is not None:
         return 403, error(None, "forbidden", "requests from web pages are refused; use "
                           "`classroom-agent lesson ...` or curl on the terminal itself")
-    ctype = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    ctype = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if ctype != "application/json":
         return 415, error(None, commands.BAD_REQUEST,
                           "send the request with Content-Type: application/json")
-    name = unquote(path[len(PREFIX):])
-    try:
-        length = int(headers.get("Content-Length") or 0)
-    except ValueError:
-        return 400, error(None, commands.BAD_REQUEST, "Content-Length is not a number")
-    if length > commands.MAX_PAYLOAD:
-        _drain(body, min(length, _DRAIN_LIMIT))
+    name = unquote(req.path[len(PREFIX):])
+    if len(req.body) > commands.MAX_PAYLOAD:
         return 400, error(None, commands.TOO_LARGE,
-                          f"payload is {length} bytes; the limit is {commands.MAX_PAYLOAD}")
-    payload = body.read(length) if length > 0 else b""
-    reply = dispatch.call(name, payload, timeout=CALL_TIMEOUT_S)
+                          f"payload is {len(req.body)} bytes; the limit is {commands.MAX_PAYLOAD}")
+    reply = dispatch.call(name, req.body, timeout=CALL_TIMEOUT_S)
     return http_status(reply), reply
 
 
@@ -94,14 +93,6 @@ def _loopback(peer: str) -> bool:
         return False
     mapped = getattr(addr, "ipv4_mapped", None)
     return (mapped or addr).is_loopback
-
-
-def _drain(body: _Readable, n: int) -> None:
-    while n > 0:
-        chunk = body.read(min(n, 65536))
-        if not chunk:
-            return
-        n -= len(chunk)
 
 
 def request_body(args: Mapping[str, Any] | None = None) -> bytes:

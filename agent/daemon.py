@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from agent import __version__, config
+from agent import __version__, config, control
 from agent.commands import CommandError, CommandRouter, CommandWorker, Handler, report_now
 from agent.lessons import TimetableError, load_schedule
 from agent.lessons.manager import LessonError, LessonManager
@@ -24,7 +24,10 @@ from agent.records import Envelope, Record, event
 from agent.sdnotify import notify, watchdog_period
 from agent.secretfiles import exposed
 from agent.signing import CommandGuard, SeenIds, make_guard
-from agent.status import StatusBoard, StatusServer
+from agent.status import warnings
+from agent.status.board import StatusBoard
+from agent.status.endpoints import status_routes
+from agent.status.http import HttpServer, Limits, TcpListener
 from agent.telemetry.agent_self import AgentCollector
 from agent.telemetry.classes import retained_to_clear
 from agent.telemetry.inventory import collect_inventory
@@ -54,7 +57,7 @@ class Agent:
                                  security=self._security)
         self.seen_ids = SeenIds(state / "commands-seen.json")
         self.guard = self._make_guard(cfg)
-        self.secret_warnings: list[str] = []
+        self.exposed_files: list[dict[str, str]] = []
         self.media = LessonMedia(cfg.media, cfg.recording_path, self.raise_event)
         self.lessons = LessonManager(
             timetable=self._load_timetable(cfg), device_id=cfg.device.id,
@@ -73,8 +76,10 @@ class Agent:
                                             self.outbox.envelope, lambda p, t, c: None)
         self.publisher = self._make_publisher(cfg)
         self.scheduler = self._make_scheduler(cfg)
-        self.status_server = StatusServer(self.board, cfg.status.address,
-                                          router=self.local_commands)
+        host, port = cfg.status.address
+        self.status_server = HttpServer(
+            status_routes(self.board.snapshot).include(control.routes(self.local_commands)),
+            TcpListener(host, port), Limits(max_body_bytes=control.MAX_BODY))
 
     # -- building parts ------------------------------------------------------------------------
 
@@ -110,9 +115,9 @@ class Agent:
     def _check_secret_files(self, cfg: config.Config) -> None:
         """Warn (log, status, event) about secret files others can read."""
         found = exposed(cfg)
-        self.secret_warnings = [e.warning for e in found]
+        self.exposed_files = [e.params for e in found]
         for e in found:
-            log.warning("%s", e.warning)
+            log.warning("%s", warnings.render(warnings.Warning("secret_file_exposed", e.params)))
             self.raise_event(event("secret_file_exposed", "warning",
                                    f"the {e.what} file is readable by group or others",
                                    path=e.path, mode=f"{e.mode:04o}"))
@@ -121,9 +126,7 @@ class Agent:
         g = self.guard
         return {"signatures_required": g.required, "public_keys": len(g.keys),
                 "commands_rejected_total": g.rejected_total,
-                "warnings": [*self.secret_warnings, *(
-                    f"A command public key is unusable: {p}. Every MQTT command is refused "
-                    "until it is fixed." for p in g.problems)]}
+                "exposed_files": list(self.exposed_files), "key_problems": list(g.problems)}
 
     def _handlers(self, trigger: str) -> dict[str, Handler]:
         def lesson_start(args: dict[str, Any]) -> dict[str, Any]:

@@ -22,10 +22,9 @@ class Exposed:
     mode: int
 
     @property
-    def warning(self) -> str:
-        return (f"The {self.what} file {self.path} is readable by group or others (mode "
-                f"{self.mode:04o}). Next step: chmod 600 {self.path} (owned by the user the "
-                "agent runs as), then replace the secret if others may have read it.")
+    def params(self) -> dict[str, str]:
+        """The parameters of the ``secret_file_exposed`` warning (agent/status/warnings.py)."""
+        return {"what": self.what, "path": self.path, "mode": f"{self.mode:04o}"}
 
 
 def secret_files(cfg: Config) -> list[tuple[str, str]]:

@@ -5,7 +5,6 @@ was away (persistent session), and POST /command/... with the broker down.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import signal
@@ -42,11 +41,13 @@ from agent.commands import (
     reply_message,
 )
 from agent.config import MqttConfig, OutboxConfig
-from agent.control import handle_post, http_status
+from agent.control import handle, http_status
 from agent.lessons.manager import LessonError, LessonManager
 from agent.outbox import Outbox
 from agent.publisher import MAX_PENDING_REPLIES, Publisher
 from agent.records import Envelope, Record
+from agent.status.http import Peer
+from agent.status.http import Request as HttpRequest
 from tests.fuzzing import NASTY_CHARS, fuzz_case
 from tests.support import SCHEMAS, AgentProcess, Broker, Subscriber, wait_until
 from tests.test_lesson_manager import Clock, FakeMedia
@@ -484,19 +485,24 @@ def test_local_control_refusals_without_running_anything() -> None:
             calls.append(name)
             return {"id": "f", "ok": True, "result": {}}
 
-    json_ct = {"Content-Type": "application/json; charset=utf-8", "Content-Length": "2"}
-    body = io.BytesIO(b"{}")
-    assert handle_post(Fake(), "/command/report_now", json_ct, body)[0] == 200
-    assert handle_post(Fake(), "/command/report_now", json_ct, body, peer="::1")[0] == 200
-    assert handle_post(Fake(), "/command/x", json_ct, body, peer="::ffff:127.0.0.1")[0] == 200
+    json_ct = {"content-type": "application/json; charset=utf-8"}
+
+    def post(path: str, peer: str = "127.0.0.1", headers: dict[str, str] = json_ct,
+             body: bytes = b"{}") -> tuple[int, dict[str, Any]]:
+        return handle(Fake(), HttpRequest("POST", path, "", headers, body, Peer(peer)))
+
+    assert post("/command/report_now")[0] == 200
+    assert post("/command/report_now", peer="::1")[0] == 200
+    assert post("/command/x", peer="::ffff:127.0.0.1")[0] == 200
     assert calls == ["report_now", "report_now", "x"]
     for peer in ("192.168.1.20", "::ffff:10.0.0.1", "not-an-ip"):
-        status, reply = handle_post(Fake(), "/command/report_now", json_ct, body, peer=peer)
+        status, reply = post("/command/report_now", peer=peer)
         assert status == 403 and "terminal itself" in reply["error"]["message"], peer
-    assert handle_post(None, "/command/report_now", json_ct, body)[0] == 404
-    assert handle_post(Fake(), "/status.json", json_ct, body)[0] == 404
-    bad_len = {"Content-Type": "application/json", "Content-Length": "ten"}
-    assert handle_post(Fake(), "/command/report_now", bad_len, body)[0] == 400
+    assert post("/status.json")[0] == 404
+    assert post("/command/report_now", headers={"content-type": "text/plain"})[0] == 415
+    assert post("/command/report_now", headers={**json_ct, "origin": "null"})[0] == 403
+    status, reply = post("/command/report_now", body=b" " * (MAX_PAYLOAD + 1))
+    assert status == 400 and reply["error"]["code"] == "too_large"
     assert len(calls) == 3
 
 

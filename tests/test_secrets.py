@@ -12,6 +12,7 @@ import pytest
 
 from agent.config import loads
 from agent.secretfiles import exposed
+from agent.status.warnings import Warning, render
 from tests.support import (
     AgentProcess,
     Broker,
@@ -133,6 +134,7 @@ def test_a_client_key_readable_by_the_group_is_found(tmp_path: Path) -> None:
     key.chmod(0o640)
     [found] = exposed(cfg)
     assert found.what == "TLS client key" and found.mode == 0o640
-    assert "AAAA" not in found.warning and "chmod 600" in found.warning
+    text = render(Warning("secret_file_exposed", found.params))
+    assert "AAAA" not in text and f"chmod 600 {key}" in text and "(mode 0640)" in text
     key.chmod(0o600)
     assert exposed(cfg) == []

@@ -164,7 +164,8 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
     key = serialization.load_pem_private_key((tmp_path / "platform.key").read_bytes(), None)
     agent = agent_factory(commands={"public_keys": [str(pub)]}).start()
     assert agent.status()["security"] == {"signatures_required": True, "public_keys": 1,
-                                          "commands_rejected_total": 0, "warnings": []}
+                                          "commands_rejected_total": 0, "exposed_files": [],
+                                          "key_problems": []}
     cmd = Commander(broker.port)
     warmup = _SignedWarmup(cmd, key)
     commands_reach(agent, subscriber, warmup)  # subscribed: nothing sent below can be missed

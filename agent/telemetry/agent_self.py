@@ -8,13 +8,21 @@ platform can see that the monitor itself stays cheap.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import psutil
 
 from agent.outbox import Outbox
-from agent.publisher import Publisher
 from agent.records import age_s
 from agent.telemetry.base import Accumulator
+
+
+class PublisherView(Protocol):
+    """What this collector reads of the publisher (agent/publisher.py's ``Publisher``): only its
+    counters. A Protocol, so telemetry never imports the transport."""
+
+    @property
+    def stats(self) -> Any: ...
 
 
 class AgentCollector:
@@ -23,7 +31,7 @@ class AgentCollector:
     def __init__(
         self,
         outbox: Outbox,
-        publisher: Callable[[], Publisher],
+        publisher: Callable[[], PublisherView],
         held: Callable[[], tuple[int, int]],
     ) -> None:
         self.outbox = outbox

@@ -1,0 +1,509 @@
+"""Local HTTP plumbing: requests, responses, routes, and a server that stays bounded.
+
+Routes map a method and a path (or a path prefix) to a handler ``Request -> Response``; new
+endpoints are one :meth:`Routes.get` or :meth:`Routes.post` call (agent/status/endpoints.py,
+agent/control.py). The server knows nothing of what it serves.
+
+Why not ``http.server``: it spends a thread per connection and waits forever for a request, so a
+local user holding a thousand half-sent requests took the agent to its open-file limit, and the
+media worker of the next lesson could not start (docs/security.md). This server runs one asyncio
+loop on one thread for all connections and is bounded in every dimension:
+
+- connections: at most ``Limits.max_connections`` open; when a new one arrives at the cap, the
+  oldest connection still sending its request is closed (a client that sends its request at once,
+  like the CLI, is served before it can be pushed out, whatever a flooder does);
+- time: the whole request (head and body) must arrive within ``request_timeout_s``, the response
+  must be taken within ``write_timeout_s``;
+- memory: the head is read up to ``max_head_bytes`` (431 beyond), the body up to
+  ``max_body_bytes`` (413 beyond), one request per connection (``Connection: close``);
+- work: handlers run on ``workers`` threads with at most ``max_pending`` requests waiting
+  (503 beyond), so a slow handler never stalls the loop.
+
+On TCP the ``Host`` header must name this machine by IP address or ``localhost``: a web page that
+re-points its own domain name at 127.0.0.1 (DNS rebinding) sends its own name and is refused.
+A Unix socket has no such problem (no browser reaches it); there the peer's uid is known
+(``SO_PEERCRED``) and the file's group decides who may connect (agent/control.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from agent import __version__
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is asking: an IP address (TCP) or the uid/pid of a local process (Unix socket)."""
+
+    address: str = ""
+    uid: int | None = None
+    pid: int | None = None
+
+    def __str__(self) -> str:
+        if self.uid is not None:
+            return f"uid {self.uid} (pid {self.pid})"
+        return self.address or "?"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    #: The path without the query, as sent (percent-escapes not decoded).
+    path: str
+    query: str
+    #: Header names in lower case.
+    headers: Mapping[str, str]
+    body: bytes
+    peer: Peer = field(default_factory=Peer)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, body: str, status: int = 200) -> Response:
+        return cls(status, body.encode("utf-8"))
+
+    @classmethod
+    def json(cls, doc: Any, status: int = 200, indent: int | None = None) -> Response:
+        return cls(status, json.dumps(doc, indent=indent).encode(), "application/json")
+
+
+Handler = Callable[[Request], Response]
+
+
+class Routes:
+    """Exact paths and path prefixes per method; unknown paths are 404, wrong methods 405."""
+
+    def __init__(self) -> None:
+        self._exact: dict[tuple[str, str], Handler] = {}
+        self._prefix: list[tuple[str, str, Handler]] = []
+
+    def get(self, path: str, handler: Handler) -> Routes:
+        return self.add("GET", path, handler)
+
+    def post(self, path: str, handler: Handler) -> Routes:
+        return self.add("POST", path, handler)
+
+    def add(self, method: str, path: str, handler: Handler) -> Routes:
+        """``path`` ending in ``/`` (other than ``/`` itself) matches every path below it."""
+        if path != "/" and path.endswith("/"):
+            self._prefix.append((method, path, handler))
+        else:
+            self._exact[(method, path)] = handler
+        return self
+
+    def include(self, other: Routes) -> Routes:
+        self._exact.update(other._exact)
+        self._prefix.extend(other._prefix)
+        return self
+
+    def paths(self, method: str = "GET") -> list[str]:
+        return sorted(p for m, p in self._exact if m == method)
+
+    def find(self, method: str, path: str) -> Handler | Response:
+        handler = self._exact.get((method, path))
+        if handler is None:
+            handler = next((h for m, p, h in self._prefix if m == method and path.startswith(p)),
+                           None)
+        if handler is not None:
+            return handler
+        if any(p == path for _m, p in self._exact) or any(
+                path.startswith(p) for _m, p, _h in self._prefix):
+            return Response.text(f"method {method} is not allowed here\n", 405)
+        known = ", ".join(self.paths()) or "nothing"
+        return Response.text(f"not found: try {known}\n", 404)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 32
+    request_timeout_s: float = 5.0
+    write_timeout_s: float = 10.0
+    max_head_bytes: int = 8 * 1024
+    max_headers: int = 64
+    max_body_bytes: int = 0
+    workers: int = 2
+    max_pending: int = 8
+
+
+@dataclass
+class ServerStats:
+    connections_total: int = 0
+    open: int = 0
+    #: closed to make room for a new connection while still sending their request
+    evicted_total: int = 0
+    #: closed because the request or the response took too long
+    timed_out_total: int = 0
+    #: answered 503: every handler thread busy and the waiting list full
+    busy_total: int = 0
+    #: malformed, oversized or for another host
+    refused_total: int = 0
+
+
+@dataclass(frozen=True)
+class TcpListener:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UnixListener:
+    path: str
+    #: Mode of the socket file: who may connect is who may write it.
+    mode: int = 0o660
+    #: Group of the socket file (a name); None keeps the process's group.
+    group: str | None = None
+
+
+Listener = TcpListener | UnixListener
+
+_METHOD = re.compile(r"^[A-Z]{1,16}$")
+_TARGET = re.compile(r"^/[\x21-\x7e]{0,2047}$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+#: How often the server logs that it is shedding connections (the counts are in the stats).
+_FLOOD_LOG_S = 60.0
+
+
+class HttpServer:
+    """Serves ``routes`` on ``listener`` from one thread; see the module docstring for bounds.
+
+    The listening socket is bound in the constructor, so a port in use fails the daemon's start
+    (with its cause) instead of a thread later.
+    """
+
+    def __init__(self, routes: Routes, listener: Listener, limits: Limits = Limits(),
+                 name: str = "status") -> None:
+        self.routes = routes
+        self.listener = listener
+        self.limits = limits
+        self.name = name
+        self.stats = ServerStats()
+        self._sock = _bind(listener)
+        self._reading: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
+        self._evicted: set[asyncio.StreamWriter] = set()
+        self._live = 0  # open connections not yet evicted
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending = 0
+        self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix=f"{name}-handler")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._last_flood_log = -_FLOOD_LOG_S
+        self._shed_since_log = 0
+
+    @property
+    def address(self) -> str:
+        if isinstance(self.listener, UnixListener):
+            return self.listener.path
+        host, port = self._sock.getsockname()[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+            self._thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sock.close()
+        if isinstance(self.listener, UnixListener):
+            with contextlib.suppress(OSError):
+                os.unlink(self.listener.path)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            log.exception("%s: the local HTTP server stopped", self.name)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        # The StreamReader limit bounds what readuntil() buffers while looking for the head's end.
+        limit = self.limits.max_head_bytes
+        if isinstance(self.listener, UnixListener):
+            server = await asyncio.start_unix_server(self._serve, sock=self._sock, limit=limit)
+        else:
+            server = await asyncio.start_server(self._serve, sock=self._sock, limit=limit)
+        self._ready.set()
+        async with server:
+            await self._stopping.wait()
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.stats.connections_total += 1
+        self.stats.open += 1
+        self._live += 1
+        self._make_room()
+        self._reading[writer] = None
+        try:
+            await self._exchange(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away (or was evicted); nothing to answer
+        except TimeoutError:
+            self.stats.timed_out_total += 1
+            self._note_shed()
+        finally:
+            self._reading.pop(writer, None)
+            self._tasks.discard(task)
+            self.stats.open -= 1
+            if writer in self._evicted:
+                self._evicted.discard(writer)
+            else:
+                self._live -= 1
+            writer.transport.abort()  # no lingering close: the fd is released now
+
+    def _make_room(self) -> None:
+        """At the cap, close the oldest connection that has not finished sending its request."""
+        while self._live > self.limits.max_connections and self._reading:
+            oldest, _ = self._reading.popitem(last=False)
+            self._evicted.add(oldest)
+            self._live -= 1
+            oldest.transport.abort()
+            self.stats.evicted_total += 1
+            self._note_shed()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(self.limits.request_timeout_s):
+            parsed = await self._read_request(reader, _peer(writer, self.listener))
+        self._reading.pop(writer, None)
+        if isinstance(parsed, Response):
+            self.stats.refused_total += 1
+            response = parsed
+        else:
+            response = await self._dispatch(parsed)
+        writer.write(_encode(response))
+        async with asyncio.timeout(self.limits.write_timeout_s):
+            await writer.drain()
+
+    async def _read_request(self, reader: asyncio.StreamReader, peer: Peer) -> Request | Response:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            return Response.text(f"request head over {self.limits.max_head_bytes} bytes\n", 431)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise
+            return Response.text("incomplete request\n", 400)
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if (len(parts) != 3 or not _METHOD.match(parts[0]) or not _TARGET.match(parts[1])
+                or parts[2] not in ("HTTP/1.0", "HTTP/1.1")):
+            return Response.text("malformed request line\n", 400)
+        method, target, _version = parts
+        headers = _parse_headers(lines[1:], self.limits.max_headers)
+        if headers is None:
+            return Response.text("malformed or too many header lines\n", 400)
+        refused = self._check_headers(headers)
+        if refused is not None:
+            return refused
+        length = int(headers.get("content-length", "0"))
+        body = await reader.readexactly(length) if length else b""
+        path, _, query = target.partition("?")
+        return Request(method, path, query, headers, body, peer)
+
+    def _check_headers(self, headers: Mapping[str, str]) -> Response | None:
+        if "transfer-encoding" in headers:
+            return Response.text("Transfer-Encoding is not supported; send Content-Length\n", 501)
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or len(length) > 12:
+            return Response.text("Content-Length is not a number\n", 400)
+        if int(length) > self.limits.max_body_bytes:
+            return Response.text(f"body over {self.limits.max_body_bytes} bytes\n", 413)
+        if isinstance(self.listener, TcpListener):
+            return _check_host(headers.get("host"), self.listener.port)
+        return None
+
+    async def _dispatch(self, req: Request) -> Response:
+        found = self.routes.find(req.method, req.path)
+        if isinstance(found, Response):
+            return found
+        if self._pending >= self.limits.workers + self.limits.max_pending:
+            self.stats.busy_total += 1
+            self._note_shed()
+            return Response.text("busy: too many requests at once; retry shortly\n", 503)
+        self._pending += 1
+        try:
+            assert self._loop is not None
+            return await self._loop.run_in_executor(self._pool, _call, found, req, self.name)
+        finally:
+            self._pending -= 1
+
+    def _note_shed(self) -> None:
+        """Log shedding at most once a minute: a flood must not become a flood of log lines."""
+        self._shed_since_log += 1
+        now = time.monotonic()
+        if now - self._last_flood_log < _FLOOD_LOG_S:
+            return
+        s = self.stats
+        log.warning("%s: %d connection(s) shed since the last report (%d closed to make room "
+                    "at %d open, %d timed out, %d answered busy in all); a program on this PC "
+                    "may be flooding %s. The agent's other work is not affected.", self.name,
+                    self._shed_since_log, s.evicted_total, self.limits.max_connections,
+                    s.timed_out_total, s.busy_total, self.address)
+        self._last_flood_log = now
+        self._shed_since_log = 0
+
+
+def _call(handler: Handler, req: Request, name: str) -> Response:
+    try:
+        return handler(req)
+    except Exception:
+        log.exception("%s: %s %s failed", name, req.method, req.path[:100])
+        return Response.text("the agent failed to answer; see its log\n", 500)
+
+
+def _parse_headers(lines: list[str], max_headers: int) -> dict[str, str] | None:
+    if len(lines) > max_headers:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN.match(name):  # also refuses obsolete folded lines
+            return None
+        key = name.lower()
+        value = value.strip(" \t")
+        if key in headers:
+            if key in ("host", "content-length", "content-type", "origin"):
+                return None  # two of these can only be a trick
+            value = f"{headers[key]}, {value}"
+        headers[key] = value
+    return headers
+
+
+def _check_host(host: str | None, port: int) -> Response | None:
+    """Only ``localhost`` or an IP address: a DNS-rebinding page sends its own domain name."""
+    if host is None:
+        return Response.text("a Host header is required\n", 400)
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name.lower() == "localhost" or _is_ip(name):
+        return None
+    return Response.text(
+        f"this is the classroom agent's status; it answers only to its IP address or localhost "
+        f"(Host {host[:80]!r} refused). Open http://127.0.0.1:{port}/ on the terminal itself.\n",
+        421)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _peer(writer: asyncio.StreamWriter, listener: Listener) -> Peer:
+    if isinstance(listener, UnixListener):
+        sock = writer.get_extra_info("socket")
+        try:
+            pid, uid, _gid = struct.unpack(
+                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        except (OSError, AttributeError, struct.error):
+            return Peer("unix")
+        return Peer("unix", uid=uid, pid=pid)
+    name = writer.get_extra_info("peername")
+    return Peer(str(name[0]) if name else "")
+
+
+def _encode(r: Response) -> bytes:
+    try:
+        reason = HTTPStatus(r.status).phrase
+    except ValueError:
+        reason = "Status"
+    head = [f"HTTP/1.1 {r.status} {reason}", f"Server: classroom-agent/{__version__}",
+            f"Content-Type: {r.content_type}", f"Content-Length: {len(r.body)}",
+            "Cache-Control: no-store", "X-Content-Type-Options: nosniff", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in r.headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + r.body
+
+
+def _bind(listener: Listener) -> socket.socket:
+    if isinstance(listener, TcpListener):
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        return socket.create_server((listener.host, listener.port), family=family, backlog=64)
+    return bind_unix(listener)
+
+
+def bind_unix(listener: UnixListener) -> socket.socket:
+    """A listening Unix socket at ``listener.path`` with its mode and group set before anyone
+    can connect: created under umask 077 (so only the owner could connect in between), then
+    chown'd and chmod'ed. A stale socket file (nobody listening) is replaced; a live one is an
+    error (another agent runs)."""
+    import grp
+
+    path = listener.path
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale
+        else:
+            raise OSError(f"{path}: another process already listens there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    try:
+        if listener.group:
+            try:
+                gid = grp.getgrnam(listener.group).gr_gid
+            except KeyError:
+                raise OSError(f"group {listener.group!r} does not exist") from None
+            os.chown(path, -1, gid)
+        os.chmod(path, listener.mode)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return sock

@@ -1,0 +1,220 @@
+"""The one catalogue of warnings: what a technician should act on, with its cause and next step.
+
+Every warning the agent shows anywhere (``classroom-agent status``, its ``--json``, the status
+page, ``doctor``) is a :class:`Warning`: a stable ``code`` from :data:`CATALOGUE`, the
+``params`` that fill its templates, and nothing else. The words live only in the catalogue's
+:class:`Template` entries, written in English as ``str.format`` templates with named fields, so
+that a translation (gettext msgids) can reorder them freely. Two format specs keep numbers out of
+the translated text: ``{x:duration}`` (``3h 12m``) and ``{x:percent}`` (``91%``).
+
+:func:`collect` derives the warnings from a status snapshot; :func:`render` turns one into a
+sentence (through a ``translate`` function, identity by default); :func:`as_json` is what the
+snapshot carries (code, subsystem, severity, params and the English sentence, for scripts).
+Parameters are data: they may hold text from outside (a broker's error, a path), which every
+renderer prints inertly (agent/status/text.py).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Subsystem = Literal["agent", "broker", "outbox", "machine", "camera", "microphone", "lesson",
+                    "live", "recording", "commands", "telemetry"]
+#: ``warning``: the terminal works but needs attention; ``fault``: something does not work.
+Severity = Literal["warning", "fault"]
+Translate = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Template:
+    subsystem: Subsystem
+    severity: Severity
+    #: What is wrong, as a ``str.format`` template over the warning's params.
+    cause: str
+    #: What to do about it ("" when there is nothing to do but wait).
+    next_step: str = ""
+
+
+#: Every warning the agent can raise, by stable code. Codes never change meaning; a new
+#: situation gets a new code. Keep each cause one sentence and each next step an action.
+CATALOGUE: dict[str, Template] = {
+    "broker_unreachable": Template(
+        "broker", "fault",
+        "Not connected to the broker {address}: {error}.",
+        "check the network and that the broker runs and accepts this device "
+        "(see `journalctl -u classroom-agent`)."),
+    "outbox_backlog": Template(
+        "outbox", "warning",
+        "{depth} records waiting to be sent, the oldest for {oldest_age_s:duration}. They are "
+        "kept on disk and will be sent when the broker is reachable."),
+    "outbox_dropped": Template(
+        "outbox", "warning",
+        "{dropped_total} records were dropped because the outbox reached its bound "
+        "(outbox.max_records/max_bytes/max_age_s).",
+        "restore the broker connection sooner or raise the bounds."),
+    "outbox_in_memory": Template(
+        "outbox", "fault",
+        "The outbox file is unusable; records are only in memory and will be lost on restart.",
+        "check {state_dir} (space, permissions, disk errors)."),
+    "outbox_quarantined": Template(
+        "outbox", "warning",
+        "The outbox file was corrupt and has been quarantined in {state_dir}.",
+        "check the disk (dmesg, smartctl)."),
+    "secret_file_exposed": Template(
+        "agent", "warning",
+        "The {what} file {path} is readable by group or others (mode {mode}).",
+        "chmod 600 {path} (owned by the user the agent runs as), then replace the secret if "
+        "others may have read it."),
+    "command_key_unusable": Template(
+        "commands", "fault",
+        "A command public key is unusable: {problem}. Every MQTT command is refused until it "
+        "is fixed.",
+        "fix commands.public_keys in the agent config, then `systemctl reload "
+        "classroom-agent`."),
+    "collector_failing": Template(
+        "telemetry", "warning",
+        "Collector {name} is failing: {error}.",
+        "see `journalctl -u classroom-agent` for the details; the other collectors go on."),
+    "disk_full": Template(
+        "machine", "warning",
+        "Disk {mount} is {percent:percent} full.",
+        "free space; old recordings are the usual cause."),
+    "memory_high": Template(
+        "machine", "warning",
+        "Memory is {percent:percent} used.",
+        "find what uses it (`top`, sorted by memory) and close it or restart the PC."),
+    "temperature_high": Template(
+        "machine", "warning",
+        "A temperature sensor reads {celsius:.0f} °C.",
+        "check fans and vents."),
+}
+
+
+@dataclass(frozen=True)
+class Warning:
+    """One warning: a catalogue code and its parameters (plain JSON values). (The name hides
+    the builtin ``Warning`` in this module only; nothing here raises Python warnings.)"""
+
+    code: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in CATALOGUE:
+            raise ValueError(f"unknown warning code {self.code!r}; add it to CATALOGUE")
+
+    @property
+    def template(self) -> Template:
+        return CATALOGUE[self.code]
+
+
+class _Formatter(string.Formatter):
+    """``str.format`` plus the specs ``duration`` and ``percent``; a missing or wrong-typed
+    parameter prints as ``?`` instead of failing (a warning must always render)."""
+
+    def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        return kwargs.get(str(key), "?")
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec == "duration":
+            return human_duration(value if isinstance(value, int | float) else None)
+        if format_spec == "percent":
+            return f"{value:.0f}%" if isinstance(value, int | float) else "?"
+        try:
+            return super().format_field(value, format_spec)
+        except (ValueError, TypeError):
+            return str(value)
+
+
+_FORMAT = _Formatter()
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def cause(w: Warning, translate: Translate = _identity) -> str:
+    return _FORMAT.format(translate(w.template.cause), **w.params)
+
+
+def next_step(w: Warning, translate: Translate = _identity) -> str:
+    step = w.template.next_step
+    return _FORMAT.format(translate(step), **w.params) if step else ""
+
+
+def render(w: Warning, translate: Translate = _identity) -> str:
+    """The whole sentence people read: the cause, then "Next step: ..." when there is one."""
+    text, step = cause(w, translate), next_step(w, translate)
+    return f"{text} {translate('Next step:')} {step}" if step else text
+
+
+def as_json(w: Warning) -> dict[str, Any]:
+    """What the snapshot carries for scripts and the page: the code and its data, plus the
+    English sentence (the page and the CLI translate from code and params, not from this)."""
+    t = w.template
+    return {"code": w.code, "subsystem": t.subsystem, "severity": t.severity,
+            "params": dict(w.params), "text": render(w)}
+
+
+def from_json(doc: Mapping[str, Any]) -> Warning | None:
+    """A warning back from the snapshot's JSON (None for a code this version does not know,
+    e.g. from a newer agent)."""
+    code = doc.get("code")
+    if not isinstance(code, str) or code not in CATALOGUE:
+        return None
+    params = doc.get("params")
+    return Warning(code, params if isinstance(params, dict) else {})
+
+
+def human_duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What :func:`collect` needs beyond the snapshot (from the running config)."""
+
+    interval_s: float
+    state_dir: str
+
+
+def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
+    """Everything a technician should act on, derived from the snapshot ``s``."""
+    out: list[Warning] = []
+    b, ob, km = s["broker"], s["outbox"], s["metrics"]
+    grace = max(3 * ctx.interval_s, 30.0)
+    if not b["connected"] and (b["connect_failures_total"] or s["agent"]["uptime_s"] > grace):
+        out.append(Warning("broker_unreachable", {"address": b["address"],
+                                                  "error": b["last_error"] or "connecting"}))
+    if ob["oldest_age_s"] and ob["oldest_age_s"] > grace:
+        out.append(Warning("outbox_backlog", {"depth": ob["depth"],
+                                              "oldest_age_s": ob["oldest_age_s"]}))
+    if ob["dropped_total"]:
+        out.append(Warning("outbox_dropped", {"dropped_total": ob["dropped_total"]}))
+    if ob["in_memory"]:
+        out.append(Warning("outbox_in_memory", {"state_dir": ctx.state_dir}))
+    if ob["quarantined_total"]:
+        out.append(Warning("outbox_quarantined", {"state_dir": ctx.state_dir}))
+    sec = s.get("security") or {}
+    out.extend(Warning("secret_file_exposed", f) for f in sec.get("exposed_files", []))
+    out.extend(Warning("command_key_unusable", {"problem": p}) for p in sec.get("key_problems", []))
+    for name, why in s["telemetry"]["failing_collectors"].items():
+        out.append(Warning("collector_failing", {"name": name, "error": why}))
+    out.extend(Warning("disk_full", {"mount": d["mount"], "percent": d["percent"]})
+               for d in km["disks"] if d["percent"] is not None and d["percent"] >= 90)
+    if km["memory_percent"] is not None and km["memory_percent"] >= 95:
+        out.append(Warning("memory_high", {"percent": km["memory_percent"]}))
+    if km["max_temperature_c"] is not None and km["max_temperature_c"] >= 90:
+        out.append(Warning("temperature_high", {"celsius": km["max_temperature_c"]}))
+    return out

@@ -1,0 +1,88 @@
+"""The warnings catalogue (agent/status/warnings.py): one source for every warning's words."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+
+from agent.status import warnings
+from agent.status.text import warning_lines
+from agent.status.warnings import CATALOGUE, Warning, as_json, from_json, render
+
+#: Plausible parameters for every code (a new code without an entry here fails the test below).
+PARAMS = {
+    "broker_unreachable": {"address": "mqtt.example:8883", "error": "connection refused"},
+    "outbox_backlog": {"depth": 12, "oldest_age_s": 3725.0},
+    "outbox_dropped": {"dropped_total": 3},
+    "outbox_in_memory": {"state_dir": "/var/lib/classroom-agent"},
+    "outbox_quarantined": {"state_dir": "/var/lib/classroom-agent"},
+    "secret_file_exposed": {"what": "MQTT password", "path": "/etc/x/pw", "mode": "0644"},
+    "command_key_unusable": {"problem": "/etc/x/key.pem is not a PEM public key"},
+    "collector_failing": {"name": "sensors", "error": "OSError: boom"},
+    "disk_full": {"mount": "/", "percent": 93.4},
+    "memory_high": {"percent": 96.0},
+    "temperature_high": {"celsius": 91.2},
+}
+
+
+@pytest.mark.parametrize("code", sorted(CATALOGUE))
+def test_every_code_renders_a_cause_and_uses_only_its_params(code: str) -> None:
+    assert code in PARAMS, f"add sample params for {code} to PARAMS"
+    t = CATALOGUE[code]
+    fields = {f for text in (t.cause, t.next_step)
+              for _lit, f, _spec, _conv in string.Formatter().parse(text) if f}
+    assert fields == set(PARAMS[code]) or fields <= set(PARAMS[code]), (code, fields)
+    text = render(Warning(code, PARAMS[code]))
+    assert "?" not in text.replace("?)", ""), text  # every field was filled
+    assert text.endswith("."), text
+    if t.next_step:
+        assert " Next step: " in text
+    assert t.subsystem and t.severity in ("warning", "fault")
+
+
+def test_the_format_specs_and_a_missing_param() -> None:
+    assert render(Warning("outbox_backlog", {"depth": 5, "oldest_age_s": 3725})).startswith(
+        "5 records waiting to be sent, the oldest for 1h 2m.")
+    assert "Disk / is 93% full." in render(Warning("disk_full", {"mount": "/", "percent": 93.4}))
+    # A missing or wrong-typed parameter never stops a warning from rendering.
+    assert render(Warning("disk_full", {"percent": "lots"})).startswith("Disk ? is ? full.")
+
+
+def test_a_translation_goes_through_the_templates() -> None:
+    zh = {CATALOGUE["disk_full"].cause: "磁盘 {mount} 已用 {percent:percent}。",
+          CATALOGUE["disk_full"].next_step: "清理空间。", "Next step:": "下一步"}
+    text = render(Warning("disk_full", {"mount": "/", "percent": 91}), lambda s: zh.get(s, s))
+    assert text == "磁盘 / 已用 91%。 下一步 清理空间。"
+
+
+def test_json_round_trip_and_unknown_codes() -> None:
+    w = Warning("broker_unreachable", PARAMS["broker_unreachable"])
+    doc = as_json(w)
+    assert doc["code"] == "broker_unreachable" and doc["subsystem"] == "broker"
+    assert doc["severity"] == "fault" and doc["text"] == render(w)
+    assert from_json(doc) == w
+    assert from_json({"code": "from_a_newer_agent", "text": "x"}) is None
+    with pytest.raises(ValueError, match="unknown warning code"):
+        Warning("no_such_code")
+    # The CLI prints what it knows from the code and falls back to the daemon's text.
+    snap = {"warning_details": [doc, {"code": "from_a_newer_agent", "text": "New words."}]}
+    assert warning_lines(snap) == [render(w), "New words."]
+    assert warning_lines({"warnings": ["Old words."]}) == ["Old words."]
+
+
+def test_collect_turns_a_snapshot_into_catalogue_warnings() -> None:
+    snap = {
+        "agent": {"uptime_s": 100.0},
+        "broker": {"connected": False, "connect_failures_total": 2, "address": "b:1883",
+                   "last_error": "connection refused"},
+        "outbox": {"depth": 4, "oldest_age_s": 600.0, "dropped_total": 0, "in_memory": False,
+                   "quarantined_total": 0},
+        "security": {"exposed_files": [PARAMS["secret_file_exposed"]], "key_problems": []},
+        "telemetry": {"failing_collectors": {"sensors": "OSError: boom"}},
+        "metrics": {"disks": [{"mount": "/", "percent": 95.0}], "memory_percent": 10.0,
+                    "max_temperature_c": None},
+    }
+    found = warnings.collect(snap, warnings.Context(interval_s=60, state_dir="/s"))
+    assert [w.code for w in found] == ["broker_unreachable", "outbox_backlog",
+                                       "secret_file_exposed", "collector_failing", "disk_full"]
