@@ -45,7 +45,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.backoff import Backoff
-from agent.config import MqttConfig, read_secret
+from agent.config import MqttConfig
+from agent.mqttauth import apply_credentials
 from agent.outbox import Outbox, Row
 from agent.records import RETAINED_KINDS, Envelope, Record, mark_historical, rfc3339
 
@@ -279,18 +280,9 @@ class Publisher:
         client.connect_timeout = 10.0
         client.max_inflight_messages_set(self.cfg.max_inflight)
         client.max_queued_messages_set(self.cfg.max_inflight * 4)
-        if self.cfg.username:
-            password = read_secret(self.cfg.password_file, PASSWORD_ENV)
-            client.username_pw_set(self.cfg.username, password)
-        tls = self.cfg.tls
-        if tls.active:
-            client.tls_set(
-                ca_certs=tls.ca_file,
-                certfile=tls.cert_file,
-                keyfile=tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        apply_credentials(client, username=self.cfg.username,
+                          password_file=self.cfg.password_file, password_env=PASSWORD_ENV,
+                          tls=self.cfg.tls)
         client.will_set(
             self.topic("state"), self._state_payload("offline", session, "connection_lost"),
             qos=1, retain=True,

@@ -43,7 +43,9 @@ runtime_pkgs=(ffmpeg gcc portaudio19-dev mosquitto-clients)
 #   (shellcheck)                lints scripts/ (tests/test_scripts.py)
 #   openssl                     test CA and certificates made at run time (tests/test_transport.py)
 #   faketime                    libfaketime, to step the wall clock under the agent (tests/faults/)
-dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl faketime)
+#   postgresql                  initdb/postgres for the collector tests' own cluster (tests/collector/)
+dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl faketime
+    postgresql)
 
 wanted=("${runtime_pkgs[@]}")
 if [[ $mode == dev ]]; then

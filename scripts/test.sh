@@ -10,7 +10,7 @@ bash scripts/deps.sh
 bash scripts/venv.sh
 
 lint_dirs=()
-for d in agent tests bench scripts; do
+for d in agent collector tests bench scripts; do
     [[ -d $d ]] && lint_dirs+=("$d")
 done
 ruff_status=0

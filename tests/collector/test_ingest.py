@@ -1,0 +1,174 @@
+"""The ingest path on a real PostgreSQL: idempotence, gap tracking, quarantine, terminal state
+and inventory. Messages are the agent's own encoding; only the broker is left out (the round
+trip and fault tests have it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agent.telemetry.inventory import collect_inventory
+from collector import partitions
+from tests.collector.ingest_support import Ingest, event, metrics, msg, payload, state
+from tests.platform_support import stored_seqs
+
+
+@pytest.fixture
+def ingest(database: str) -> Iterator[Ingest]:
+    i = Ingest(database)
+    yield i
+    i.close()
+
+
+def test_duplicates_and_replays_change_nothing(ingest: Ingest) -> None:
+    first = ingest.write(*(metrics(s) for s in range(1, 6)))
+    assert (first.stored, first.duplicates) == (5, 0)
+    # The same batch again (a replay after a restart), with a QoS 1 duplicate inside it.
+    again = ingest.write(*(metrics(s) for s in (1, 2, 3, 3, 4, 5)))
+    assert (again.stored, again.duplicates) == (0, 6)
+    assert stored_seqs(ingest.conn, "school-a", "room-101") == [1, 2, 3, 4, 5]
+    ingest.sweep()
+    assert ingest.one("SELECT max_seq, records_total FROM terminals") == (5, 5)
+    assert ingest.gaps() == []
+
+
+def test_late_records_shrink_split_and_close_a_gap(ingest: Ingest) -> None:
+    ingest.write(metrics(1), metrics(2), metrics(10))
+    assert ingest.sweep().opened == 1
+    assert ingest.gaps() == [(3, 9, False, False)]
+    opened_at = ingest.one("SELECT opened_at FROM seq_gaps")
+    ingest.write(metrics(6), metrics(3))  # a backlog arriving late and out of order
+    res = ingest.sweep()
+    assert res.filled == 2
+    assert ingest.gaps() == [(4, 5, False, False), (7, 9, False, False)]
+    assert ingest.one("SELECT count(DISTINCT opened_at) FROM seq_gaps") == 1
+    assert ingest.conn.execute("SELECT opened_at FROM seq_gaps").fetchone()[0] == opened_at
+    ingest.write(*(metrics(s) for s in (9, 8, 7, 5, 4)))
+    ingest.sweep()
+    assert ingest.gaps() == []
+    assert ingest.one("SELECT count(*) FROM seq_gaps WHERE closed_at IS NOT NULL") == 2
+    assert ingest.one("SELECT max_seq, records_total FROM terminals") == (10, 10)
+
+
+def test_first_record_of_a_terminal_opens_the_gap_below_it(ingest: Ingest) -> None:
+    ingest.write(metrics(4))
+    ingest.sweep()
+    assert ingest.gaps() == [(1, 3, False, False)]
+    ingest.write(metrics(1), metrics(2), metrics(3))
+    ingest.sweep()
+    assert ingest.gaps() == []
+
+
+def test_gap_open_past_the_timeout_is_reported_lost_and_still_fillable(ingest: Ingest) -> None:
+    ingest.write(metrics(1), metrics(3))
+    ingest.sweep(lost_after_s=3600)
+    assert ingest.gaps() == [(2, 2, False, False)]
+    time.sleep(0.05)
+    res = ingest.sweep(lost_after_s=0.01)
+    assert res.lost == [("school-a", "room-101", 2, 2)]
+    assert ingest.gaps() == [(2, 2, True, False)]
+    assert ingest.sweep(lost_after_s=0.01).lost == [], "reported once"
+    ingest.write(metrics(2))  # it came after all
+    ingest.sweep()
+    assert ingest.gaps() == []
+
+
+def test_outbox_quarantine_explains_the_jump_in_numbering(ingest: Ingest) -> None:
+    ingest.write(metrics(1), metrics(2))
+    # The agent quarantined its outbox: records 3..5 died with it, and the new file numbers from
+    # the floor (a block above): its first record is the outbox_corrupted event.
+    ingest.write(event(10_006, "outbox_corrupted", {"quarantined": ["/x"]}), metrics(10_007))
+    ingest.sweep()
+    assert ingest.gaps() == [(3, 10_005, False, True)]
+    time.sleep(0.05)
+    assert ingest.sweep(lost_after_s=0.01).lost == [], "explained, not a silent loss"
+
+
+def test_bad_messages_are_quarantined_with_their_reason_and_the_rest_stored(
+        ingest: Ingest) -> None:
+    good = metrics(1)
+    wrong_schema = msg("metrics", payload("metrics", 2, {"cpu": "hot"}))
+    mismatch = msg("metrics", payload("metrics", 3, {}, device="room-102"))
+    bad_json = msg("metrics", b'{"v": 1, "seq": NaN}')
+    nul = msg("event", payload("event", 4, {"type": "agent_started", "severity": "info",
+                                             "message": "a\u0000b"}))
+    unknown = msg("video", b"{}")
+    huge = msg("metrics", b"x" * (ingest.cfg.ingest.max_payload_bytes + 1))
+    bad_topic = msg("metrics", b"{}", topic="classroom/v1/only-two")
+    command = msg("x", b'{"id": "c1"}', topic="classroom/v1/school-a/room-101/cmd/report_now")
+    reply = msg("x", b"not even json", topic="classroom/v1/school-a/room-101/reply")
+    res = ingest.write(good, wrong_schema, mismatch, bad_json, nul, unknown, huge, bad_topic,
+                       command, reply)
+    assert (res.stored, res.quarantined, res.ignored) == (1, 7, 2)
+    reasons = [r[0] for r in ingest.conn.execute("SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons[0].startswith("metrics.json: at data/cpu:")
+    assert reasons[1].startswith("topic/payload mismatch: the topic names school-a/room-101/"
+                                 "metrics, the payload school-a/room-102/metrics")
+    assert reasons[2].startswith("not UTF-8 JSON")
+    assert "\\u0000" in reasons[3]
+    assert reasons[4].startswith("unknown kind 'video'")
+    assert "over ingest.max_payload_bytes" in reasons[5]
+    assert reasons[6].startswith("topic is not classroom/v1/{school}/{device}/{kind}")
+    cap = ingest.cfg.quarantine.max_payload_bytes
+    assert ingest.one("SELECT length(payload), payload_bytes FROM quarantine WHERE reason LIKE "
+                      "'%%max_payload_bytes%%'") == (cap, cap * 16 + 1)
+
+
+def test_a_value_only_the_database_refuses_is_bisected_out(ingest: Ingest) -> None:
+    usage = {"period": {"start": "2026-13-45T99:00:00Z", "end": "2026-11-30T08:00:00Z"},
+             "power_on": [{"start": "2026-11-30T07:00:00Z", "end": "2026-11-30T08:00:00Z",
+                           "ongoing": True}],
+             "sessions": {"count": 1, "local": 1, "remote": 0}, "apps": {}}
+    res = ingest.write(*(metrics(s) for s in range(1, 8)),
+                       msg("usage", payload("usage", 8, usage)),
+                       *(metrics(s) for s in range(9, 12)))
+    assert (res.stored, res.quarantined) == (10, 1)
+    reason = ingest.one("SELECT reason FROM quarantine")
+    assert reason.startswith("refused by the database:"), reason
+
+
+def test_state_order_follows_the_session_counter(ingest: Ingest) -> None:
+    ingest.write(state("online", 5, "connected"))
+    ingest.write(state("offline", 4, "connection_lost"))  # late will of an older connection
+    assert ingest.one("SELECT status, state_session FROM terminals") == ("online", 5)
+    ingest.write(state("online", 5, "connected"))  # the retained copy again
+    ingest.write(state("offline", 5, "connection_lost"))  # this connection's will
+    assert ingest.one("SELECT status, status_reason FROM terminals") == ("offline",
+                                                                         "connection_lost")
+    # A reinstalled terminal counts sessions from 1 again, with a later start.
+    ingest.write(state("online", 1, "connected", started_at="2026-12-01T08:00:00.000Z"))
+    assert ingest.one("SELECT status, state_session FROM terminals") == ("online", 1)
+    assert ingest.one("SELECT count(*) FROM terminal_states") == 4
+
+
+def test_inventory_newest_wins_and_an_empty_retained_message_clears_it(ingest: Ingest) -> None:
+    inv = collect_inventory("0.1.0", "cafe", None)
+    older = {**inv, "agent": {**inv["agent"], "version": "0.0.9"}}
+    assert ingest.write(msg("inventory", payload("inventory", 7, inv))).stored == 1
+    assert ingest.write(msg("inventory", payload("inventory", 3, older))).stored == 1
+    assert ingest.one("SELECT inventory -> 'agent' ->> 'version', inventory_seq FROM terminals"
+                      ) == ("0.1.0", 7)
+    res = ingest.write(msg("inventory", b""))
+    assert (res.cleared, res.quarantined) == (1, 0)
+    assert ingest.one("SELECT inventory IS NULL, inventory_seq FROM terminals") == (True, 7)
+    ingest.write(msg("inventory", payload("inventory", 9, inv)))
+    assert ingest.one("SELECT inventory IS NOT NULL FROM terminals") is True
+
+
+def test_metrics_go_to_monthly_partitions_and_old_ones_expire(ingest: Ingest) -> None:
+    now = time.time()
+    old = now - 500 * 86400  # older than the 13-month retention: counted, not stored
+    res = ingest.write(metrics(1, ts=old), metrics(2, ts=now), metrics(3, ts=now + 40 * 86400))
+    assert (res.stored, res.expired) == (2, 1)
+    ingest.sweep()
+    assert ingest.gaps() == [], "an expired record's seq still counts"
+    names = {r[0] for r in ingest.conn.execute(
+        "SELECT tableoid::regclass::text FROM metrics")}
+    assert len(names) == 2 and all(n.startswith("metrics_y") for n in names)
+    far = ingest.write(metrics(4, ts=now + 800 * 86400))
+    assert far.quarantined == 1
+    from datetime import UTC, datetime
+    dropped = partitions.drop_expired(ingest.conn, datetime.now(UTC).replace(year=2099), 13)
+    assert dropped and ingest.one("SELECT count(*) FROM metrics") == 0
