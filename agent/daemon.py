@@ -54,7 +54,8 @@ class Agent:
                                  lambda: self.publisher, lambda: self.scheduler.failing,
                                  lessons=lambda: self.lessons.snapshot(),
                                  media=lambda: self.media.stats(),
-                                 security=self._security)
+                                 security=self._security,
+                                 collector_errors=lambda: self.scheduler.errors_total)
         self.seen_ids = SeenIds(state / "commands-seen.json")
         self.guard = self._make_guard(cfg)
         self.exposed_files: list[dict[str, str]] = []

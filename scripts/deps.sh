@@ -44,8 +44,11 @@ runtime_pkgs=(ffmpeg gcc portaudio19-dev mosquitto-clients)
 #   openssl                     test CA and certificates made at run time (tests/test_transport.py)
 #   faketime                    libfaketime, to step the wall clock under the agent (tests/faults/)
 #   postgresql                  initdb/postgres for the collector tests' own cluster (tests/collector/)
+#   prometheus                  promtool check metrics, and a real server scraping the agent
+#                               (tests/test_metrics.py)
 dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl faketime
-    postgresql)
+    postgresql
+    prometheus)
 
 wanted=("${runtime_pkgs[@]}")
 if [[ $mode == dev ]]; then

@@ -106,17 +106,11 @@ def test_status_page_and_metrics(broker: Broker, agent_factory) -> None:
     assert page.startswith("<!doctype html>")
     assert "connected to" in page and "room-101" in page
 
-    ctype, text = _get(agent, "/metrics")
+    ctype, text = _get(agent, "/metrics")  # the whole format: tests/test_metrics.py
     assert ctype.startswith("text/plain")
-    samples = {}
-    for line in text.splitlines():
-        name_labels, value = line.rsplit(" ", 1)
-        samples[name_labels.split("{", 1)[0]] = float(value)
-        assert 'device="room-101",school="school-a"' in name_labels
-    assert samples["classroom_agent_up"] == 1
-    assert samples["classroom_agent_broker_connected"] == 1
-    assert "classroom_agent_outbox_depth" in samples
-    assert samples["classroom_agent_outbox_dropped_total"] == 0
+    assert 'device="room-101",school="school-a",version=' in text
+    assert "\nclassroom_agent_broker_connected 1.0\n" in text
+    assert "\nclassroom_agent_outbox_dropped_records_total 0.0\n" in text
 
     ctype, body = _get(agent, "/status.json")
     assert ctype == "application/json" and json.loads(body)["broker"]["connected"] is True

@@ -45,6 +45,7 @@ class StatusBoard:
         lessons: Callable[[], dict[str, Any]] | None = None,
         media: Callable[[], dict[str, Any] | None] | None = None,
         security: Callable[[], dict[str, Any]] | None = None,
+        collector_errors: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -57,10 +58,13 @@ class StatusBoard:
         self.lessons = lessons
         self.media = media
         self.security = security
+        self.collector_errors = collector_errors
         self._lock = threading.Lock()
         self._metrics: dict[str, Any] = {}
         self._metrics_ts: float | None = None
         self._events: deque[dict[str, Any]] = deque(maxlen=20)
+        # Lessons that ended and their interruptions, counted from the events (for /metrics).
+        self._lesson_counts = {"ended": 0, "interruptions": 0}
 
     def on_tick(self, metrics: dict[str, Any], events: list[Record]) -> None:
         with self._lock:
@@ -71,8 +75,14 @@ class StatusBoard:
     def note_events(self, events: list[Record]) -> None:
         with self._lock:
             for ev in events:
-                if ev.kind == "event":
-                    self._events.append({"ts": rfc3339(ev.ts), **ev.data})
+                if ev.kind != "event":
+                    continue
+                self._events.append({"ts": rfc3339(ev.ts), **ev.data})
+                if ev.data.get("type") == "lesson_ended":
+                    gaps = ev.data.get("interruptions")
+                    self._lesson_counts["ended"] += 1
+                    self._lesson_counts["interruptions"] += (len(gaps) if isinstance(gaps, list)
+                                                             else 0)
 
     def _lessons(self) -> dict[str, Any]:
         if self.lessons is None:
@@ -91,6 +101,7 @@ class StatusBoard:
             metrics = dict(self._metrics)
             metrics_ts = self._metrics_ts
             events = list(self._events)
+            lesson_counts = dict(self._lesson_counts)
         snap: dict[str, Any] = {
             "agent": {
                 "version": __version__,
@@ -132,12 +143,15 @@ class StatusBoard:
                 "interval_s": self.cfg.telemetry.interval_s,
                 "last_sample": _ts(metrics_ts),
                 "failing_collectors": self.failing(),
+                "collector_errors_total": self.collector_errors() if self.collector_errors
+                else {},
                 "classes_off": telemetry_classes.off(self.cfg.telemetry.classes),
             },
             "metrics": _key_metrics(metrics),
             "peripherals": metrics.get("peripherals", {}),
             "recent_events": events,
             "lessons": self._lessons(),
+            "lesson_counts": lesson_counts,
             "media": self.media() if self.media else None,
             "security": self.security() if self.security else {},
         }

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.status.http import Request, Response, Routes
-from agent.status.prometheus import render_prometheus
 from agent.status.text import render_text
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,23 @@ def status_routes(snapshot: Snapshot) -> Routes:
                 f"<pre>{html.escape(render_text(snap))}</pre>")
         return Response(200, body.encode(), "text/html; charset=utf-8")
 
+    registries: list[Any] = []
+
+    def metrics(_req: Request) -> Response:
+        # prometheus_client is imported at the first scrape: an agent nobody scrapes does not
+        # carry it (the telemetry RSS target, docs/benchmarks.md).
+        from agent.status import prometheus
+
+        try:
+            if not registries:
+                registries.append(prometheus.registry(snapshot))
+            body = prometheus.render_prometheus(registries[0])
+        except Exception:
+            log.exception("status: /metrics failed")
+            return Response.text("metrics failed; see the agent log\n", 500)
+        return Response(200, body, prometheus.CONTENT_TYPE)
+
     return (Routes()
             .get("/", with_snapshot(page))
             .get("/status.json", with_snapshot(lambda s: Response.json(s, indent=2)))
-            .get("/metrics", with_snapshot(lambda s: Response(
-                200, render_prometheus(s).encode(), "text/plain; version=0.0.4"))))
+            .get("/metrics", metrics))

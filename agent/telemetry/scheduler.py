@@ -69,6 +69,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures: dict[str, str] = {}
+        self._errors: dict[str, int] = {}
         self._held: list[Record] = []
         self._held_lock = threading.Lock()  # hold() is called from other threads
         self._held_dropped = 0
@@ -149,6 +150,7 @@ class Scheduler:
 
     def _report_failure(self, name: str, exc: Exception, acc: _Acc) -> None:
         why = f"{type(exc).__name__}: {exc}"
+        self._errors[name] = self._errors.get(name, 0) + 1
         if self._failures.get(name) == why:
             return
         self._failures[name] = why
@@ -159,6 +161,11 @@ class Scheduler:
     @property
     def failing(self) -> dict[str, str]:
         return dict(self._failures)
+
+    @property
+    def errors_total(self) -> dict[str, int]:
+        """Every failure of each collector, repeated ones too (``/metrics`` counts them)."""
+        return dict(self._errors)
 
     def _inventory_if_changed(
         self, inventory: Callable[[dict[str, Any] | None], dict[str, Any]]
