@@ -84,3 +84,55 @@ class Ingest:
     def close(self) -> None:
         self.store.close()
         self.conn.close()
+
+
+class Fleet:
+    """Many terminals' sequenced records, published at QoS 1 as the agent encodes them (the
+    agent's own publisher is one terminal per process; this is many, fast). ``publish`` waits
+    for every PUBACK: from then on the broker owns the records."""
+
+    def __init__(self, port: int, devices: int) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.devices = [f"room-{100 + i}" for i in range(devices)]
+        self.next_seq = dict.fromkeys(self.devices, 1)
+        self._acked = 0
+        self._lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-{time.monotonic_ns()}",
+                        protocol=mqtt.MQTTv5)
+        c.max_inflight_messages_set(200)
+        c.max_queued_messages_set(0)
+        c.on_publish = lambda *_a: self._ack()
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.client = c
+
+    def _ack(self) -> None:
+        with self._lock:
+            self._acked += 1
+
+    def publish(self, per_device: int, timeout: float = 60) -> int:
+        """``per_device`` more records from every terminal, interleaved; returns how many."""
+        from tests.support import wait_until
+
+        with self._lock:
+            target = self._acked
+        for _ in range(per_device):
+            for dev in self.devices:
+                seq = self.next_seq[dev]
+                self.next_seq[dev] = seq + 1
+                raw = payload("metrics", seq, {}, device=dev)
+                self.client.publish(f"{PREFIX}/school-a/{dev}/metrics", raw, qos=1)
+                target += 1
+        wait_until(lambda: self._acked >= target, timeout, "the broker to take every record")
+        return per_device * len(self.devices)
+
+    def expected(self) -> int:
+        return sum(s - 1 for s in self.next_seq.values())
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
