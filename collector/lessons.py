@@ -6,18 +6,21 @@ Sources, in any order and any number of times:
 - ``lesson_ended``: the lesson's evidence. The first one counts, except that a proper one
   replaces an ``agent_interrupted`` one (sent after a kill, when the real end may still come).
 - ``lesson_missed``: the agent says a planned lesson did not happen, and why.
-- ``schedule`` (retained): the terminal's planned lessons for a time window. The newest
-  schedule (highest seq) covering a lesson's start decides whether it is planned: a lesson it
-  lists is planned, a lesson an older schedule listed in its window and it does not is no longer
-  planned (moved or cancelled), and an older schedule arriving late changes nothing it covers.
+- ``schedule`` (retained, agent/schemas/schedule-data.json): the terminal's planned lessons
+  for its local dates ``from``..``to``. It decides for the lessons starting from its own ``ts``
+  to the end of ``to`` (its window): the newest schedule (highest seq) whose window covers a
+  lesson's start decides whether it is planned. A lesson it lists is planned; a lesson an older
+  schedule planned in its window and it does not list is no longer planned (moved or
+  cancelled); an older schedule arriving late changes nothing a newer one covers.
 Evidence wins over the plan for the identity columns (course, teacher, role, times).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -67,6 +70,19 @@ _SQL_MISSED = _upsert((*_MISSED_IDENTITY, *_MISSED), {
 })
 _ROOT = """SELECT root_lesson_id FROM lessons
            WHERE school = %s AND device = %s AND lesson_id = %s"""
+# Continuations stored before this lesson named it (or a lesson between) as their root: give
+# the whole chain below it this lesson's root.
+_REROOT = """
+WITH RECURSIVE chain(lesson_id) AS (
+    SELECT lesson_id FROM lessons
+    WHERE school = %(school)s AND device = %(device)s AND continues = %(lesson_id)s
+  UNION
+    SELECT l.lesson_id FROM lessons l JOIN chain c ON l.continues = c.lesson_id
+    WHERE l.school = %(school)s AND l.device = %(device)s)
+UPDATE lessons SET root_lesson_id = %(root_lesson_id)s
+WHERE school = %(school)s AND device = %(device)s
+  AND lesson_id IN (SELECT lesson_id FROM chain)
+  AND root_lesson_id IS DISTINCT FROM %(root_lesson_id)s"""
 
 
 def apply_events(conn: psycopg.Connection, events: Sequence[Accepted]) -> None:
@@ -85,6 +101,7 @@ def apply_events(conn: psycopg.Connection, events: Sequence[Accepted]) -> None:
                 row.update(late_s=d.get("late_s"), live_sinks=Jsonb(d.get("live", [])),
                            media_error=d.get("media_error"), started_seq=ev.seq)
                 cur.execute(_SQL_STARTED, row)
+                cur.execute(_REROOT, row)
             elif kind == "lesson_ended":
                 row["root_lesson_id"] = _root(cur, ev, d)
                 live = d.get("live_s") or {}
@@ -100,6 +117,7 @@ def apply_events(conn: psycopg.Connection, events: Sequence[Accepted]) -> None:
                     segment_bytes=sum(s.get("bytes") or 0 for s in segments),
                     ended_seq=ev.seq)
                 cur.execute(_SQL_ENDED, row)
+                cur.execute(_REROOT, row)
             elif kind == "lesson_missed":
                 row.update(missed_seq=ev.seq, missed_reason=_reason(d))
                 cur.execute(_SQL_MISSED, row)
@@ -184,38 +202,46 @@ WHERE school = %(school)s AND device = %(device)s AND planned
 def apply_schedules(conn: psycopg.Connection, schedules: Sequence[Accepted]) -> None:
     with conn.cursor() as cur:
         for rec in sorted(schedules, key=lambda r: (r.school, r.device, r.seq or 0)):
-            window_start, window_end, entries = schedule_entries(rec.data)
+            window_start, window_end, entries = schedule_entries(rec.data, rec.ts)
             base = {"school": rec.school, "device": rec.device, "seq": rec.seq,
                     "historical": rec.historical}
             cur.execute(_SQL_SCHEDULE, {**base, "ts": rec.ts, "received_at": rec.received_at,
                                         "window_start": window_start,
                                         "window_end": window_end, "text": rec.text})
-            if window_start is None or window_end is None:
-                continue
             for entry in entries:
                 cur.execute(_SQL_PLAN, {**base, **entry})
-            cur.execute(_SQL_WITHDRAW, {**base, "window_start": window_start,
-                                        "window_end": window_end,
-                                        "listed": [e["lesson_id"] for e in entries]})
+            if window_start is not None and window_end is not None:
+                cur.execute(_SQL_WITHDRAW, {**base, "window_start": window_start,
+                                            "window_end": window_end,
+                                            "listed": [e["lesson_id"] for e in entries]})
 
 
-def schedule_entries(data: dict[str, Any]) -> tuple[datetime | None, datetime | None,
-                                                      list[dict[str, Any]]]:
-    """(window start, window end, planned lessons) of a ``schedule`` record's data."""
-    window = data.get("window") if isinstance(data.get("window"), dict) else data
-    start = _time(window.get("start") or window.get("from"))
-    end = _time(window.get("end") or window.get("to") or window.get("until"))
+def schedule_entries(data: dict[str, Any], ts: datetime
+                     ) -> tuple[datetime | None, datetime | None, list[dict[str, Any]]]:
+    """(window start, window end, planned lessons) of a ``schedule`` record's data
+    (agent/schemas/schedule-data.json). The window is what this record decides: from its own
+    ``ts`` (lessons already started or passed are settled by their evidence or by
+    ``lesson_missed``) to the end of the local date ``to``. None when the dates or the time
+    zone cannot be read: the lessons listed are still planned, none is withdrawn."""
+    start = end = None
+    try:
+        zone = ZoneInfo(str(data.get("timezone")))
+        first = date.fromisoformat(str(data.get("from")))
+        last = date.fromisoformat(str(data.get("to")))
+        start = max(ts, datetime.combine(first, time.min, zone).astimezone(UTC))
+        end = datetime.combine(last + timedelta(days=1), time.min, zone).astimezone(UTC)
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        start = end = None
     entries = []
     for item in data.get("lessons") or []:
         if not isinstance(item, dict) or not item.get("lesson_id"):
             continue
-        sched_start = _time(item.get("scheduled_start") or item.get("start"))
+        sched_start = _time(item.get("scheduled_start"))
         if sched_start is None:
             continue
         entries.append({
             "lesson_id": str(item["lesson_id"]), "course": item.get("course"),
             "teacher": item.get("teacher"), "role": item.get("role"),
-            "scheduled_start": sched_start,
-            "scheduled_end": _time(item.get("scheduled_end") or item.get("end")),
+            "scheduled_start": sched_start, "scheduled_end": _time(item.get("scheduled_end")),
         })
     return start, end, entries
