@@ -131,6 +131,9 @@ class TelemetryConfig:
     usage_interval_s: float = _opt(900.0, min=0.05, max=86400)
     usage_sample_s: float = _opt(60.0, min=0.05, max=3600)
     inventory_check_s: float = _opt(3600.0, min=0.05, max=86400)
+    inventory_refresh_s: float = _opt(86400.0, min=1, max=7 * 86400, doc="the inventory is sent "
+                                      "again this often even when unchanged (brokers that keep "
+                                      "retained messages from wildcard subscribers)")
     probes: list[str] = _opt_factory(list, pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
     probe_interval_s: float = _opt(60.0, min=0.05, max=86400)
     apps: dict[str, list[str]] = _opt_factory(lambda: {k: [*v] for k, v in DEFAULT_APPS.items()})
@@ -199,6 +202,10 @@ class LessonsConfig:
     timetable: str | None = _opt(None, file=True)
     timezone: str = _opt("Asia/Shanghai")
     manual_duration_s: float = _opt(2700.0, min=10, max=86400)
+    schedule_days: int = _opt(14, min=1, max=31, doc="local dates the published schedule covers, "
+                              "today included")
+    missed_lookback_days: float = _opt(14.0, min=0, max=62, doc="how far back a start looks for "
+                                       "lessons missed while the agent was away; 0: never")
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,20 @@ those parts from the config and owns no logic of its own beyond their life cycle
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from agent import __version__, config, control
 from agent.commands import CommandError, CommandRouter, CommandWorker, Handler, report_now
 from agent.lessons import TimetableError, load_schedule
 from agent.lessons.manager import LessonError, LessonManager
+from agent.lessons.planner import Planner, PlanSettings
 from agent.media.adapter import LessonMedia
 from agent.outbox import Outbox
 from agent.publisher import Publisher
@@ -60,11 +63,16 @@ class Agent:
         self.guard = self._make_guard(cfg)
         self.exposed_files: list[dict[str, str]] = []
         self.media = LessonMedia(cfg.media, cfg.recording_path, self.raise_event)
+        self._timetable_at_start = self._load_timetable(cfg)
         self.lessons = LessonManager(
-            timetable=self._load_timetable(cfg), device_id=cfg.device.id,
+            timetable=self._timetable_at_start, device_id=cfg.device.id,
             default_live=_default_live(cfg), manual_duration_s=cfg.lessons.manual_duration_s,
             media=self.media, emit=self.raise_event, state_path=state / "lesson.json",
             tz=cfg.lessons.timezone)
+        self.planner = Planner(state_dir=state, settings=_plan_settings(cfg),
+                               sink_names=self.lessons.sink_names, started=self.lessons.known,
+                               emit=self.raise_event)
+        self._set_timetable(cfg, self._timetable_at_start)
         # Commands from the platform (MQTT) start lessons as "command"; a technician's local
         # request (CLI -> 127.0.0.1) as "manual". Both share one set of handlers.
         # Only MQTT commands are signed: local control is the technician at the terminal
@@ -166,6 +174,24 @@ class Agent:
                                    problems=exc.problems))
             return None
 
+    def _set_timetable(self, cfg: config.Config, timetable: Any) -> None:
+        """The planner learns which timetable runs; None with a file configured means the file
+        could not be read (no schedule is published then: the broker keeps the last good one)."""
+        self.planner.set_timetable(timetable, broken=timetable is None
+                                   and bool(cfg.lessons.timetable))
+
+    def _timetable_file_changed(self, cfg: config.Config) -> bool:
+        """Whether the timetable file differs from the one loaded (a reload with the same config
+        still picks up an edited timetable)."""
+        path = cfg.lessons.timetable
+        if not path:
+            return False
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            return True  # let the loader say what is wrong
+        return digest != getattr(self.lessons.timetable, "sha256", None)
+
     # -- the one way in for records ------------------------------------------------------------
 
     def commit(self, records: list[Record]) -> list[int]:
@@ -209,6 +235,7 @@ class Agent:
         self.local_commands.start()
         self.publisher.start()
         self.scheduler.start()
+        self.planner.start()  # before the lesson manager ticks (see Planner.start)
         self.lessons.start()
         log.info("agent %s started: device %s, school %s, broker %s:%d, status on %s",
                  __version__, self.cfg.device.id, self.cfg.device.school, self.cfg.mqtt.host,
@@ -231,7 +258,11 @@ class Agent:
         old = self.cfg
         self._check_secret_files(new)  # a chmod is a reason to reload even with the same file
         if new == old:
-            log.info("reload: configuration unchanged")
+            if self._timetable_file_changed(new):
+                log.info("reload: configuration unchanged; the timetable file changed")
+                self._reload_lessons(new)
+            else:
+                log.info("reload: configuration unchanged")
             return
         needs_restart = [k for k in ("device", "state_dir", "status")
                          if getattr(new, k) != getattr(old, k)]
@@ -244,7 +275,8 @@ class Agent:
         self.cfg = new
         logging.getLogger().setLevel(new.log_level.upper())
         self.outbox.limits = new.outbox
-        if new.lessons != old.lessons or new.media != old.media:
+        if (new.lessons != old.lessons or new.media != old.media
+                or self._timetable_file_changed(new)):
             self._reload_lessons(new)
         if new.commands != old.commands:
             self.guard = self._make_guard(new)
@@ -267,11 +299,15 @@ class Agent:
     def _reload_lessons(self, new: config.Config) -> None:
         self.media.media = new.media  # the next lesson uses it; a running one keeps its spec
         self.lessons.set_defaults(_default_live(new), new.lessons.manual_duration_s)
+        self.planner.configure(_plan_settings(new))
         if not new.lessons.timetable:
             self.lessons.set_timetable(None)
+            self._set_timetable(new, None)
             return
         try:
-            self.lessons.set_timetable(load_schedule(new.lessons.timetable, new.lessons.timezone))
+            timetable = load_schedule(new.lessons.timetable, new.lessons.timezone)
+            self.lessons.set_timetable(timetable)
+            self._set_timetable(new, timetable)
         except TimetableError as exc:
             self.raise_event(event("config_reload_failed", "warning",
                                    "timetable reload failed; the running timetable is kept",
@@ -280,6 +316,7 @@ class Agent:
     def stop(self) -> None:
         log.info("stopping: flushing the outbox for up to %.0f s", self.cfg.mqtt.flush_on_exit_s)
         self.lessons.stop()  # ends a running lesson cleanly: its evidence goes out with the flush
+        self.planner.stop()
         self.scheduler.stop()
         self.local_commands.stop()
         self.commands.stop()  # before the publisher, so the last replies are flushed with it
@@ -293,6 +330,11 @@ class Agent:
 def _default_live(cfg: config.Config) -> list[tuple[str, str]]:
     """(name, url) of the configured sinks, named as the media spec names them."""
     return [(s.name or f"sink{i}", s.url) for i, s in enumerate(cfg.media.live, 1)]
+
+
+def _plan_settings(cfg: config.Config) -> PlanSettings:
+    return PlanSettings(cfg.lessons.timezone, cfg.lessons.schedule_days,
+                        cfg.lessons.missed_lookback_days)
 
 
 def _keep(new: config.Config, old: config.Config, keys: list[str]) -> config.Config:

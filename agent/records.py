@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from agent import CONTRACT_VERSION
 
-Kind = Literal["state", "inventory", "metrics", "usage", "event"]
-KINDS: tuple[str, ...] = ("state", "inventory", "metrics", "usage", "event")
+Kind = Literal["state", "inventory", "metrics", "usage", "event", "schedule"]
+KINDS: tuple[str, ...] = ("state", "inventory", "metrics", "usage", "event", "schedule")
 #: Kinds the broker keeps as the last value of the topic.
-RETAINED_KINDS = frozenset({"state", "inventory"})
+RETAINED_KINDS = frozenset({"state", "inventory", "schedule"})
 
 Severity = Literal["info", "warning", "error"]
 

@@ -407,6 +407,22 @@ class AgentProcess:
                               text=True, cwd=REPO, env=self.env, timeout=60)
 
 
+#: libfaketime (Debian package ``faketime``), to move the wall clock under the agent.
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def fake_clock(agent: AgentProcess, offset: str = "+0") -> Path:
+    """Preload libfaketime into the agent (and its children) with the wall-clock offset read
+    from the returned file, re-read every second (write e.g. ``-3600`` to it mid-run);
+    ``CLOCK_MONOTONIC`` is left alone."""
+    path = agent.workdir / "faketime.offset"
+    path.write_text(offset + "\n")
+    agent.env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME_TIMESTAMP_FILE=str(path),
+                     FAKETIME_CACHE_DURATION="1", FAKETIME_DONT_FAKE_MONOTONIC="1",
+                     FAKETIME_DONT_RESET="1")
+    return path
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
@@ -426,7 +442,8 @@ def _validators() -> dict[str, Draft202012Validator]:
     registry = Registry().with_resources(resources)
     return {
         kind: Draft202012Validator(docs[kind], registry=registry)
-        for kind in ("state", "inventory", "metrics", "usage", "event", "command", "reply")
+        for kind in ("state", "inventory", "metrics", "usage", "event", "schedule", "command",
+                     "reply")
     }
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import signal
 
+from agent.records import KINDS
 from tests.support import (
     REPO,
     Broker,
@@ -23,16 +24,15 @@ def test_every_kind_arrives_and_validates(broker: Broker, subscriber: Subscriber
                                           agent_factory) -> None:
     agent = agent_factory().start()
     subscriber.wait_for(
-        lambda ms: {m.topic.rsplit("/", 1)[1] for m in ms} >= {
-            "state", "inventory", "metrics", "usage", "event"},
-        30, "state, inventory, metrics, usage and event messages")
+        lambda ms: {m.topic.rsplit("/", 1)[1] for m in ms} >= set(KINDS),
+        30, f"messages of every kind ({', '.join(KINDS)})")
     msgs = subscriber.snapshot()
     problems = [e for m in msgs for e in schema_errors(m)]
     assert not problems, "\n".join(problems[:20])
     for m in subscriber.snapshot("metrics"):  # the daemon always adds its own health section
         assert {"cpu", "memory", "disks", "network", "host", "agent"} <= m.payload["data"].keys()
     topics = {m.topic for m in msgs}
-    assert topics <= {f"{PREFIX}/{k}" for k in ("state", "inventory", "metrics", "usage", "event")}
+    assert topics <= {f"{PREFIX}/{k}" for k in KINDS}
     started = [m for m in subscriber.snapshot("event")
                if m.payload["data"]["type"] == "agent_started"]
     assert started and started[0].payload["data"]["details"]["previous_stop"] == "clean"
@@ -43,13 +43,16 @@ def test_every_kind_arrives_and_validates(broker: Broker, subscriber: Subscriber
     assert not problems, "\n".join(problems[:20])
 
 
-def test_state_and_inventory_are_retained(broker: Broker, agent_factory) -> None:
+def test_state_inventory_and_schedule_are_retained(broker: Broker, agent_factory) -> None:
     agent = agent_factory().start()
     wait_until(lambda: agent.status()["outbox"]["last_seq"] >= 3, 20, "first records")
     state = wait_until(lambda: retained(broker.port, f"{PREFIX}/state"), 20, "retained state")
     assert state["data"]["status"] == "online" and "seq" not in state
     inv = wait_until(lambda: retained(broker.port, f"{PREFIX}/inventory"), 20, "inventory")
     assert inv["data"]["agent"]["config_hash"] == agent.status()["agent"]["config_hash"]
+    # No timetable: the schedule says so (no lessons planned), retained like the inventory.
+    plan = wait_until(lambda: retained(broker.port, f"{PREFIX}/schedule"), 20, "schedule")
+    assert plan["data"]["lessons"] == [] and plan["data"]["timetable"] is None
     metrics = retained(broker.port, f"{PREFIX}/metrics", timeout=1.0)
     assert metrics is None, "metrics must not be retained"
 

@@ -489,6 +489,34 @@ def test_media_that_never_starts_spans_the_whole_lesson(tmp_path: Path) -> None:
     assert failed["duration_s"] == ended["duration_s"] == 2400
     assert ended["live_s"] == {} and ended["recorded_s"] is None
     _valid(ended, "lesson_ended")
+    # Nothing live, nothing recorded: the planned lesson was missed, and the platform is told.
+    (missed,) = rig.events("lesson_missed")
+    assert missed["severity"] == "warning"
+    d = missed["details"]
+    assert (d["lesson_id"], d["reason"]) == (P1.lesson_id, "media_failed")
+    assert (d["scheduled_start"], d["scheduled_end"]) == (ended["scheduled_start"],
+                                                          ended["scheduled_end"])
+    assert "ffmpeg: not found" in d["detail"]
+    _valid(d, "lesson_missed")
+
+
+@pytest.mark.parametrize(("summary", "missed"), [
+    ({"live_s": {"platform": 0.0}, "recorded_s": 0.0, "segments": []}, True),
+    ({"live_s": {"platform": 0.0}, "recorded_s": 12.0, "segments": []}, False),
+    ({"live_s": {"platform": 3.0}, "recorded_s": None, "segments": []}, False),
+    (None, False),  # unknown is not nothing
+])
+def test_a_lesson_is_missed_for_media_only_when_it_delivered_nothing(
+        tmp_path: Path, summary: Any, missed: bool) -> None:
+    rig = Rig(tmp_path, at="08:00:00", lessons=(P1,))
+    rig.media.summary_override = summary
+    rig.manager.tick()
+    rig.run(2400, step=60)
+    assert [e["details"]["reason"] for e in rig.events("lesson_missed")] == (
+        ["media_failed"] if missed else [])
+    rig.manager.start_manual("Math", None, None, 60)  # not planned: never "missed"
+    rig.run(60)
+    assert len(rig.events("lesson_missed")) == (1 if missed else 0)
 
 
 @pytest.mark.parametrize("summary", [

@@ -698,3 +698,28 @@ def test_parse_os_release() -> None:
         "ID": "ubuntu",
         "PRETTY_NAME": "Ubuntu 22.04",
     }
+
+
+def test_an_unchanged_inventory_is_sent_again_every_inventory_refresh_s(tmp_path: Path) -> None:
+    """Checked every 0.05 s but unchanged: sent at start, then once per refresh interval (a
+    broker that keeps retained messages from wildcard subscribers needs the fresh copy)."""
+    from agent.config import TelemetryClasses, TelemetryConfig
+    from agent.telemetry.scheduler import Scheduler
+
+    off = TelemetryClasses(system=False, usage=False, peripherals=False, netquality=False,
+                           media=False)
+    cfg = TelemetryConfig(interval_s=0.05, inventory_check_s=0.05, inventory_refresh_s=1.0,
+                          classes=off)
+    got: list[Any] = []
+    sched = Scheduler(cfg, [], UsageTracker(tmp_path, {}), PeripheralWatch(),
+                      lambda _p: {"host": {"hostname": "room-101"}}, got.extend)
+    sched.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(r.kind == "inventory" for r in got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sched.stop()
+    inv = [r for r in got if r.kind == "inventory"]
+    assert len(inv) >= 2 and inv[0].data == inv[1].data
+    assert inv[1].ts - inv[0].ts >= 0.95, "not on every check, only when due"

@@ -9,6 +9,7 @@ because the lesson manager asks every half second.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Iterable
@@ -61,7 +62,9 @@ def load_ical(path: Path | str, tz: str) -> IcalTimetable:
         raise TimetableError([f"{path}: cannot read: {exc}"]) from None
     if len(raw) > MAX_FILE_BYTES * 10:
         raise TimetableError([f"{path}: larger than {MAX_FILE_BYTES * 10} bytes"])
-    return loads_ical(raw, tz, name=str(path))
+    timetable = loads_ical(raw, tz, name=str(path))
+    timetable.sha256 = hashlib.sha256(raw).hexdigest()
+    return timetable
 
 
 def loads_ical(data: bytes | str, tz: str, name: str = "<ical>") -> IcalTimetable:
@@ -95,6 +98,8 @@ def loads_ical(data: bytes | str, tz: str, name: str = "<ical>") -> IcalTimetabl
 
 class IcalTimetable(DaySchedule):
     """Lessons from an iCalendar file, answered through the same two queries as Timetable."""
+
+    format = "ical"
 
     def __init__(self, calendar: icalendar.Calendar, tz: ZoneInfo, name: str = "") -> None:
         self.tz = tz

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from agent.lessons.missed import missed_event
 from agent.lessons.timetable import ROLES, PlannedLesson, Schedule, course_code, zone
 from agent.records import Record, Severity, event, rfc3339
 
@@ -272,6 +273,19 @@ class LessonManager:
             self._default_live = list(default_live)
             self._manual_duration_s = manual_duration_s
 
+    @property
+    def timetable(self) -> Schedule | None:
+        return self._timetable
+
+    def known(self, lesson_id: str) -> bool:
+        """Whether this lesson was started (recently enough to be remembered, see HISTORY_S)."""
+        with self._lock:
+            return lesson_id in self._history
+
+    def sink_names(self, p: PlannedLesson) -> list[str]:
+        """Names of the live sinks a planned lesson will stream to, as its evidence names them."""
+        return [name for name, _ in self._sinks(p)]
+
     def snapshot(self) -> dict[str, Any]:
         """For the status board: the running lesson (or None) and the next one on the timetable."""
         now_w, now_m = self._wall(), self._mono()
@@ -306,10 +320,7 @@ class LessonManager:
             return False
         if run is not None and run.base_id == planned.lesson_id:
             return False
-        # Not worth starting with under 30 s left (an agent started at the very end of a
-        # lesson), unless the lesson itself is that short and at least half of it remains.
-        length = planned.end.timestamp() - planned.start.timestamp()
-        return planned.end.timestamp() - now_w >= min(MIN_REMAINING_S, length / 2)
+        return joinable(planned, now_w)
 
     def _start_planned(self, p: PlannedLesson) -> dict[str, Any]:
         seen = self._history.get(p.lesson_id)
@@ -449,6 +460,8 @@ class LessonManager:
             details["interruptions"])
         self._emit("lesson_ended", "warning" if interrupted else "info",
                    _ended_message(details), details)
+        if _delivered_nothing(run, summary, details) and ended_by in _FOR_GOOD:
+            self._emit_missed(run)
         with self._lock:
             self._current = None
             self._history[run.base_id] = _Seen(run.resume_n, ended_by != "agent_stopping",
@@ -473,6 +486,20 @@ class LessonManager:
             "segments": media.segments,
         })
         return details
+
+    def _emit_missed(self, run: _Running) -> None:
+        """A timetable lesson whose media never produced anything: missed (``media_failed``)."""
+        assert run.scheduled_start is not None and run.scheduled_end is not None
+        why = run.media_error or "the media pipeline produced nothing live and nothing recorded"
+        record = missed_event(
+            lesson_id=run.lesson_id, course=run.course, teacher=run.teacher, role=run.role,
+            scheduled_start=run.scheduled_start, scheduled_end=run.scheduled_end,
+            reason="media_failed", detail=f"the lesson ran but its media never produced "
+                                          f"anything: {why}", ts=self._wall())
+        try:
+            self._emit_record(record)
+        except Exception:
+            log.exception("cannot record lesson_missed for %s", run.lesson_id)
 
     # -- recovery after a kill or power cut -------------------------------------------------------
 
@@ -777,6 +804,32 @@ def _list(value: Any) -> list[Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+#: How a lesson ends for good (not a stop or kill of the agent, after which it may continue).
+_FOR_GOOD = ("schedule", "manual", "command", "preempted")
+
+
+def joinable(planned: PlannedLesson, now_w: float) -> bool:
+    """Whether a planned lesson is still worth starting at ``now_w`` (late if need be): not with
+    under 30 s left (an agent started at the very end of a lesson), unless the lesson itself is
+    that short and at least half of it remains."""
+    length = planned.end.timestamp() - planned.start.timestamp()
+    return planned.end.timestamp() - now_w >= min(MIN_REMAINING_S, length / 2)
+
+
+def _delivered_nothing(run: _Running, summary: dict[str, Any] | None,
+                       details: dict[str, Any]) -> bool:
+    """A whole timetable lesson (not a continuation: its earlier part may have delivered) whose
+    media never started, or whose media summary shows nothing live and nothing recorded."""
+    if run.trigger != "timetable" or run.resume_n or run.scheduled_start is None:
+        return False
+    if not run.media_started:
+        return True
+    if summary is None:
+        return False  # unknown is not nothing
+    return (not any(v > 0 for v in details["live_s"].values())
+            and not (details["recorded_s"] or 0) > 0 and not details["segments"])
 
 
 def _maybe_time(ts: float | None) -> str | None:

@@ -133,6 +133,11 @@ class DaySchedule:
     """Lessons indexed by local date; answers both queries from ``_day`` alone."""
 
     tz: ZoneInfo
+    #: SHA-256 of the file's bytes as loaded (None when built in memory): which version of the
+    #: timetable a terminal runs, published with its schedule.
+    sha256: str | None = None
+    #: The file format, as the schedule names it: "yaml" or "ical".
+    format = "yaml"
 
     def _day(self, day: date) -> tuple[PlannedLesson, ...]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -232,7 +237,9 @@ def load_timetable(path: Path | str, tz: str) -> Timetable:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TimetableError([f"{path}: not UTF-8 text: {exc}"]) from None
-    return loads_timetable(text, tz, name=str(path))
+    timetable = loads_timetable(text, tz, name=str(path))
+    timetable.sha256 = hashlib.sha256(raw).hexdigest()
+    return timetable
 
 
 def loads_timetable(text: str, tz: str, name: str = "<timetable>") -> Timetable:

@@ -2,10 +2,11 @@
 
 Ticks follow a monotonic schedule (no drift, no bursts after a wall-clock jump). Each tick gathers
 every collector into one ``metrics`` record plus any events, samples usage, and at their own
-cadences emits ``usage`` and (when it changed) ``inventory``. A collector that raises is reported
-once per distinct error as a ``collector_failed`` event and never stops the others. A telemetry
-class that is off (``cfg.classes``, see :mod:`agent.telemetry.classes`) is skipped entirely: its
-collectors never run, usage is never sampled, the inventory never built.
+cadences emits ``usage`` and ``inventory`` (when it changed, or every ``inventory_refresh_s``).
+A collector that raises is reported once per distinct error as a ``collector_failed`` event and
+never stops the others. A telemetry class that is off (``cfg.classes``, see
+:mod:`agent.telemetry.classes`) is skipped entirely: its collectors never run, usage is never
+sampled, the inventory never built.
 
 Records go to ``sink`` (the outbox). If the sink fails (disk full, I/O error), records are held
 in memory, bounded, and offered again at the next tick, so a transient fault loses nothing.
@@ -74,6 +75,7 @@ class Scheduler:
         self._held_lock = threading.Lock()  # hold() is called from other threads
         self._held_dropped = 0
         self._inventory_hash = ""
+        self._inventory_sent = 0.0
         self._usage_failure: Exception | None = None
         self.last_tick: float | None = None
 
@@ -173,9 +175,13 @@ class Scheduler:
         watch = self.peripherals
         inv = inventory(None if watch is None else watch.last or watch.snapshot())
         digest = hashlib.sha256(json.dumps(inv, sort_keys=True, default=str).encode()).hexdigest()
-        if digest == self._inventory_hash:
+        now = time.monotonic()
+        if (digest == self._inventory_hash
+                and now - self._inventory_sent < self.cfg.inventory_refresh_s):
             return None
-        self._inventory_hash = digest
+        # Unchanged but due again: a consumer on a broker that keeps retained messages from
+        # wildcard subscriptions (RabbitMQ) learns the inventory only from a fresh publication.
+        self._inventory_hash, self._inventory_sent = digest, now
         return Record("inventory", inv)
 
     def hold(self, records: list[Record]) -> None:

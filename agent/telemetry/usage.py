@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import re
@@ -21,44 +20,17 @@ from typing import Any
 
 import psutil
 
+from agent.boot import Boot
 from agent.records import rfc3339
+from agent.statefile import atomic_write_json, load_state
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "usage.json"
-#: Boot times closer than this are the same boot (``btime`` wobbles when the clock is adjusted).
-BOOT_TOLERANCE_S = 2.0
 #: An app is "active" in a sample when its processes used at least this share of one core.
 ACTIVE_CPU_SHARE = 0.01
 #: Completed boots kept while waiting to be reported (a terminal off the network for months).
 MAX_PENDING_BOOTS = 100
-
-_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-
-
-def _read_boot_id() -> str | None:
-    """The kernel's per-boot UUID (Linux): a sturdier boot identity than a wall-clock time."""
-    try:
-        return _BOOT_ID_PATH.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that a crash or power cut leaves either the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # make the rename itself durable (not on every platform)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 @dataclass(slots=True)
@@ -114,8 +86,9 @@ class UsageTracker:
         }
         self._app_names = sorted(apps)
         self._lock = threading.Lock()
-        self._boot_time = psutil.boot_time()
-        self._boot_id = _read_boot_id()
+        self._boot = Boot.current()
+        self._boot_time = self._boot.time
+        self._boot_id = self._boot.id
         self._pending: list[tuple[float, float]] = []
         self._load()
         self._procs: dict[tuple[int, float], _Proc] = {}
@@ -125,26 +98,15 @@ class UsageTracker:
     # --- persistence ------------------------------------------------------------------------
 
     def _load(self) -> None:
-        try:
-            raw = self._path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        def parse(state: Any) -> tuple[float, float, Any, list[tuple[float, float]]]:
+            return (float(state["boot_time"]), float(state["last_seen"]), state.get("boot_id"),
+                    [(float(s), float(e)) for s, e in state.get("pending", [])])
+
+        loaded = load_state(self._path, "usage state", parse)
+        if loaded is None:
             return
-        except OSError as exc:
-            log.warning("usage state %s unreadable (%s); starting fresh", self._path, exc)
-            return
-        try:
-            state = json.loads(raw)
-            boot_time = float(state["boot_time"])
-            last_seen = float(state["last_seen"])
-            boot_id = state.get("boot_id")
-            pending = [(float(s), float(e)) for s, e in state.get("pending", [])]
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("usage state %s is corrupt (%s); starting fresh", self._path, exc)
-            return
-        if self._boot_id and isinstance(boot_id, str):
-            new_boot = boot_id != self._boot_id
-        else:
-            new_boot = abs(boot_time - self._boot_time) > BOOT_TOLERANCE_S
+        boot_time, last_seen, boot_id, pending = loaded
+        new_boot = not self._boot.same(boot_id, boot_time)
         if new_boot and last_seen >= boot_time:
             pending.append((boot_time, last_seen))
         self._pending = pending[-MAX_PENDING_BOOTS:]

@@ -9,14 +9,19 @@ moves it mid-run. ``FAKETIME_DONT_FAKE_MONOTONIC`` leaves ``CLOCK_MONOTONIC`` al
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import AgentProcess, Subscriber, assert_no_loss, wait_until, witnessed
+from tests.support import (
+    LIBFAKETIME,
+    Subscriber,
+    assert_no_loss,
+    fake_clock,
+    wait_until,
+    witnessed,
+)
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 LESSON_S = 24.0
 #: Offsets from the true time, one step every 4 s: back an hour, forward again, forward an hour
 #: more, and back to true time.
@@ -24,17 +29,6 @@ STEPS = ("-3600", "+0", "+3600", "+0")
 MEDIA = {"video": {"width": 160, "height": 120, "fps": 10},
          "encoder": {"preset": "ultrafast", "video_bitrate_kbps": 200},
          "recording": {"segment_s": 2, "min_free_mb": 0}}
-
-
-def _fake_clock(agent: AgentProcess) -> Path:
-    offset = agent.workdir / "faketime.offset"
-    offset.write_text("+0\n")
-    agent.env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME_TIMESTAMP_FILE=str(offset),
-                     FAKETIME_CACHE_DURATION="1", FAKETIME_DONT_FAKE_MONOTONIC="1",
-                     FAKETIME_DONT_RESET="1")
-    return offset
-
-
 SIGNED = ("_dbfs", "_db")  # levels in decibels are negative by nature
 
 
@@ -72,7 +66,7 @@ def test_wall_clock_jumps_keep_order_lesson_length_and_durations(
         subscriber: Subscriber, agent_factory) -> None:
     agent = agent_factory(media=MEDIA, telemetry={"interval_s": 0.2, "usage_interval_s": 2,
                                                   "usage_sample_s": 0.5})
-    offset = _fake_clock(agent)
+    offset = fake_clock(agent)
     agent.start()
     assert agent.cli("lesson", "start", "--course", "History", "--duration", f"{LESSON_S:g}",
                      "--config", str(agent.config_path)).returncode == 0
