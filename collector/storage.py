@@ -47,6 +47,12 @@ CREATE TEMPORARY TABLE IF NOT EXISTS stage (
 _ARRIVE = ("INSERT INTO arrivals (school, device, seq, ts, resets_seq) "
            "SELECT school, device, seq, ts, {resets} FROM ins")
 
+# Arrivals of a kind stored by its own code later in the same transaction: new seqs only, once.
+_ARRIVE_ONLY = ("WITH ins AS (SELECT DISTINCT ON (school, device, seq) school, device, seq, ts "
+                "FROM stage s WHERE s.kind = '{kind}' AND NOT EXISTS (SELECT 1 FROM {table} x "
+                "WHERE x.school = s.school AND x.device = s.device AND x.seq = s.seq)) "
+                + _ARRIVE.format(resets="false"))
+
 # kind -> (target table, its columns, the SELECT list from ``stage s`` and ``d`` = data)
 _TABLES: dict[str, tuple[str, str, str]] = {
     "metrics": ("metrics", "school, device, seq, ts, received_at, historical, data",
@@ -261,6 +267,10 @@ class Store:
                                    "WHERE kind = 'metrics' AND ts < %(cutoff)s",
                                    {"cutoff": cutoff})
                 expired += max(cur.rowcount, 0)
+                continue
+            if kind == "schedule":  # its row goes to `schedules` (lessons.apply_schedules)
+                cur = conn.execute(_ARRIVE_ONLY.format(table="schedules", kind=kind))
+                stored += max(cur.rowcount, 0)
                 continue
             table, cols, select = _TABLES.get(kind, _OTHER)
             resets = (f"(type IN ({', '.join(repr(t) for t in _RESET_EVENTS)}))"
