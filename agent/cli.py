@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any
 
 from agent import __version__, config
+from agent.safetext import inert
 
 EXIT_OK, EXIT_WARN, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -81,8 +82,10 @@ def _load_or_report(path: str) -> config.Config | None:
     try:
         return config.load(path)
     except config.ConfigError as exc:
-        print(f"classroom-agent: invalid configuration:\n{exc}", file=sys.stderr)
-        print("Next step: fix the lines above; `classroom-agent config check "
+        print("classroom-agent: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:  # they quote the file: one inert line each
+            print(inert(problem, None), file=sys.stderr)
+        say("Next step: fix the lines above; `classroom-agent config check "
               f"{path}` re-checks without starting.", file=sys.stderr)
         return None
 
@@ -91,10 +94,12 @@ def _run(path: str) -> int:
     cfg = _load_or_report(path)
     if cfg is None:
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=cfg.log_level.upper(), stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",  # journald adds the time
-    )
+    from agent.safetext import InertFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    # journald adds the time; every message is one line with outside text made inert.
+    handler.setFormatter(InertFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
     from agent import daemon  # heavy imports only for `run`
 
     try:
@@ -111,7 +116,7 @@ def _check(path: str) -> int:
     if cfg is None:
         return EXIT_CONFIG
     tls = ", TLS" if cfg.mqtt.tls.active else ""
-    print(f"{path}: OK: device {cfg.device.id} at school {cfg.device.school}, broker "
+    say(f"{path}: OK: device {cfg.device.id} at school {cfg.device.school}, broker "
           f"{cfg.mqtt.host}:{cfg.mqtt.port}{tls}, state in {cfg.state_dir}, "
           f"config hash {cfg.hash}")
     return EXIT_OK
@@ -160,13 +165,13 @@ def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | Non
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return _not_running(url, host, port, exc, as_json)
     if as_json:
-        print(json.dumps(reply, indent=2, ensure_ascii=False))
+        print(json.dumps(reply, indent=2))  # ASCII: no byte of it can drive a terminal
     elif reply.get("ok"):
-        print(_done_sentence(name, reply.get("result") or {}))
+        say(_done_sentence(name, reply.get("result") or {}))
     else:
         err = reply.get("error") or {}
-        print(f"The agent refused {name}: {err.get('message', 'no reason given')} "
-              f"({err.get('code', 'unknown')}).")
+        say(f"The agent refused {name}: {err.get('message', 'no reason given')} "
+            f"({err.get('code', 'unknown')}).")
     return EXIT_OK if reply.get("ok") else EXIT_WARN
 
 
@@ -183,28 +188,28 @@ def _devices(as_json: bool) -> int:
     try:
         from agent.media import devices
     except ImportError as exc:
-        print(f"classroom-agent: cannot list devices: the media part is missing from this "
-              f"installation ({exc}). Next step: reinstall or upgrade the agent "
-              "(scripts/install.sh).", file=sys.stderr)
+        say(f"classroom-agent: cannot list devices: the media part is missing from this "
+            f"installation ({exc}). Next step: reinstall or upgrade the agent "
+            "(scripts/install.sh).", file=sys.stderr)
         return EXIT_WARN
     try:
         found = {"cameras": [_plain(d) for d in devices.list_cameras()],
                  "microphones": [_plain(d) for d in devices.list_microphones()]}
     except Exception as exc:
-        print(f"classroom-agent: listing devices failed: {type(exc).__name__}: {exc}. Next step: "
-              "check that this user is in the video and audio groups.", file=sys.stderr)
+        say(f"classroom-agent: listing devices failed: {type(exc).__name__}: {exc}. Next step: "
+            "check that this user is in the video and audio groups.", file=sys.stderr)
         return EXIT_WARN
     if as_json:
-        print(json.dumps(found, indent=2, ensure_ascii=False, default=str))
+        print(json.dumps(found, indent=2, default=str))  # ASCII: device names are outside text
         return EXIT_OK
     for title, items in (("camera", found["cameras"]), ("microphone", found["microphones"])):
         problems = [i["error"] for i in items if isinstance(i, dict) and i.get("error")]
         items = [i for i in items if not (isinstance(i, dict) and i.get("error"))]
-        print(f"{len(items)} {title}(s){':' if items else '.'}")
+        say(f"{len(items)} {title}(s){':' if items else '.'}")
         for item in items:
-            print(f"  - {_device_line(item)}")
+            say(f"  - {_device_line(item)}")
         for why in problems:
-            print(f"  ! {why}")
+            say(f"  ! {why}")
     return EXIT_OK
 
 
@@ -233,13 +238,19 @@ def _device_line(item: Any) -> str:
     return f"{line}: {'; '.join(extra)}" if extra else line
 
 
+def say(line: str, file: Any = None) -> None:
+    """Print one line of output that may quote outside text (names, messages): inertly, so it
+    can neither add a line nor drive the terminal (agent/safetext.py)."""
+    print(inert(line, None), file=file or sys.stdout)
+
+
 def _not_running(url: str, host: str, port: int, exc: BaseException, as_json: bool) -> int:
     """Nothing answers on the status address: say so, and what to look at next."""
     reason = getattr(exc, "reason", exc)
     if as_json:
         print(json.dumps({"running": False, "error": str(reason), "url": url}))
     else:
-        print(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
+        say(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
         print("Next step: `systemctl status classroom-agent` and "
               "`journalctl -u classroom-agent -n 50` show why.")
     return EXIT_NOT_RUNNING

@@ -28,6 +28,8 @@ from typing import Any, Literal, Protocol
 
 from agent import CONTRACT_VERSION
 from agent.records import Envelope, Record, rfc3339
+from agent.safetext import clip
+from agent.throttle import Summary, Tally, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,18 @@ MAX_ID = 64
 QUEUE_SIZE = 8
 #: Replies remembered by request id, so a QoS 1 duplicate is answered again but not run twice.
 RECENT_IDS = 128
+#: Longest command name taken from a topic or URL (the allow-listed ones are far shorter).
+MAX_NAME = 64
+#: Refusals at the door are logged once, then summarised once per this many seconds.
+REFUSAL_WINDOW_S = 60.0
+#: Replies to requests that never ran (refused at the door, busy): at most this many per second
+#: on average, in bursts of REFUSAL_BURST; the rest are acknowledged without a reply.
+REFUSAL_REPLIES = 2.0
+REFUSAL_BURST = 20
+#: report_now runs at most this often on average, in bursts of REPORT_NOW_BURST; beyond that it is
+#: answered ``rate_limited`` (a flood of report_now must not become a flood of records).
+REPORT_NOW_PER_S = 1.0
+REPORT_NOW_BURST = 10
 
 # Error codes. Input errors are the sender's fault (HTTP 400); the rest are the agent's answer.
 BAD_JSON = "bad_json"
@@ -50,11 +64,18 @@ BAD_ARGS = "bad_args"
 BUSY = "busy"
 TIMEOUT = "timeout"
 INTERNAL_ERROR = "internal_error"
+RATE_LIMITED = "rate_limited"
 #: Conventional code for "not now" (a lesson already running, none to stop); HTTP 409.
 CONFLICT = "conflict"
 INPUT_ERRORS = frozenset({BAD_JSON, TOO_LARGE, BAD_REQUEST, UNKNOWN_COMMAND, BAD_ARGS})
+#: Answers that mean "not now, nothing was done": in a flood their replies and log lines are
+#: rate-limited like refusals at the door.
+_TURNED_AWAY = frozenset({BUSY, RATE_LIMITED})
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: Tracebacks caused by input are logged at most this often (one per 10 s, bursts of 3).
+_TRACEBACKS = TokenBucket(0.1, 3)
 
 
 class CommandError(Exception):
@@ -195,9 +216,14 @@ class Request:
 class Guard(Protocol):
     """A check run on a valid request before it runs (agent/signing.py's ``CommandGuard``)."""
 
-    def check(self, req: Request) -> dict[str, Any] | None: ...
+    def check(self, req: Request) -> dict[str, Any] | None:
+        """None when ``req`` may run, else the error reply."""
 
-    def ran(self, req: Request) -> None: ...
+    def ran(self, req: Request) -> None:
+        """``req`` (which passed :meth:`check`) has run."""
+
+    def release(self, req: Request) -> None:
+        """``req`` passed :meth:`check` but will not run (the queue was full)."""
 
 
 def error(req_id: str | None, code: str, message: str) -> dict[str, Any]:
@@ -235,7 +261,9 @@ class CommandRouter:
         try:
             return self._parse(name, payload, guard)
         except Exception:  # the checks above are total; this is a last line of defence
-            log.exception("commands: unexpected error validating %r", _clip(str(name)))
+            # Input can repeat this at will: a traceback at most every few seconds.
+            if _TRACEBACKS.allow():
+                log.exception("commands: unexpected error validating %r", _clip(str(name)))
             return error(None, INTERNAL_ERROR, "the agent failed to read the command; see its log")
 
     def _parse(self, name: str, payload: bytes,
@@ -291,19 +319,11 @@ class CommandRouter:
             return error(req.id, INTERNAL_ERROR, f"{req.name} returned no result")
         return {"id": req.id, "ok": True, "result": result}
 
-    def peek_id(self, payload: bytes) -> str | None:
-        """The request id if it can be read cheaply (for a ``busy`` reply), else None."""
-        parsed = self.parse("", payload)
-        if isinstance(parsed, Request):
-            return parsed.id
-        rid = parsed.get("id")
-        return rid if isinstance(rid, str) else None
-
 
 def reply_message(envelope: Envelope, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """The whole reply: the body plus who is speaking and when (no ``seq``: not a record)."""
     return {"v": CONTRACT_VERSION, "device": envelope.device, "school": envelope.school,
-            "ts": rfc3339(time.time()), "kind": "reply", "command": _clip(name, 128), **body}
+            "ts": rfc3339(time.time()), "kind": "reply", "command": clip(name, MAX_NAME), **body}
 
 
 def encode_reply(message: dict[str, Any]) -> bytes:
@@ -319,29 +339,41 @@ ReplySink = Callable[[bytes, str | None, bytes | None], None]
 
 @dataclass
 class _Job:
-    name: str
-    payload: bytes
+    req: Request
     done: Callable[[dict[str, Any]], None]
+    #: Passed the door (the guard); only such a request may have its reply sent where it asks.
+    admitted: bool = True
 
 
 class CommandWorker:
-    """Runs commands one at a time on its own thread; MQTT and HTTP requests queue here."""
+    """Runs commands one at a time on its own thread; MQTT and HTTP requests queue here.
+
+    The door (size, JSON, request shape and, for MQTT, the signature checks) is passed on the
+    caller's thread, before the queue: a flood of bad or badly signed requests costs a parse and
+    a counter each and never takes a place in the queue, so a legitimate command behind it still
+    gets in. What the door refuses is logged once per :data:`REFUSAL_WINDOW_S` with counts, and
+    answered on the device's reply topic only, at most :data:`REFUSAL_REPLIES` per second.
+    """
 
     def __init__(self, router: CommandRouter, envelope: Envelope, reply: ReplySink,
                  queue_size: int = QUEUE_SIZE, guard: Callable[[], Guard | None] | None = None,
-                 ) -> None:
+                 name: str = "commands") -> None:
         self.router = router
         self.guard = guard or (lambda: None)  # a getter: a reload may replace the guard
         self.envelope = envelope
         self.reply = reply
+        self.name = name
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._thread: threading.Thread | None = None
+        self._refusals = Tally(REFUSAL_WINDOW_S, self._log_refusals)
+        self._unanswered = TokenBucket(REFUSAL_REPLIES, REFUSAL_BURST)
         self.executed_total = 0
         self.rejected_total = 0
+        self.unanswered_total = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -357,29 +389,46 @@ class CommandWorker:
             return
         if self._thread is not None:
             self._thread.join(timeout)
+        self._refusals.flush()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(self, name: str, payload: bytes, reply_to: Any = None) -> None:
-        """From the publisher thread (MQTT): enqueue, never block; the reply goes to ``reply``.
+        """From the publisher thread (MQTT): check at the door, enqueue, never block; the reply
+        goes to ``reply``.
 
         ``reply_to`` is the publisher's ``ReplyTo`` (response topic, correlation data and an
         ``ack`` called after the reply is queued, so an unanswered request is redelivered) or None.
         """
+        name = clip(name, MAX_NAME)  # a topic level can be 64 KiB: bounded before anything else
         topic = getattr(reply_to, "response_topic", None)
         correlation = getattr(reply_to, "correlation", None)
         ack = getattr(reply_to, "ack", None)
 
-        def done(body: dict[str, Any]) -> None:
-            self.reply(encode_reply(reply_message(self.envelope, name, body)), topic, correlation)
+        def answer(body: dict[str, Any], admitted: bool) -> None:
+            never_ran = not admitted or (body.get("error") or {}).get("code") in _TURNED_AWAY
+            if never_ran and not self._unanswered.allow():
+                self.unanswered_total += 1
+            else:
+                # A request refused at the door chose nothing: its reply goes to {base}/reply only.
+                self.reply(encode_reply(reply_message(self.envelope, name, body)),
+                           topic if admitted else None, correlation)
             if callable(ack):
                 ack()
 
-        self._enqueue(_Job(name, payload, done))
+        parsed = self._door(name, payload, self.guard())
+        if isinstance(parsed, dict):
+            self._finish(_Job(Request(name, "", {}), lambda b: answer(b, False), False), parsed)
+            return
+        self._enqueue(_Job(parsed, lambda b: answer(b, True)))
 
     def call(self, name: str, payload: bytes, timeout: float = 30.0) -> dict[str, Any]:
-        """From an HTTP request thread: run through the same queue and wait for the reply."""
+        """From an HTTP request thread: the same door and queue; waits for the reply."""
+        name = clip(name, MAX_NAME)
+        parsed = self._door(name, payload, None)
+        if isinstance(parsed, dict):
+            return reply_message(self.envelope, name, parsed)
         got: list[dict[str, Any]] = []
         ready = threading.Event()
 
@@ -387,22 +436,46 @@ class CommandWorker:
             got.append(body)
             ready.set()
 
-        self._enqueue(_Job(name, payload, done))
+        self._enqueue(_Job(parsed, done))
         if not ready.wait(timeout):
-            body = error(self.router.peek_id(payload), TIMEOUT,
+            body = error(parsed.id, TIMEOUT,
                          f"{name} did not finish within {timeout:.0f} s; it may still complete. "
                          "Next step: check `classroom-agent status` before retrying")
         else:
             body = got[0]
         return reply_message(self.envelope, name, body)
 
+    def _door(self, name: str, payload: bytes, guard: Guard | None) -> Request | dict[str, Any]:
+        parsed = self.router.parse(name, payload, guard)
+        if isinstance(parsed, dict):
+            self.rejected_total += 1
+            err = parsed["error"]
+            self._refusals.note(err["code"], {"command": name, "id": parsed.get("id"),
+                                              "message": err["message"]})
+        return parsed
+
+    def _log_refusals(self, s: Summary) -> None:
+        ex = s.example
+        if s.first:
+            log.info("%s: refused %s (id %s): %s", self.name, ex["command"], ex["id"],
+                     ex["message"])
+        else:
+            log.warning("%s: %d more requests refused in the last %.0f s (%s); the last: %s "
+                        "(id %s): %s", self.name, s.count, s.window_s,
+                        ", ".join(f"{k} {n}" for k, n in sorted(s.by_key.items())),
+                        ex["command"], ex["id"], ex["message"])
+
     def _enqueue(self, job: _Job) -> None:
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
             self.rejected_total += 1
-            log.warning("commands: queue full, answering %s with busy", _clip(job.name))
-            self._finish(job, error(self.router.peek_id(job.payload), BUSY,
+            guard = self.guard()
+            if guard is not None:
+                guard.release(job.req)
+            self._refusals.note(BUSY, {"command": job.req.name, "id": job.req.id,
+                                       "message": "queue full"})
+            self._finish(job, error(job.req.id, BUSY,
                                     "the agent is still running earlier commands; retry shortly"))
 
     def _run(self) -> None:
@@ -411,31 +484,31 @@ class CommandWorker:
             if job is None:
                 return
             try:
-                body = self._execute(job)
+                body = self._execute(job.req)
             except Exception:  # _execute is total; keep the thread alive whatever happens
-                log.exception("commands: unexpected error running %s", _clip(job.name))
+                log.exception("%s: unexpected error running %s", self.name, job.req.name)
                 body = error(None, INTERNAL_ERROR, "the agent failed to run the command")
             self._finish(job, body)
 
-    def _execute(self, job: _Job) -> dict[str, Any]:
-        guard = self.guard()  # before the repeat check below: a replayed id is refused
-        parsed = self.router.parse(job.name, job.payload, guard)
-        if isinstance(parsed, dict):
-            log.info("commands: refused %s: %s", _clip(job.name), parsed["error"]["message"])
-            return parsed
-        key = (parsed.name, parsed.id)
+    def _execute(self, req: Request) -> dict[str, Any]:
+        key = (req.name, req.id)
         if key in self._recent:
-            log.info("commands: %s id %s is a repeat; answering again without running it",
-                     parsed.name, parsed.id)
+            log.info("%s: %s id %s is a repeat; answering again without running it", self.name,
+                     req.name, req.id)
             return self._recent[key]
         started = time.monotonic()
-        body = self.router.execute(parsed)
+        body = self.router.execute(req)
+        guard = self.guard()
         if guard is not None:
-            guard.ran(parsed)
+            guard.ran(req)
         self.executed_total += 1
         outcome = "ok" if body["ok"] else body["error"]["code"]
-        log.info("commands: %s id %s -> %s (%.0f ms)", parsed.name, parsed.id, outcome,
-                 (time.monotonic() - started) * 1000)
+        if outcome in _TURNED_AWAY:  # a flood's answer: counted, not a log line each
+            self._refusals.note(outcome, {"command": req.name, "id": req.id,
+                                          "message": body["error"]["message"]})
+        else:
+            log.info("%s: %s id %s -> %s (%.0f ms)", self.name, req.name, req.id, outcome,
+                     (time.monotonic() - started) * 1000)
         if body["ok"] or body["error"]["code"] not in (INTERNAL_ERROR, BUSY):
             self._recent[key] = body
             while len(self._recent) > RECENT_IDS:
@@ -447,7 +520,7 @@ class CommandWorker:
         try:
             job.done(body)
         except Exception:
-            log.exception("commands: could not deliver the reply to %s", _clip(job.name))
+            log.exception("commands: could not deliver the reply to %s", job.req.name)
 
 
 # -- handlers the agent implements itself ----------------------------------------------------
@@ -456,14 +529,20 @@ class CommandWorker:
 def report_now(
     tick: Callable[[], tuple[Record, list[Record]]],
     commit: Callable[[list[Record]], Sequence[int]],
+    limit: TokenBucket | None = None,
 ) -> Handler:
     """``report_now``: one telemetry tick committed to the outbox; the reply carries its seq.
 
-    ``tick`` must be safe to call beside the telemetry thread's own ticks (collectors keep the
-    previous sample to compute rates); the daemon serialises the two.
+    ``tick`` must be safe to call beside the telemetry thread's own ticks (the scheduler
+    serialises them). ``limit`` (shared by MQTT and local control) answers ``rate_limited`` once
+    it is spent, so a flood of requests is not a flood of records.
     """
 
     def handler(_args: dict[str, Any]) -> dict[str, Any]:
+        if limit is not None and not limit.allow():
+            raise CommandError(RATE_LIMITED, f"report_now runs at most {limit.rate:g} times a "
+                               f"second (bursts of {limit.burst:g}); a record was sent moments "
+                               "ago. Next step: retry in a few seconds")
         metrics, events = tick()
         try:
             seqs = commit([metrics, *events])

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, config, control
-from agent.commands import CommandError, CommandRouter, CommandWorker, Handler, report_now
+from agent.commands import (
+    REPORT_NOW_BURST,
+    REPORT_NOW_PER_S,
+    CommandError,
+    CommandRouter,
+    CommandWorker,
+    Handler,
+    report_now,
+)
 from agent.lessons import TimetableError, load_schedule
 from agent.lessons.manager import LessonError, LessonManager
 from agent.lessons.planner import Planner, PlanSettings
@@ -40,6 +48,7 @@ from agent.telemetry.peripherals import PeripheralWatch
 from agent.telemetry.scheduler import Scheduler
 from agent.telemetry.system import system_collectors
 from agent.telemetry.usage import UsageTracker
+from agent.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,9 @@ class Agent:
                                  security=self._security,
                                  collector_errors=lambda: self.scheduler.errors_total)
         self.seen_ids = SeenIds(state / "commands-seen.json")
+        # One budget for report_now from MQTT and local control alike.
+        self._report_now = report_now(lambda: self.scheduler.tick(), self.commit,
+                                      TokenBucket(REPORT_NOW_PER_S, REPORT_NOW_BURST))
         self.guard = self._make_guard(cfg)
         self.exposed_files: list[dict[str, str]] = []
         self.media = LessonMedia(cfg.media, cfg.recording_path, self.raise_event)
@@ -82,7 +94,8 @@ class Agent:
                                       lambda p, t, c: self.publisher.reply(p, t, c),
                                       guard=lambda: self.guard)
         self.local_commands = CommandWorker(CommandRouter(self._handlers("manual")),
-                                            self.outbox.envelope, lambda p, t, c: None)
+                                            self.outbox.envelope, lambda p, t, c: None,
+                                            name="local-commands")
         self.publisher = self._make_publisher(cfg)
         self.scheduler = self._make_scheduler(cfg)
         host, port = cfg.status.address
@@ -153,7 +166,7 @@ class Agent:
                 raise CommandError("conflict", str(exc)) from None
 
         return {"lesson_start": lesson_start, "lesson_stop": lesson_stop,
-                "report_now": report_now(lambda: self.scheduler.tick(), self.commit)}
+                "report_now": self._report_now}
 
     def _current_lesson_id(self) -> str | None:
         current = self.lessons.snapshot()["current"]
@@ -279,6 +292,7 @@ class Agent:
                 or self._timetable_file_changed(new)):
             self._reload_lessons(new)
         if new.commands != old.commands:
+            self.guard.flush()
             self.guard = self._make_guard(new)
         telemetry_changed = new.telemetry != old.telemetry or new.mqtt != old.mqtt
         if telemetry_changed:  # first, so no record of a class just turned off follows the clear
@@ -320,6 +334,7 @@ class Agent:
         self.scheduler.stop()
         self.local_commands.stop()
         self.commands.stop()  # before the publisher, so the last replies are flushed with it
+        self.guard.flush()  # rejections counted but not yet reported go out with the flush
         self.publisher.stop(flush_s=self.cfg.mqtt.flush_on_exit_s)
         self.status_server.stop()
         self.outbox.close()

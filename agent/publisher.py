@@ -49,6 +49,7 @@ from agent.config import MqttConfig
 from agent.mqttauth import apply_credentials
 from agent.outbox import Outbox, Row
 from agent.records import RETAINED_KINDS, Envelope, Record, mark_historical, rfc3339
+from agent.throttle import Summary, Tally
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class Publisher:
         self.command_sink = command_sink
         self._sub_mid: int | None = None
         self._replies: deque[_Outgoing] = deque()
+        self._refused_topics = Tally(60.0, self._log_refused_topic)
+        self._dropped_replies = Tally(60.0, self._log_dropped_replies)
         self._reply_inflight: dict[int, _Outgoing] = {}
 
     def topic(self, kind: str) -> str:
@@ -531,13 +534,19 @@ class Publisher:
                      correlation: bytes | None) -> None:
         self._replies.append(_Outgoing(self.topic("reply"), payload, correlation))
         if response_topic is not None:
-            if _valid_publish_topic(response_topic):
+            # Only below this device's own reply topic (the contract's place for replies): a
+            # request must not make the device publish under its name anywhere else.
+            if (response_topic.startswith(self.topic("reply/"))
+                    and _valid_publish_topic(response_topic)):
                 self._replies.append(_Outgoing(response_topic, payload, correlation))
             else:
-                log.warning("publisher: the request's response topic %.200r is not a valid "
-                            "topic to publish to; replying on %s only", response_topic,
-                            self.topic("reply"))
+                self._refused_topics.note("response_topic", {"topic": response_topic})
         self._trim_replies()
+
+    def _log_refused_topic(self, s: Summary) -> None:
+        log.warning("publisher: %d request(s) asked for a reply outside %s/ (the last: %.200s); "
+                    "replied on %s only", s.count, self.topic("reply"), s.example["topic"],
+                    self.topic("reply"))
 
     def _trim_replies(self) -> None:
         dropped = 0
@@ -546,8 +555,12 @@ class Publisher:
             dropped += 1
         if dropped:
             self.stats.replies_dropped_total += dropped
-            log.warning("publisher: dropped the %d oldest command replies: more than %d were "
-                        "waiting for the broker", dropped, MAX_PENDING_REPLIES)
+            self._dropped_replies.note("dropped", {}, replies=dropped)
+
+    def _log_dropped_replies(self, s: Summary) -> None:
+        log.warning("publisher: dropped the %d oldest command replies%s: more than %d were "
+                    "waiting for the broker", s.extra["replies"],
+                    "" if s.first else f" in the last {s.window_s:.0f} s", MAX_PENDING_REPLIES)
 
     def _send_replies(self) -> None:
         client = self._client

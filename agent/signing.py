@@ -11,7 +11,7 @@ time. :class:`CommandGuard` checks a parsed request before the router runs it: s
 ``ts`` inside ``max_age_s`` of the agent's clock (both directions), and the id not seen before
 (:class:`SeenIds`, persisted in the state directory, so a restart does not reopen the window).
 A rejection is an error reply plus a ``command_rejected`` event that never carries the
-signature or the arguments.
+signature or the arguments; a flood of them is one event per minute with the counts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import binascii
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent.commands import Request, error
 from agent.records import Record, event, rfc3339
+from agent.safetext import clip, inert
+from agent.throttle import Summary, Tally
 
 if TYPE_CHECKING:  # cryptography costs ~9 MB of RSS: imported only when a key is configured
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -48,6 +51,9 @@ EXPIRED = "expired"
 NOT_YET_VALID = "not_yet_valid"
 REPLAYED = "replayed"
 CODES = (SIGNATURE_REQUIRED, BAD_SIGNATURE, EXPIRED, NOT_YET_VALID, REPLAYED)
+
+#: Rejections are reported once, then summarised in one event per this many seconds.
+REJECTION_WINDOW_S = 60.0
 
 #: Ids remembered at most; beyond it the oldest is forgotten and its ts becomes a floor below
 #: which every command counts as replayed, so forgetting never reopens a replay.
@@ -171,7 +177,14 @@ class Verdict:
 
 
 class CommandGuard:
-    """Checks a parsed MQTT request before it runs; :meth:`ran` remembers it afterwards."""
+    """Checks a parsed MQTT request before it runs; :meth:`ran` remembers it afterwards.
+
+    :meth:`check` runs on the publisher thread (at the door), :meth:`ran` on the command worker's:
+    a verified id is reserved until it has run (or is released), so a second copy that
+    arrives meanwhile is ``replayed`` at once. Rejections become ``command_rejected`` events
+    through a :class:`~agent.throttle.Tally`: the first at once, then one per
+    :data:`REJECTION_WINDOW_S` with the counts, however many arrive.
+    """
 
     def __init__(self, keys: Sequence[Ed25519PublicKey], required: bool, max_age_s: float,
                  school: str, device: str, seen: SeenIds, emit: Callable[[Record], None],
@@ -186,25 +199,56 @@ class CommandGuard:
         self.problems = list(problems)
         self.clock = clock
         self.rejected_total = 0
+        self._lock = threading.Lock()
+        self._reserved: set[str] = set()
+        self._tally = Tally(REJECTION_WINDOW_S, self._report)
 
     def check(self, req: Request) -> dict[str, Any] | None:
         """None when ``req`` may run, else the error reply (and a ``command_rejected`` event)."""
-        verdict = self._verdict(req)
+        with self._lock:
+            verdict = self._verdict(req)
+            if verdict is None and self._signed(req):
+                self._reserved.add(req.id)
         if verdict is None:
             return None
         self.rejected_total += 1
-        log.warning("signing: rejected %s id %s: %s", req.name, req.id, verdict.code)
-        self.emit(event("command_rejected", "warning",
-                        f"command {req.name} rejected: {verdict.code}",
-                        reason=verdict.code, command=req.name, id=req.id))
+        # Shown on the platform's dashboards: bounded and inert (escapes can lengthen an id).
+        self._tally.note(verdict.code, {"command": clip(inert(req.name, 64), 64),
+                                        "id": clip(inert(req.id, 64), 64)})
         return error(req.id, verdict.code, verdict.message)
 
     def ran(self, req: Request) -> None:
         """Remember a verified request's id once it has run (a crash before that lets the
         broker's redelivery run it, as for unsigned commands)."""
         ts = parse_ts(req.ts)
-        if ts is not None and self.keys and req.sig is not None:
-            self.seen.add(req.id, ts, self.clock() - self.max_age_s)
+        with self._lock:
+            self._reserved.discard(req.id)
+            if ts is not None and self._signed(req):
+                self.seen.add(req.id, ts, self.clock() - self.max_age_s)
+
+    def release(self, req: Request) -> None:
+        with self._lock:
+            self._reserved.discard(req.id)
+
+    def flush(self) -> None:
+        """Report the rejections counted so far (at stop or when the guard is replaced)."""
+        self._tally.flush()
+
+    def _signed(self, req: Request) -> bool:
+        return bool(self.keys) and req.sig is not None
+
+    def _report(self, s: Summary) -> None:
+        example = s.example
+        if s.first:
+            self.emit(event("command_rejected", "warning",
+                            f"command {example['command']} rejected: {next(iter(s.by_key))}",
+                            reason=next(iter(s.by_key)), count=1, **example))
+            return
+        reason = max(s.by_key, key=s.by_key.__getitem__)
+        self.emit(event("command_rejected", "warning",
+                        f"{s.count} more commands rejected in {s.window_s:.0f} s",
+                        reason=reason, count=s.count, reasons=s.by_key, window_s=s.window_s,
+                        **example))
 
     def _verdict(self, req: Request) -> Verdict | None:
         if req.sig is None and req.ts is None:
@@ -240,7 +284,7 @@ class CommandGuard:
         if ts > now + self.max_age_s:
             return Verdict(NOT_YET_VALID, f"ts {req.ts} is more than {self.max_age_s:g} s ahead "
                            f"of the agent clock {rfc3339(now)}. Next step: check both clocks (NTP)")
-        if self.seen.seen(req.id, ts):
+        if self.seen.seen(req.id, ts) or req.id in self._reserved:
             return Verdict(REPLAYED, f"id {req.id} was already used; this is a replay or a "
                            "duplicate delivery. Next step: a new command needs a new id")
         return None

@@ -53,6 +53,7 @@ from tests.support import SCHEMAS, AgentProcess, Broker, Subscriber, wait_until
 from tests.test_lesson_manager import Clock, FakeMedia
 
 PREFIX = "classroom/v1/school-a/room-101"
+OTHER_ROOM = "classroom/v1/school-a/room-102"
 ENVELOPE = Envelope("room-101", "school-a")
 
 
@@ -538,7 +539,11 @@ class Commander:
         self._ready = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{time.monotonic_ns()}",
                         protocol=protocol)
-        c.on_connect = lambda cl, *_a: (cl.subscribe("test/replies/#", qos=1),
+        # Its own reply topic below the device's, where the contract lets replies go, and two
+        # places a request must not be able to send the device's reply to.
+        c.on_connect = lambda cl, *_a: (cl.subscribe([(f"{PREFIX}/reply/+", 1),
+                                                      ("test/replies/#", 1),
+                                                      (f"{OTHER_ROOM}/cmd/+", 1)]),
                                         self._ready.set())
         c.on_message = self._on_message
         c.connect("127.0.0.1", port, keepalive=10)
@@ -608,7 +613,7 @@ def test_report_now_over_mqtt(broker: Broker, subscriber: Subscriber, commander:
                               agent_factory) -> None:
     agent = agent_factory(telemetry={"interval_s": 30}).start()  # regular ticks out of the way
     commands_reach(agent, subscriber, commander)
-    commander.send("report_now", {"id": "now-1"}, response_topic="test/replies/now-1",
+    commander.send("report_now", {"id": "now-1"}, response_topic=f"{PREFIX}/reply/now-1",
                    correlation=b"\x00corr-1")
     reply = wait_reply(subscriber, "now-1")
     assert reply["ok"] and reply["command"] == "report_now" and "seq" not in reply
@@ -622,10 +627,35 @@ def test_report_now_over_mqtt(broker: Broker, subscriber: Subscriber, commander:
     direct = wait_until(lambda: [r for r in commander.received if r[1].get("id") == "now-1"], 20,
                         "the reply on the response topic")
     topic, body, corr = direct[0]
-    assert topic == "test/replies/now-1" and corr == b"\x00corr-1" and body == reply
+    assert topic == f"{PREFIX}/reply/now-1" and corr == b"\x00corr-1" and body == reply
     problems = [e for r in replies(subscriber) for e in reply_errors(r)]
     assert not problems, problems
     assert not [m for m in subscriber.snapshot("reply") if m.retain]
+
+
+def test_replies_go_only_below_the_devices_own_reply_topic(
+        broker: Broker, subscriber: Subscriber, commander: Commander, agent_factory) -> None:
+    """A request cannot make the device publish its reply (under its own credentials) onto its
+    retained state, another room's commands or any other topic; a refused request gets no copy
+    even below its own reply topic."""
+    agent = agent_factory(telemetry={"interval_s": 30}).start()
+    commands_reach(agent, subscriber, commander)
+    for rid, topic in [("to-state", f"{PREFIX}/state"),
+                       ("to-other-room", f"{OTHER_ROOM}/cmd/lesson_start"),
+                       ("elsewhere", "test/replies/x"),
+                       ("prefix-trick", f"{PREFIX}/replyx/y")]:
+        commander.send("report_now", {"id": rid}, response_topic=topic, correlation=b"c")
+    commander.send("report_now", {"id": "refused", "args": {"x": 1}},
+                   response_topic=f"{PREFIX}/reply/refused")
+    commander.send("report_now", {"id": "allowed"}, response_topic=f"{PREFIX}/reply/allowed")
+    for rid in ("to-state", "to-other-room", "elsewhere", "prefix-trick", "refused", "allowed"):
+        wait_reply(subscriber, rid)  # each answered on {base}/reply
+    wait_until(lambda: [r for r in commander.received if r[1].get("id") == "allowed"], 20,
+               "the allowed copy")
+    assert [(t, b["id"]) for t, b, _c in commander.received
+            if not b.get("id", "").startswith("warmup")] == [(f"{PREFIX}/reply/allowed", "allowed")]
+    assert not [m for m in subscriber.snapshot("state") if m.payload.get("kind") == "reply"]
+    assert "asked for a reply outside" in agent.log_text()
 
 
 def test_bad_commands_get_error_replies_and_the_agent_carries_on(
@@ -661,7 +691,7 @@ def test_command_sent_while_the_agent_was_away_runs_when_it_is_back(
     agent = agent_factory().start()
     commands_reach(agent, subscriber, commander)
     agent.kill()  # SIGKILL: the broker keeps the agent's session and queues what comes
-    commander.send("report_now", {"id": "while-away"}, response_topic="test/replies/away",
+    commander.send("report_now", {"id": "while-away"}, response_topic=f"{PREFIX}/reply/away",
                    correlation=b"away")
     time.sleep(1.0)
     assert not replies(subscriber, "while-away")

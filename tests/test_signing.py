@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent import signing
 from agent.commands import Request
 from agent.config import loads
 from agent.records import Record
@@ -95,11 +96,39 @@ def test_guard_verdicts_and_events(tmp_path: Path) -> None:
     # The memory of ids is on disk: a new guard (an agent restart) still refuses the replay.
     again = _guard(tmp_path, key, events, now + 10)
     assert again.check(_req(good, "lesson_start"))["error"]["code"] == "replayed"
-    assert len(events) == len(cases) + 3
+    guard.flush()
+    again.flush()
+    # Reported, not one event each: the first at once, the rest of the minute in one summary.
+    # (the second guard's first rejection came before the first guard's summary)
+    assert [e.data["details"]["count"] for e in events] == [1, 1, len(cases) + 1]
+    summary = events[2].data["details"]
+    assert summary["reasons"] == {"bad_signature": 7, "expired": 1, "not_yet_valid": 1,
+                                  "replayed": 1}
+    assert summary["reason"] == "bad_signature" and summary["window_s"] == 60
     assert {e.data["type"] for e in events} == {"command_rejected"}
     for e in events:
-        assert set(e.data["details"]) == {"reason", "command", "id"}
+        assert set(e.data["details"]) <= {"reason", "command", "id", "count", "reasons",
+                                          "window_s"}
         assert good["sig"] not in json.dumps(e.data) and "Maths" not in json.dumps(e.data)
+
+
+def test_a_burst_of_rejections_is_summarised_when_it_stops(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window closes by itself: a burst that stops is still reported, once."""
+    monkeypatch.setattr(signing, "REJECTION_WINDOW_S", 0.3)
+    events: list[Record] = []
+    guard = _guard(tmp_path, Ed25519PrivateKey.generate(), events, time.time())
+    for i in range(50):
+        guard.check(_req({"id": f"u\n{i}\u202e"}, "lesson_start\x1b[2J"))
+    assert len(events) == 1
+    wait_until(lambda: len(events) == 2, 5, "the window's summary")
+    first, summary = (e.data["details"] for e in events)
+    assert first["count"] == 1 and summary["count"] == 49
+    assert summary["reasons"] == {"signature_required": 49}
+    # Names and ids from outside are bounded and inert before they reach the platform.
+    assert summary["id"] == "u\\n49\\u202e" and first["command"] == "lesson_start\\x1b[2J"
+    time.sleep(0.5)
+    assert len(events) == 2
 
 
 def test_seen_ids_are_bounded_without_reopening_a_replay(tmp_path: Path) -> None:
@@ -150,9 +179,9 @@ def _send_command(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, timeout=60)
 
 
-def _rejections(sub: Subscriber) -> dict[str, dict[str, Any]]:
-    return {m.payload["data"]["details"]["id"]: m.payload["data"]
-            for m in sub.snapshot("event") if m.payload["data"]["type"] == "command_rejected"}
+def _rejections(sub: Subscriber) -> list[dict[str, Any]]:
+    return [m.payload["data"] for m in sub.snapshot("event")
+            if m.payload["data"]["type"] == "command_rejected"]
 
 
 def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: Subscriber,
@@ -209,16 +238,19 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
             lambda _m: [r for r in (m.payload for m in subscriber.snapshot("reply"))
                         if r["id"] == "good" and not r["ok"]], 20, "the replay's refusal")[0]
         assert replay["error"]["code"] == "replayed"
-        events = subscriber.wait_for(
-            lambda _m: len(got := _rejections(subscriber)) >= len(cases) + 2 and got, 20,
-            "a command_rejected event per refusal")
-        assert events["unsigned-1"]["details"]["reason"] == "signature_required"
-        for rid, (_body, code) in cases.items():
-            assert events[rid]["details"] == {"reason": code, "command": "report_now", "id": rid}
-        assert events["good"]["details"]["reason"] == "replayed"
-
         # A restart does not forget: the same signed request is still a replay.
         assert agent.stop() == 0
+        # The first refusal was reported at once, the rest of the minute in one summary, sent
+        # with the stop's flush: counts per reason, never one event each.
+        events = subscriber.wait_for(
+            lambda _m: len(got := _rejections(subscriber)) >= 2 and got, 20,
+            "the first command_rejected and the summary")
+        assert events[0]["details"] == {"reason": "signature_required", "count": 1,
+                                        "command": "report_now", "id": "unsigned-1"}
+        summary = events[1]["details"]
+        assert summary["count"] == len(cases) + 1 and summary["id"] == "good"
+        assert summary["reasons"] == {"bad_signature": 3, "expired": 1, "not_yet_valid": 1,
+                                      "replayed": 1}
         agent.start()
         commands_reach(agent, subscriber, warmup)
         cmd.send("report_now", good)

@@ -34,6 +34,7 @@ from agent.media.health import AudioMeter, VideoHealth
 from agent.media.pacer import AudioAligner, AudioPump, Slate, VideoPump
 from agent.media.sources import AudioSource, VideoSource
 from agent.media.spec import MediaSpec, SpecError
+from agent.safetext import InertFormatter
 
 log = logging.getLogger("agent.media.worker")
 
@@ -325,9 +326,11 @@ def _watch_stdin(stdin: BinaryIO, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("CLASSROOM_AGENT_MEDIA_LOG", "INFO").upper(), stream=sys.stderr,
-        format="%(asctime)s media-worker[%(process)d] %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # one line per message: the daemon relays lines
+    handler.setFormatter(InertFormatter(
+        "%(asctime)s media-worker[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=os.environ.get("CLASSROOM_AGENT_MEDIA_LOG", "INFO").upper(),
+                        handlers=[handler])
     # Protocol lines get a private copy of stdout; fd 1 then points at the log, so a C library
     # that prints cannot corrupt the protocol.
     proto = os.fdopen(os.dup(1), "wb")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.safetext import inert
 from agent.status import warnings
 from agent.status.warnings import human_duration as _human_s
 
@@ -29,7 +30,7 @@ def warning_lines(s: dict[str, Any], translate: warnings.Translate | None = None
 
 
 def render_text(s: dict[str, Any]) -> str:
-    """The snapshot for people: one line per concern, warnings last."""
+    """The snapshot for people: one line per concern, warnings last; every line inert."""
     a, d, b, ob, km = s["agent"], s["device"], s["broker"], s["outbox"], s["metrics"]
     name = f" ({d['name']})" if d.get("name") else ""
     lines = [
@@ -78,7 +79,9 @@ def render_text(s: dict[str, Any]) -> str:
         lines.extend(f"  ! {w}" for w in found)
     else:
         lines.append("No warnings: this terminal looks healthy.")
-    return "\n".join(lines)
+    # Course, teacher, errors, names: text from outside, printed so that it cannot add a line,
+    # hide text or drive the terminal.
+    return "\n".join(inert(line, None) for line in lines)
 
 
 def _lesson_lines(ls: dict[str, Any], media: dict[str, Any]) -> list[str]:
