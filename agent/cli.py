@@ -1,8 +1,10 @@
-"""Command line: ``run``, ``status``, ``config check``, ``lesson start|stop`` and ``devices``.
+"""Command line: ``run``, ``status``, ``doctor``, ``config check``, ``lesson start|stop``,
+``devices``.
 
 Output for people by default, ``--json`` for scripts. Exit codes: 0 fine; 1 running but with
-warnings (``status``) or the agent refused the command (``lesson``), or no device listing
-(``devices``); 2 bad usage or bad configuration; 3 the daemon is not running.
+warnings (``status``, ``doctor``) or the agent refused the command (``lesson``), or no device
+listing (``devices``); 2 bad usage or bad configuration, or a failed ``doctor`` check; 3 the
+daemon is not running. ``--lang`` (or the locale) picks English or Chinese (agent/i18n.py).
 
 ``lesson`` talks to the running agent's local control endpoint (agent/control.py), so it works
 without a broker.
@@ -19,8 +21,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from agent import __version__, config
+from agent import __version__, config, i18n
 from agent.safetext import inert
+
+#: The clock check's NTP server (``doctor --ntp``); one that answers in China.
+DEFAULT_NTP = "ntp.aliyun.com"
+#: ``doctor --only`` choices (agent/doctor/command.py's CHECKS; a test keeps them equal).
+CHECK_IDS = ("state_dir", "disk", "secrets", "broker", "clock", "devices", "ffmpeg", "live",
+             "service", "agent")
 
 EXIT_OK, EXIT_WARN, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -31,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Edge agent of a classroom teaching terminal: telemetry over MQTT.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--lang", choices=i18n.LANGUAGES,
+                        help="language of the output (default: from LANG/LC_ALL/LC_MESSAGES)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
@@ -54,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
         p.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
 
+    p_doc = sub.add_parser("doctor", help="check everything this terminal needs, with fixes")
+    p_doc.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
+    p_doc.add_argument("--json", action="store_true", help="machine-readable output")
+    p_doc.add_argument("--ntp", default=DEFAULT_NTP, metavar="SERVER[:PORT]",
+                       help=f"NTP server for the clock check, or 'off' (default {DEFAULT_NTP})")
+    p_doc.add_argument("--only", type=lambda t: [x for x in t.split(",") if x],
+                       metavar="CHECK,...", help="run only these checks: " + ", ".join(CHECK_IDS))
+
     p_dev = sub.add_parser("devices", help="list the cameras and microphones of this PC")
     p_dev.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -63,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("path")
 
     args = parser.parse_args(argv)
+    i18n.use(i18n.pick(args.lang))
     if args.command == "run":
         return _run(args.config)
     if args.command == "status":
@@ -73,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 "course": args.course, "teacher": args.teacher, "role": args.role,
                 "duration_s": args.duration})
         return _command(args.config, "lesson_stop", args.json)
+    if args.command == "doctor":
+        from agent.doctor import command
+
+        return command.main(args.config, args.json, args.ntp, args.only)
     if args.command == "devices":
         return _devices(args.json)
     return _check(args.path)
@@ -126,13 +149,13 @@ def _status(path: str, as_json: bool) -> int:
     cfg = _load_or_report(path)
     if cfg is None:
         return EXIT_CONFIG
+    from agent.status import client
+
     host, port = cfg.status.address
-    url = f"http://{host}:{port}/status.json"
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            snap = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return _not_running(url, host, port, exc, as_json)
+        snap = client.fetch(cfg)
+    except (OSError, ValueError) as exc:
+        return _not_running(client.status_url(cfg), host, port, exc, as_json)
     snap["running"] = True
     if as_json:
         print(json.dumps(snap, indent=2))

@@ -73,13 +73,14 @@ def make_ca(d: Path, name: str) -> None:
              "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
 
 
-def make_cert(d: Path, name: str, ca: str, cn: str, san: str) -> None:
+def make_cert(d: Path, name: str, ca: str, cn: str, san: str, days: int = 2) -> None:
     """``{name}.crt``/``{name}.key`` signed by CA ``ca``, with common name ``cn`` and SAN."""
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
              "-out", f"{name}.csr", "-subj", "/CN=" + cn.replace("/", "\\/"), cwd=d)
     (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext",
+             "-CAcreateserial", "-days", str(days), "-out", f"{name}.crt", "-extfile",
+             f"{name}.ext",
              cwd=d)
 
 

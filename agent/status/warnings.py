@@ -90,6 +90,130 @@ CATALOGUE: dict[str, Template] = {
         "machine", "warning",
         "A temperature sensor reads {celsius:.0f} °C.",
         "check fans and vents."),
+    # -- found by `classroom-agent doctor` (agent/doctor/) ------------------------------------
+    "config_invalid": Template(
+        "agent", "fault",
+        "The configuration {path} has problems: {problems}",
+        "fix the lines named, then `classroom-agent config check {path}`."),
+    "state_dir_unwritable": Template(
+        "machine", "fault",
+        "The state directory {path} cannot be written: {error}.",
+        "create it for the user the agent runs as: `install -d -o classroom-agent {path}`."),
+    "disk_space_exhausted": Template(
+        "machine", "fault",
+        "Only {free_mb:.0f} MB free on the disk of {path}: the outbox and the recordings "
+        "cannot grow.",
+        "free space on that disk now (old recordings under media.recording.dir are the usual "
+        "cause)."),
+    "disk_space_low": Template(
+        "machine", "warning",
+        "Only {free_mb:.0f} MB free on the disk of {path}; recordings keep "
+        "{reserve_mb:.0f} MB free (media.recording.min_free_mb) and will stop below it.",
+        "free space, or lower media.recording.retention_days."),
+    "broker_name_unresolved": Template(
+        "broker", "fault",
+        "The broker's name {host} does not resolve: {error}.",
+        "check DNS on this PC (`resolvectl status`) and mqtt.host in the configuration."),
+    "broker_port_closed": Template(
+        "broker", "fault",
+        "Cannot connect to the broker at {address}: {error}.",
+        "check that the broker runs and that no firewall blocks port {port} from this PC."),
+    "broker_tls_failed": Template(
+        "broker", "fault",
+        "The TLS handshake with the broker {address} failed: {error}.",
+        "check mqtt.tls.ca_file (the CA that signed the broker's certificate) and mqtt.host "
+        "(a name the certificate carries)."),
+    "broker_cert_expiring": Template(
+        "broker", "warning",
+        "The broker's certificate expires in {days:.0f} days ({not_after}).",
+        "ask the platform's operators to renew it before then."),
+    "broker_auth_failed": Template(
+        "broker", "fault",
+        "The broker refused the login of {username}: {reason}.",
+        "check mqtt.username and the password in mqtt.password_file against the broker's "
+        "accounts."),
+    "broker_no_answer": Template(
+        "broker", "fault",
+        "The broker {address} accepted the connection but did not answer the MQTT login: "
+        "{error}.",
+        "check that port {port} is the broker's MQTT port and whether it needs TLS "
+        "(mqtt.tls.enabled)."),
+    "clock_off": Template(
+        "machine", "warning",
+        "This PC's clock is {offset_s:+.1f} s off the time server {server}.",
+        "turn on time synchronisation: `timedatectl set-ntp true`."),
+    "clock_wrong": Template(
+        "machine", "fault",
+        "This PC's clock is {offset_s:+.0f} s off the time server {server}: certificates, "
+        "lesson times and telemetry times are wrong.",
+        "set the time (`timedatectl set-ntp true`, or the BIOS clock) and restart the agent."),
+    "clock_unchecked": Template(
+        "machine", "warning",
+        "The time server {server} did not answer: {error}.",
+        "check that UDP port 123 to it is open, or name a reachable one with `--ntp`."),
+    "camera_unavailable": Template(
+        "camera", "fault",
+        "The camera {source} gives no picture: {error}.",
+        "check the cable and `classroom-agent devices`; set media.video.source to a camera "
+        "listed there."),
+    "camera_black": Template(
+        "camera", "warning",
+        "The camera {source} gives a black picture (brightness {luma:.0f} of 255).",
+        "remove the lens cap or cover and check the room's light."),
+    "camera_frozen": Template(
+        "camera", "warning",
+        "The camera {source} gives the same picture over and over (frozen).",
+        "unplug and replug the camera; close any other program that uses it."),
+    "microphone_unavailable": Template(
+        "microphone", "fault",
+        "The microphone {source} cannot be read: {error}.",
+        "check the cable and `classroom-agent devices`; set media.audio.source to a microphone "
+        "listed there."),
+    "microphone_dead": Template(
+        "microphone", "fault",
+        "The microphone {source} gives digital silence ({peak_dbfs:.0f} dBFS peak): it is "
+        "muted, unplugged or the wrong input.",
+        "unmute it (`pactl set-source-mute @DEFAULT_SOURCE@ 0` or its switch) and check "
+        "media.audio.source."),
+    "microphone_silent": Template(
+        "microphone", "warning",
+        "The microphone {source} hears almost nothing ({peak_dbfs:.0f} dBFS peak).",
+        "speak near it and run doctor again; raise its input volume if it stays quiet."),
+    "ffmpeg_missing": Template(
+        "recording", "fault",
+        "FFmpeg cannot be run: {error}.",
+        "install it: `apt-get install ffmpeg`."),
+    "ffmpeg_incomplete": Template(
+        "recording", "fault",
+        "This FFmpeg lacks {missing}, which the configuration needs.",
+        "install Debian's ffmpeg package (it has libx264, AAC, RTMP and SRT)."),
+    "live_unreachable": Template(
+        "live", "fault",
+        "The live sink {name} ({url}) cannot be reached: {error}.",
+        "check the URL in media.live and that the streaming server is up and reachable from "
+        "this PC."),
+    "service_inactive": Template(
+        "agent", "fault",
+        "The systemd service classroom-agent is {state}.",
+        "`systemctl start classroom-agent`; `journalctl -u classroom-agent -n 50` says why it "
+        "stopped."),
+    "service_no_watchdog": Template(
+        "agent", "warning",
+        "The systemd service runs without a watchdog (WatchdogUSec={watchdog}).",
+        "reinstall the unit from systemd/classroom-agent.service (scripts/install.sh)."),
+    "agent_not_running": Template(
+        "agent", "warning",
+        "The agent is not running: nothing answers on {address}.",
+        "`systemctl start classroom-agent`; `journalctl -u classroom-agent -n 50` says why it "
+        "stopped."),
+    "check_timed_out": Template(
+        "agent", "warning",
+        "The check did not finish within {limit_s:.0f} s and was abandoned.",
+        "run doctor again; if it repeats, the part it checks hangs (see the log)."),
+    "check_crashed": Template(
+        "agent", "warning",
+        "The check could not run: {error}.",
+        "report it with the output of `classroom-agent doctor --json`."),
 }
 
 
@@ -133,6 +257,11 @@ _FORMAT = _Formatter()
 
 def _identity(text: str) -> str:
     return text
+
+
+def fill(template: str, params: Mapping[str, Any], translate: Translate = _identity) -> str:
+    """Any catalogue-style template (also doctor's pass lines), translated then filled."""
+    return _FORMAT.format(translate(template), **params)
 
 
 def cause(w: Warning, translate: Translate = _identity) -> str:
