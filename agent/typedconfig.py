@@ -19,6 +19,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -180,6 +181,8 @@ class _Loader:
             listed = ", ".join(repr(c) for c in choices)
             self._err(node, path, f"must be one of {listed}, got {raw!r}")
             return _INVALID
+        if tp is str and isinstance(raw, int | float | date) and not isinstance(raw, bool):
+            return node.value  # the text as written: 2026-10-01, or 17:00 (YAML 1.1's 1020)
         ok = (
             (tp is bool and isinstance(raw, bool))
             or (tp is int and isinstance(raw, int) and not isinstance(raw, bool))

@@ -1,4 +1,5 @@
-"""Command line of ``classroom-collector``: ``run``, ``migrate``, ``status``, ``config check``.
+"""Command line of ``classroom-collector``: ``run``, ``migrate``, ``status``, ``report``,
+``config check``.
 
 Exit codes: 0 fine; 1 running with warnings (``status``) or a failure; 2 bad usage or bad
 configuration; 3 the database cannot be reached. Each subcommand is one entry of
@@ -176,6 +177,49 @@ def _render(snap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- report ------------------------------------------------------------------------------------
+
+FORMATS = ("json", "csv")
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    _add_run(p)
+    p.add_argument("--month", required=True, help="the month, YYYY-MM (local time)")
+    p.add_argument("--school", help="only this school (its id)")
+    p.add_argument("--format", choices=FORMATS, default="json")
+    p.add_argument("--out", help="write to this file instead of standard output")
+
+
+def _report(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    import psycopg
+
+    from collector import storage
+    from collector.reports import build, render
+    from collector.reports.calendar import ReportError
+
+    def say(msg: str) -> None:
+        print(f"report {args.month}: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        with storage.connect(cfg, "classroom-collector report") as conn:
+            report = build.build(conn, cfg.reports, args.month, args.school, progress=say)
+    except ReportError as exc:
+        print(f"classroom-collector report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except psycopg.OperationalError as exc:
+        return _db_failed(exc, cfg)
+    text = render.RENDERERS[args.format](report)
+    if args.out:
+        render.write_atomic(args.out, text)
+        say(f"{args.format.upper()} written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 # -- config check ------------------------------------------------------------------------------
 
 def _add_check(p: argparse.ArgumentParser) -> None:
@@ -201,6 +245,8 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Han
      _migrate),
     ("status", "what the collectors are doing: instances, gaps, quarantine", _add_status,
      _status),
+    ("report", "a month's figures per terminal, school and teacher (JSON or CSV)",
+     _add_report, _report),
 ]
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.config import TlsConfig
 from agent.typedconfig import (
@@ -126,6 +128,79 @@ class StatusConfig:
     interval_s: float = opt(30.0, min=0.1, max=86400)
 
 
+def _zone(value: Any) -> str | None:
+    try:
+        ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        return "an IANA time zone such as Asia/Shanghai"
+    return None
+
+
+def _clock(value: Any) -> str | None:
+    text = str(value)
+    if len(text) != 5 or text[2] != ":" or not (text[:2] + text[3:]).isdigit() or \
+            int(text[:2]) > 23 or int(text[3:]) > 59:
+        return "a time of day HH:MM, e.g. 08:00"
+    return None
+
+
+def _date(value: Any) -> str | None:
+    try:
+        date.fromisoformat(str(value))
+    except ValueError:
+        return "a date YYYY-MM-DD"
+    return None
+
+
+def _dates(value: Any) -> str | None:
+    first, _, last = str(value).partition("..")
+    problem = _date(first) or (_date(last) if last else None)
+    if problem or (last and date.fromisoformat(last) < date.fromisoformat(first)):
+        return "a date YYYY-MM-DD or a range YYYY-MM-DD..YYYY-MM-DD (first <= last)"
+    return None
+
+
+@dataclass(frozen=True)
+class SchoolDayConfig:
+    start: str = opt("08:00", check=_clock)
+    end: str = opt("17:00", check=_clock)
+
+    def times(self) -> tuple[time, time]:
+        return time.fromisoformat(self.start), time.fromisoformat(self.end)
+
+
+@dataclass(frozen=True)
+class CalendarConfig:
+    weekdays: list[int] = opt_factory(lambda: [1, 2, 3, 4, 5], min=1, max=7)
+    holidays: list[str] = opt_factory(list, check=_dates)
+    make_up_days: list[str] = opt_factory(list, check=_dates)
+
+
+@dataclass(frozen=True)
+class SchoolReportConfig:
+    timezone: str | None = opt(None, check=_zone)
+    school_day: SchoolDayConfig | None = opt(None)
+
+
+@dataclass(frozen=True)
+class TermConfig:
+    name: str
+    start: str = field(metadata=meta(check=_date))
+    end: str = field(metadata=meta(check=_date))
+    minimum_hours: dict[str, float] = opt_factory(dict)
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    timezone: str = opt("Asia/Shanghai", check=_zone)
+    school_day: SchoolDayConfig = opt_factory(SchoolDayConfig)
+    calendar: CalendarConfig = opt_factory(CalendarConfig)
+    schools: dict[str, SchoolReportConfig] = opt_factory(dict)
+    online_hold_s: float = opt(180.0, min=1, max=86400)
+    weight: float = opt(1.5, min=0, max=100)
+    terms: list[TermConfig] = opt_factory(list)
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     database: DatabaseConfig
@@ -136,6 +211,7 @@ class CollectorConfig:
     gaps: GapsConfig = opt_factory(GapsConfig)
     metrics: MetricsConfig = opt_factory(MetricsConfig)
     status: StatusConfig = opt_factory(StatusConfig)
+    reports: ReportsConfig = opt_factory(ReportsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = opt("info")
 
 
