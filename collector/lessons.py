@@ -164,7 +164,7 @@ _SQL_SCHEDULE = """
 INSERT INTO schedules (school, device, seq, ts, received_at, historical, window_start,
                        window_end, data)
 VALUES (%(school)s, %(device)s, %(seq)s, %(ts)s, to_timestamp(%(received_at)s),
-        %(historical)s, %(window_start)s, %(window_end)s, %(text)s::jsonb -> 'data')
+        %(historical)s, %(window_start)s, %(window_end)s, %(data)s)
 ON CONFLICT DO NOTHING"""
 
 # A listed lesson becomes planned unless a newer schedule covers its start (that one decided).
@@ -207,7 +207,8 @@ def apply_schedules(conn: psycopg.Connection, schedules: Sequence[Accepted]) -> 
                     "historical": rec.historical}
             cur.execute(_SQL_SCHEDULE, {**base, "ts": rec.ts, "received_at": rec.received_at,
                                         "window_start": window_start,
-                                        "window_end": window_end, "text": rec.text})
+                                        "window_end": window_end,
+                                        "data": Jsonb(rec.data)})
             for entry in entries:
                 cur.execute(_SQL_PLAN, {**base, **entry})
             if window_start is not None and window_end is not None:

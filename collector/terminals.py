@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from collector.validation import Accepted, Cleared
 
@@ -79,7 +80,7 @@ def apply_states(conn: psycopg.Connection, states: Sequence[Accepted]) -> None:
 
 
 _INVENTORY_APPLY = """
-UPDATE terminals SET inventory = %(data)s::jsonb -> 'data', inventory_seq = %(seq)s,
+UPDATE terminals SET inventory = %(data)s, inventory_seq = %(seq)s,
                      inventory_ts = %(ts)s
 WHERE school = %(school)s AND device = %(device)s
   AND (inventory_seq IS NULL OR inventory_seq < %(seq)s)"""
@@ -101,7 +102,7 @@ def apply_inventories(conn: psycopg.Connection, items: Sequence[Accepted | Clear
             else:
                 cur.execute(_INVENTORY_APPLY, {"school": item.school, "device": item.device,
                                                "seq": item.seq, "ts": item.ts,
-                                               "data": item.text})
+                                               "data": Jsonb(item.data)})
 
 
 def _time(value: object) -> datetime | None:
