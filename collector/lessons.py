@@ -160,13 +160,6 @@ def _time(value: object) -> datetime | None:
 
 # -- schedules -----------------------------------------------------------------------------------
 
-_SQL_SCHEDULE = """
-INSERT INTO schedules (school, device, seq, ts, received_at, historical, window_start,
-                       window_end, data)
-VALUES (%(school)s, %(device)s, %(seq)s, %(ts)s, to_timestamp(%(received_at)s),
-        %(historical)s, %(window_start)s, %(window_end)s, %(data)s)
-ON CONFLICT DO NOTHING"""
-
 # A listed lesson becomes planned unless a newer schedule covers its start (that one decided).
 _SQL_PLAN = f"""
 INSERT INTO lessons AS lessons (school, device, lesson_id, course, teacher, role, trigger,
@@ -200,15 +193,14 @@ WHERE school = %(school)s AND device = %(device)s AND planned
 
 
 def apply_schedules(conn: psycopg.Connection, schedules: Sequence[Accepted]) -> None:
+    """Plan and withdraw lessons for schedule records already stored in ``schedules`` (the
+    ingest stored them with their window, collector/storage.py)."""
     with conn.cursor() as cur:
         for rec in sorted(schedules, key=lambda r: (r.school, r.device, r.seq or 0)):
-            window_start, window_end, entries = schedule_entries(rec.data, rec.ts)
+            window_start, window_end = schedule_window(rec.data, rec.ts)
+            entries = schedule_entries(rec.data)
             base = {"school": rec.school, "device": rec.device, "seq": rec.seq,
                     "historical": rec.historical}
-            cur.execute(_SQL_SCHEDULE, {**base, "ts": rec.ts, "received_at": rec.received_at,
-                                        "window_start": window_start,
-                                        "window_end": window_end,
-                                        "data": Jsonb(rec.data)})
             for entry in entries:
                 cur.execute(_SQL_PLAN, {**base, **entry})
             if window_start is not None and window_end is not None:
@@ -217,22 +209,24 @@ def apply_schedules(conn: psycopg.Connection, schedules: Sequence[Accepted]) -> 
                                             "listed": [e["lesson_id"] for e in entries]})
 
 
-def schedule_entries(data: dict[str, Any], ts: datetime
-                     ) -> tuple[datetime | None, datetime | None, list[dict[str, Any]]]:
-    """(window start, window end, planned lessons) of a ``schedule`` record's data
-    (agent/schemas/schedule-data.json). The window is what this record decides: from its own
-    ``ts`` (lessons already started or passed are settled by their evidence or by
-    ``lesson_missed``) to the end of the local date ``to``. None when the dates or the time
-    zone cannot be read: the lessons listed are still planned, none is withdrawn."""
-    start = end = None
+def schedule_window(data: dict[str, Any], ts: datetime
+                    ) -> tuple[datetime | None, datetime | None]:
+    """What a ``schedule`` record (agent/schemas/schedule-data.json) decides: the lessons
+    starting from its own ``ts`` (lessons already started or passed are settled by their
+    evidence or by ``lesson_missed``) to the end of its last local date ``to``. (None, None)
+    when the dates or the time zone cannot be read: its lessons are planned, none withdrawn."""
     try:
         zone = ZoneInfo(str(data.get("timezone")))
         first = date.fromisoformat(str(data.get("from")))
         last = date.fromisoformat(str(data.get("to")))
         start = max(ts, datetime.combine(first, time.min, zone).astimezone(UTC))
-        end = datetime.combine(last + timedelta(days=1), time.min, zone).astimezone(UTC)
+        return start, datetime.combine(last + timedelta(days=1), time.min, zone).astimezone(UTC)
     except (ValueError, KeyError, ZoneInfoNotFoundError):
-        start = end = None
+        return None, None
+
+
+def schedule_entries(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The planned lessons of a ``schedule`` record's data."""
     entries = []
     for item in data.get("lessons") or []:
         if not isinstance(item, dict) or not item.get("lesson_id"):
@@ -245,4 +239,4 @@ def schedule_entries(data: dict[str, Any], ts: datetime
             "teacher": item.get("teacher"), "role": item.get("role"),
             "scheduled_start": sched_start, "scheduled_end": _time(item.get("scheduled_end")),
         })
-    return start, end, entries
+    return entries

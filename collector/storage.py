@@ -45,17 +45,12 @@ _STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS stage (
     school text, device text, seq bigint, kind text, ts timestamptz, historical boolean,
     received_at timestamptz, data text, etype text, severity text, message text,
-    period_start timestamptz, period_end timestamptz
+    period_start timestamptz, period_end timestamptz, window_start timestamptz,
+    window_end timestamptz
 ) ON COMMIT DELETE ROWS"""
 
 _ARRIVE = ("INSERT INTO arrivals (school, device, seq, ts, resets_seq) "
            "SELECT school, device, seq, ts, {resets} FROM ins")
-
-# Arrivals of a kind stored by its own code later in the same transaction: new seqs only, once.
-_ARRIVE_ONLY = ("WITH ins AS (SELECT DISTINCT ON (school, device, seq) school, device, seq, ts "
-                "FROM stage s WHERE s.kind = '{kind}' AND NOT EXISTS (SELECT 1 FROM {table} x "
-                "WHERE x.school = s.school AND x.device = s.device AND x.seq = s.seq)) "
-                + _ARRIVE.format(resets="false"))
 
 # kind -> (target table, its columns, the SELECT list from ``stage s`` and ``d`` = data)
 _COMMON = "s.school, s.device, s.seq, s.ts, s.received_at, s.historical"
@@ -70,6 +65,8 @@ _TABLES: dict[str, tuple[str, str, str]] = {
               f"{_COMMON}, s.etype, s.severity, s.message, s.data::jsonb -> 'details'"),
     "inventory": ("inventories", "school, device, seq, ts, received_at, historical, data",
                   f"{_COMMON}, s.data::jsonb"),
+    "schedule": ("schedules", "school, device, seq, ts, received_at, historical, window_start, "
+                 "window_end, data", f"{_COMMON}, s.window_start, s.window_end, s.data::jsonb"),
 }
 _OTHER = ("other_records", "school, device, seq, kind, ts, received_at, historical, data",
           "s.school, s.device, s.seq, s.kind, s.ts, s.received_at, s.historical, s.data::jsonb")
@@ -245,19 +242,23 @@ class Store:
     def _stage(self, conn: psycopg.Connection, records: Sequence[Accepted]) -> None:
         with conn.cursor() as cur, cur.copy(
                 "COPY stage (school, device, seq, kind, ts, historical, received_at, data, "
-                "etype, severity, message, period_start, period_end) FROM STDIN") as copy:
+                "etype, severity, message, period_start, period_end, window_start, window_end) "
+                "FROM STDIN") as copy:
             for r in records:
                 etype = severity = message = start = end = None
+                window: tuple[datetime | None, datetime | None] = (None, None)
                 if r.kind == "event":
                     etype, severity, message = (r.data.get("type"), r.data.get("severity"),
                                                 r.data.get("message"))
                 elif r.kind == "usage":
                     period = r.data.get("period") or {}
                     start, end = period.get("start"), period.get("end")
+                elif r.kind == "schedule":
+                    window = lessons.schedule_window(r.data, r.ts)
                 copy.write_row((r.school, r.device, r.seq, r.kind, r.ts, r.historical,
                                 datetime.fromtimestamp(r.received_at, UTC),
                                 orjson.dumps(r.data).decode(), etype, severity, message,
-                                start, end))
+                                start, end, *window))
 
     def _insert(self, conn: psycopg.Connection, kinds: set[str], now: datetime
                 ) -> tuple[int, int]:
@@ -277,10 +278,6 @@ class Store:
                                    "WHERE kind = 'metrics' AND ts < %(cutoff)s",
                                    {"cutoff": cutoff})
                 expired += max(cur.rowcount, 0)
-                continue
-            if kind == "schedule":  # its row goes to `schedules` (lessons.apply_schedules)
-                cur = conn.execute(_ARRIVE_ONLY.format(table="schedules", kind=kind))
-                stored += max(cur.rowcount, 0)
                 continue
             table, cols, select = _TABLES.get(kind, _OTHER)
             resets = (f"(type IN ({', '.join(repr(t) for t in _RESET_EVENTS)}))"
