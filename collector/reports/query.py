@@ -66,7 +66,7 @@ class Reader:
                    false AS persistent
             FROM metrics
             WHERE ts >= %(lo)s AND ts < %(hi)s AND {_school()}
-              AND data -> 'agent' -> 'mqtt' ? 'connected'
+              AND data -> 'agent' -> 'mqtt' ->> 'connected' IS NOT NULL
           UNION ALL
             SELECT school, device, ts, status = 'online', status = 'offline'
             FROM terminal_states
