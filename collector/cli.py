@@ -179,7 +179,7 @@ def _render(snap: dict[str, Any]) -> str:
 
 # -- report ------------------------------------------------------------------------------------
 
-FORMATS = ("json", "csv")
+FORMATS = ("json", "csv", "html")
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
@@ -245,7 +245,7 @@ SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Han
      _migrate),
     ("status", "what the collectors are doing: instances, gaps, quarantine", _add_status,
      _status),
-    ("report", "a month's figures per terminal, school and teacher (JSON or CSV)",
+    ("report", "a month's figures per terminal, school and teacher (JSON, CSV or HTML)",
      _add_report, _report),
 ]
 

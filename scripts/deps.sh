@@ -46,9 +46,12 @@ runtime_pkgs=(ffmpeg gcc portaudio19-dev mosquitto-clients)
 #   postgresql                  initdb/postgres for the collector tests' own cluster (tests/collector/)
 #   prometheus                  promtool check metrics, and a real server scraping the agent
 #                               (tests/test_metrics.py)
+#   chromium fonts-wqy-microhei headless browser for the pages' tests (driven by Playwright from
+#                               PyPI, never `playwright install`) and a CJK font to render them
 dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl faketime
     postgresql
-    prometheus)
+    prometheus
+    chromium fonts-wqy-microhei)
 
 wanted=("${runtime_pkgs[@]}")
 if [[ $mode == dev ]]; then

@@ -57,9 +57,10 @@ class Reader:
 
     def link_runs(self, span: Interval, hold: float) -> dict[Key, list[Run]]:
         """Observations of the broker link in ``span``, as runs: metrics records
-        (``agent.mqtt.connected``), connects (``online`` state, at the connect time) and
-        graceful stops (``offline``/``shutdown``, persistent). A last will says nothing about
-        when the link went (its ``ts`` is when that connection was made)."""
+        (``agent.mqtt.connected``; their ``data`` is json, not jsonb, so only the ``->``
+        operators), connects (``online`` state, at the connect time) and graceful stops
+        (``offline``/``shutdown``, persistent). A last will says nothing about when the link
+        went (its ``ts`` is when that connection was made)."""
         sql = f"""
         WITH obs AS (
             SELECT school, device, ts, (data -> 'agent' -> 'mqtt' ->> 'connected')::boolean AS up,

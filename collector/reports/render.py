@@ -1,4 +1,4 @@
-"""A report (the dict ``build`` makes) as JSON or CSV text, and written to a file."""
+"""A report (the dict ``build`` makes) as JSON, CSV or HTML text, and written to a file."""
 
 from __future__ import annotations
 
@@ -60,8 +60,14 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def to_html(report: dict[str, Any]) -> str:
+    from collector.reports import html
+
+    return html.render(report)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "json": to_json, "csv": to_csv}
+    "json": to_json, "csv": to_csv, "html": to_html}
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from collector import config, migrate
 from collector.reports import build, render
 from collector.reports.calendar import ReportError
 from collector.reports.timeline import Run, link
+from tests.browser import chromium
 from tests.collector import report_month
 from tests.collector.ingest_support import Ingest
 from tests.platform_support import PostgresServer
@@ -370,3 +372,85 @@ def test_csv_never_starts_a_cell_with_a_formula() -> None:
                           "terminals": [], "schools": [],
                           "teachers": [{"teacher": "=HYPERLINK(\"x\")", "school": "-1"}]})
     assert "'=HYPERLINK" in text and ",'-1" in text
+
+
+# -- the HTML page, in a real browser ------------------------------------------------------------
+
+_BARS = """() => [...document.querySelectorAll('svg.chart rect.bar')].map(r => {
+    const b = r.getBoundingClientRect();
+    return {chart: r.closest('svg').id, key: r.dataset.key, part: r.dataset.part,
+            value: +r.dataset.value, total: +r.dataset.total, width: b.width, x: b.x};
+})"""
+_ROWS = """(cls) => [...document.querySelectorAll(`table.${cls} tbody tr`)].map(
+    tr => [...tr.cells].map(td => td.innerText.replace(/\\s+/g, ' ').trim()))"""
+
+
+def test_html_report_in_chromium(month: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The page opens offline in Debian's chromium, asks for nothing, and its tables and charts
+    show the hand-computed figures."""
+    page_file = tmp_path / "2026-09.html"
+    res = _cli(tmp_path, month[0], "--month", "2026-09", "--format", "html",
+               "--out", str(page_file))
+    assert res.returncode == 0, res.stderr
+    html = page_file.read_text(encoding="utf-8")
+    assert "<script" not in html and "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_file.as_uri())
+        assert requests == [page_file.as_uri()], "the page fetched something besides itself"
+        text = page.inner_text("body")
+        for words in ("学校课程情况", "Lessons by school", "主讲教师在线教学",
+                      "Online teaching by lecturing teacher", "终端使用情况", "Terminals"):
+            assert words in text
+        schools = page.evaluate(_ROWS, "schools")
+        # school, role, scheduled, delivered, missed, interrupted, unconfirmed, upcoming,
+        # extra, delivery rate, live h (50,190 s), recorded h (52,800 s), why missed
+        assert schools == [
+            ["school-a", "主讲端 lecturing", "22", "21", "1", "1", "0", "0", "1", "95.5%",
+             "13.94", "14.67", "terminal_off 1"],
+            ["school-b", "接收端 receiving", "13", "10", "3", "1", "0", "0", "0", "76.9%",
+             "0.00", "6.67", "media_failed 1, unreported 2"]]
+        teachers = page.evaluate(_ROWS, "teachers")
+        assert [r[:5] + r[8:] for r in teachers] == [
+            ["李明", "school-a", "7", "4.67", "10.5", "落后 behind"],
+            ["王芳", "school-a", "14", "9.33", "21.0", "达标 yes"],
+            ["赵强", "school-a", "0", "0.00", "0.0", "落后 behind"]]
+        terminals = page.evaluate(_ROWS, "terminals")
+        assert [r[:8] + r[9:] for r in terminals] == [
+            ["school-a", "room-101", "80.9%", "198.0", "160.17", "37.83", "0.00", "210.3", "2",
+             "0 / 1"],
+            ["school-b", "room-101", "86.1%", "198.0", "170.50", "0.00", "27.50", "188.0", "1",
+             "1 / 0"]]
+        assert terminals[0][8] == "classroom_live 21.0, whiteboard 54.5"
+
+        bars = page.evaluate(_BARS)
+        full = {(b["chart"], b["key"]): 0.0 for b in bars}
+        for b in bars:
+            full[(b["chart"], b["key"])] += b["width"]
+
+        def drawn(chart: str, key: str, part: str) -> float:
+            (b,) = [b for b in bars if (b["chart"], b["key"], b["part"]) == (chart, key, part)]
+            return b["width"] / full[(chart, key)] if chart != "chart-teachers" else b["width"]
+
+        # Each drawn share is the figure's: online 160.1667 / 198, unknown 27.5 / 198, ...
+        assert drawn("chart-terminals", "school-a/room-101", "online") == pytest.approx(
+            160.1667 / 198, abs=1e-3)
+        assert drawn("chart-terminals", "school-a/room-101", "offline") == pytest.approx(
+            37.8333 / 198, abs=1e-3)
+        assert drawn("chart-terminals", "school-b/room-101", "unknown") == pytest.approx(
+            27.5 / 198, abs=1e-3)
+        assert drawn("chart-schools", "school-a", "delivered") == pytest.approx(21 / 22, abs=1e-3)
+        assert drawn("chart-schools", "school-b", "missed") == pytest.approx(3 / 13, abs=1e-3)
+        # Term progress: 王芳's bar is 9.3333 of 36 h of the track, 李明's 4.6667 of 24 h.
+        track = page.evaluate("() => document.querySelector('#chart-teachers rect')"
+                              ".getBoundingClientRect().width")
+        assert drawn("chart-teachers", "王芳", "term") / track == pytest.approx(9.3333 / 36,
+                                                                              abs=1e-3)
+        assert drawn("chart-teachers", "李明", "term") / track == pytest.approx(4.6667 / 24,
+                                                                              abs=1e-3)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        if os.environ.get("CLASSROOM_REPORT_SCREENSHOT"):  # docs/img/report.png is made so
+            page.screenshot(path=os.environ["CLASSROOM_REPORT_SCREENSHOT"], full_page=True)
