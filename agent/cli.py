@@ -22,6 +22,7 @@ import urllib.request
 from typing import Any
 
 from agent import __version__, config, i18n
+from agent.i18n import N_, _
 from agent.safetext import inert
 
 #: The clock check's NTP server (``doctor --ntp``); one that answers in China.
@@ -33,55 +34,69 @@ CHECK_IDS = ("state_dir", "disk", "secrets", "broker", "clock", "devices", "ffmp
 EXIT_OK, EXIT_WARN, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
+def _lang_arg(argv: list[str]) -> str | None:
+    """``--lang`` read before the parser is built, so that its help is in that language too."""
+    for i, a in enumerate(argv):
+        if a.startswith("--lang="):
+            return a.split("=", 1)[1]
+        if a == "--lang" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    i18n.use(i18n.pick(_lang_arg(argv)))
     parser = argparse.ArgumentParser(
         prog="classroom-agent",
-        description="Edge agent of a classroom teaching terminal: telemetry over MQTT.",
+        description=_("Edge agent of a classroom teaching terminal: telemetry over MQTT."),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--lang", choices=i18n.LANGUAGES,
-                        help="language of the output (default: from LANG/LC_ALL/LC_MESSAGES)")
+                        help=_("language of the output (default: from LANG/LC_ALL/LC_MESSAGES)"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
-    p_run.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
+    p_run = sub.add_parser("run", help=_("run the agent in the foreground (systemd runs this)"))
+    p_run.add_argument("--config", default=str(config.DEFAULT_PATH), help=_("config file"))
 
-    p_status = sub.add_parser("status", help="show what the running agent is doing")
-    p_status.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
-    p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    p_status = sub.add_parser("status", help=_("show what the running agent is doing"))
+    p_status.add_argument("--config", default=str(config.DEFAULT_PATH), help=_("config file"))
+    p_status.add_argument("--json", action="store_true", help=_("machine-readable output"))
 
-    p_lesson = sub.add_parser("lesson", help="start or stop a lesson on the running agent")
+    p_lesson = sub.add_parser("lesson", help=_("start or stop a lesson on the running agent"))
     lesson_sub = p_lesson.add_subparsers(dest="lesson_command", required=True)
-    p_start = lesson_sub.add_parser("start", help="start a lesson now")
-    p_start.add_argument("--course", help="course name")
-    p_start.add_argument("--teacher", help="teacher's name")
+    p_start = lesson_sub.add_parser("start", help=_("start a lesson now"))
+    p_start.add_argument("--course", help=_("course name"))
+    p_start.add_argument("--teacher", help=_("teacher's name"))
     p_start.add_argument("--role", choices=("lecturing", "receiving"),
-                         help="lecturing: this room teaches; receiving: it follows a remote one")
+                         help=_("lecturing: this room teaches; receiving: it follows a remote one"))
     p_start.add_argument("--duration", type=float, metavar="SECONDS",
-                         help="stop by itself after this many seconds (10 to 86400)")
-    p_stop = lesson_sub.add_parser("stop", help="stop the running lesson")
+                         help=_("stop by itself after this many seconds (10 to 86400)"))
+    p_stop = lesson_sub.add_parser("stop", help=_("stop the running lesson"))
     for p in (p_start, p_stop):
-        p.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
-        p.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
+        p.add_argument("--config", default=str(config.DEFAULT_PATH), help=_("config file"))
+        p.add_argument("--json", action="store_true", help=_("print the agent's reply as JSON"))
 
-    p_doc = sub.add_parser("doctor", help="check everything this terminal needs, with fixes")
-    p_doc.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file")
-    p_doc.add_argument("--json", action="store_true", help="machine-readable output")
+    p_doc = sub.add_parser("doctor", help=_("check everything this terminal needs, with fixes"))
+    p_doc.add_argument("--config", default=str(config.DEFAULT_PATH), help=_("config file"))
+    p_doc.add_argument("--json", action="store_true", help=_("machine-readable output"))
     p_doc.add_argument("--ntp", default=DEFAULT_NTP, metavar="SERVER[:PORT]",
-                       help=f"NTP server for the clock check, or 'off' (default {DEFAULT_NTP})")
+                       help=_("NTP server for the clock check, or 'off' (default {server})")
+                       .format(server=DEFAULT_NTP))
     p_doc.add_argument("--only", type=lambda t: [x for x in t.split(",") if x],
-                       metavar="CHECK,...", help="run only these checks: " + ", ".join(CHECK_IDS))
+                       metavar="CHECK,...",
+                       help=_("run only these checks: {checks}").format(
+                           checks=", ".join(CHECK_IDS)))
 
-    p_dev = sub.add_parser("devices", help="list the cameras and microphones of this PC")
-    p_dev.add_argument("--json", action="store_true", help="machine-readable output")
+    p_dev = sub.add_parser("devices", help=_("list the cameras and microphones of this PC"))
+    p_dev.add_argument("--json", action="store_true", help=_("machine-readable output"))
 
-    p_cfg = sub.add_parser("config", help="configuration tools")
+    p_cfg = sub.add_parser("config", help=_("configuration tools"))
     cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
-    p_check = cfg_sub.add_parser("check", help="validate a config file")
+    p_check = cfg_sub.add_parser("check", help=_("validate a config file"))
     p_check.add_argument("path")
 
     args = parser.parse_args(argv)
-    i18n.use(i18n.pick(args.lang))
     if args.command == "run":
         return _run(args.config)
     if args.command == "status":
@@ -105,11 +120,11 @@ def _load_or_report(path: str) -> config.Config | None:
     try:
         return config.load(path)
     except config.ConfigError as exc:
-        print("classroom-agent: invalid configuration:", file=sys.stderr)
+        print(_("classroom-agent: invalid configuration:"), file=sys.stderr)
         for problem in exc.problems:  # they quote the file: one inert line each
             print(inert(problem, None), file=sys.stderr)
-        say("Next step: fix the lines above; `classroom-agent config check "
-              f"{path}` re-checks without starting.", file=sys.stderr)
+        say(_("Next step: fix the lines above; `classroom-agent config check {path}` re-checks "
+              "without starting.").format(path=path), file=sys.stderr)
         return None
 
 
@@ -139,9 +154,10 @@ def _check(path: str) -> int:
     if cfg is None:
         return EXIT_CONFIG
     tls = ", TLS" if cfg.mqtt.tls.active else ""
-    say(f"{path}: OK: device {cfg.device.id} at school {cfg.device.school}, broker "
-          f"{cfg.mqtt.host}:{cfg.mqtt.port}{tls}, state in {cfg.state_dir}, "
-          f"config hash {cfg.hash}")
+    say(_("{path}: OK: device {device} at school {school}, broker {host}:{port}{tls}, state in "
+          "{state_dir}, config hash {hash}").format(
+        path=path, device=cfg.device.id, school=cfg.device.school, host=cfg.mqtt.host,
+        port=cfg.mqtt.port, tls=tls, state_dir=cfg.state_dir, hash=cfg.hash))
     return EXIT_OK
 
 
@@ -193,17 +209,32 @@ def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | Non
         say(_done_sentence(name, reply.get("result") or {}))
     else:
         err = reply.get("error") or {}
-        say(f"The agent refused {name}: {err.get('message', 'no reason given')} "
-            f"({err.get('code', 'unknown')}).")
+        say(_("The agent refused {command}: {message} ({code}).").format(
+            command=name, message=err.get("message", _("no reason given")),
+            code=err.get("code", "unknown")))
     return EXIT_OK if reply.get("ok") else EXIT_WARN
 
 
 def _done_sentence(name: str, result: dict[str, Any]) -> str:
-    what = {"lesson_start": "Lesson started", "lesson_stop": "Lesson stopped",
-            "report_now": "Report published"}.get(name, f"{name} done")
-    details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()
+    what = {"lesson_start": _("Lesson started"), "lesson_stop": _("Lesson stopped"),
+            "report_now": _("Report published")}.get(name, _("{command} done").format(
+                command=name))
+    details = ", ".join(f"{_(RESULT_WORDS.get(k, k.replace('_', ' ')))} {v}"
+                        for k, v in result.items()
                         if isinstance(v, str | int | float) and not isinstance(v, bool))
     return f"{what}: {details}." if details else f"{what}."
+
+
+#: The lesson evidence's keys as people read them (agent/lessons/manager.py's ``_identity`` and
+#: ``lesson_ended``); others are shown with '_' as a space, untranslated.
+RESULT_WORDS = {
+    "lesson_id": N_("lesson id"), "course": N_("course"), "teacher": N_("teacher"),
+    "role": N_("role"), "trigger": N_("trigger"), "scheduled_start": N_("scheduled start"),
+    "scheduled_end": N_("scheduled end"), "actual_start": N_("actual start"),
+    "actual_end": N_("actual end"), "planned_duration_s": N_("planned duration s"),
+    "duration_s": N_("duration s"), "ended_by": N_("ended by"), "recorded_s": N_("recorded s"),
+    "continues": N_("continues"),
+}
 
 
 def _devices(as_json: bool) -> int:
@@ -211,24 +242,26 @@ def _devices(as_json: bool) -> int:
     try:
         from agent.media import devices
     except ImportError as exc:
-        say(f"classroom-agent: cannot list devices: the media part is missing from this "
-            f"installation ({exc}). Next step: reinstall or upgrade the agent "
-            "(scripts/install.sh).", file=sys.stderr)
+        say(_("classroom-agent: cannot list devices: the media part is missing from this "
+              "installation ({error}). Next step: reinstall or upgrade the agent "
+              "(scripts/install.sh).").format(error=exc), file=sys.stderr)
         return EXIT_WARN
     try:
         found = {"cameras": [_plain(d) for d in devices.list_cameras()],
                  "microphones": [_plain(d) for d in devices.list_microphones()]}
     except Exception as exc:
-        say(f"classroom-agent: listing devices failed: {type(exc).__name__}: {exc}. Next step: "
-            "check that this user is in the video and audio groups.", file=sys.stderr)
+        say(_("classroom-agent: listing devices failed: {error}. Next step: check that this "
+              "user is in the video and audio groups.").format(
+            error=f"{type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_WARN
     if as_json:
         print(json.dumps(found, indent=2, default=str))  # ASCII: device names are outside text
         return EXIT_OK
-    for title, items in (("camera", found["cameras"]), ("microphone", found["microphones"])):
+    for title, items in ((_("{count} camera(s)"), found["cameras"]),
+                         (_("{count} microphone(s)"), found["microphones"])):
         problems = [i["error"] for i in items if isinstance(i, dict) and i.get("error")]
         items = [i for i in items if not (isinstance(i, dict) and i.get("error"))]
-        say(f"{len(items)} {title}(s){':' if items else '.'}")
+        say(title.format(count=len(items)) + (":" if items else "."))
         for item in items:
             say(f"  - {_device_line(item)}")
         for why in problems:
@@ -253,9 +286,10 @@ def _device_line(item: Any) -> str:
     modes = [m for m in item.get("modes") or [] if isinstance(m, dict) and m.get("width")]
     if modes:
         best = max(modes, key=lambda m: m["width"] * m.get("height", 0))
-        extra.append(f"up to {best['width']}x{best.get('height', '?')}")
+        extra.append(_("up to {width}x{height}").format(width=best["width"],
+                                                        height=best.get("height", "?")))
     if item.get("rates"):
-        extra.append("rates " + "/".join(f"{r:g}" for r in item["rates"]) + " Hz")
+        extra.append(_("rates {rates} Hz").format(rates="/".join(f"{r:g}" for r in item["rates"])))
     if item.get("note"):
         extra.append(str(item["note"]))
     return f"{line}: {'; '.join(extra)}" if extra else line
@@ -273,7 +307,8 @@ def _not_running(url: str, host: str, port: int, exc: BaseException, as_json: bo
     if as_json:
         print(json.dumps({"running": False, "error": str(reason), "url": url}))
     else:
-        say(f"classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
-        print("Next step: `systemctl status classroom-agent` and "
-              "`journalctl -u classroom-agent -n 50` show why.")
+        say(_("classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
+            .format(host=host, port=port, reason=reason))
+        print(_("Next step: `systemctl status classroom-agent` and "
+                "`journalctl -u classroom-agent -n 50` show why."))
     return EXIT_NOT_RUNNING

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -137,3 +138,40 @@ def _unquote(s: str, n: int) -> str:
     if not isinstance(value, str):
         raise ValueError(f"line {n}: expected a string")
     return value
+
+
+# -- for maintainers and the tests: every msgid the program can show ---------------------------
+
+#: Calls whose first argument (a string literal) is a msgid.
+MARKERS = ("_", "N_")
+
+
+def msgids(root: Path = LOCALE_DIR.parent) -> dict[str, str]:
+    """msgid -> where it is first used (``path:line``): every literal marked with ``_``/``N_``
+    under ``agent/``, every template of the warning catalogue, and every ``t("...")`` of the
+    status page (agent/status/page.html)."""
+    from agent.status import warnings
+    from agent.status.warnings import CATALOGUE
+
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in MARKERS and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                found.setdefault(node.args[0].value,
+                                 f"{path.relative_to(root.parent)}:{node.lineno}")
+    for code, t in CATALOGUE.items():
+        for text in (t.cause, t.next_step):
+            if text:
+                found.setdefault(text, f"agent/status/warnings.py:{code}")
+    found.setdefault(warnings.NEXT_STEP, "agent/status/warnings.py:render")
+    page = root / "status" / "page.html"
+    if page.exists():
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for m in re.finditer(r'\bt\("((?:[^"\\]|\\.)*)"\)', line):
+                found.setdefault(ast.literal_eval(f'"{m.group(1)}"'),
+                                 f"agent/status/page.html:{n}")
+    return found

@@ -81,9 +81,10 @@ def test_the_format_specs_and_a_missing_param() -> None:
 
 def test_a_translation_goes_through_the_templates() -> None:
     zh = {CATALOGUE["disk_full"].cause: "磁盘 {mount} 已用 {percent:percent}。",
-          CATALOGUE["disk_full"].next_step: "清理空间。", "Next step:": "下一步"}
+          CATALOGUE["disk_full"].next_step: "清理空间。",
+          warnings.NEXT_STEP: "{cause}下一步：{next_step}"}
     text = render(Warning("disk_full", {"mount": "/", "percent": 91}), lambda s: zh.get(s, s))
-    assert text == "磁盘 / 已用 91%。 下一步 清理空间。"
+    assert text == "磁盘 / 已用 91%。下一步：清理空间。"
 
 
 def test_json_round_trip_and_unknown_codes() -> None:

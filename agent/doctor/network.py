@@ -57,7 +57,8 @@ def broker(ctx: Context) -> list[Finding]:
         infos = socket.getaddrinfo(m.host, m.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         return [problem("broker.dns", T_DNS, "broker_name_unresolved", host=m.host,
-                        error=_error(exc)), *_not_tried(later, N_("the name does not resolve"))]
+                        error=_error(exc)),
+                *_not_tried(later, N_("not tried: the name does not resolve."))]
     addrs = sorted({i[4][0] for i in infos})
     out = [passed("broker.dns", T_DNS, N_("{host} is {addresses}."), host=m.host,
                   addresses=", ".join(addrs[:4]))]
@@ -67,7 +68,8 @@ def broker(ctx: Context) -> list[Finding]:
     except OSError as exc:
         return [*out, problem("broker.tcp", T_TCP, "broker_port_closed", address=address,
                               port=m.port, error=_error(exc)),
-                *_not_tried(later[1:], N_("the port does not accept connections"))]
+                *_not_tried(later[1:], N_("not tried: the port does not accept "
+                                                         "connections."))]
     sock.close()
     out.append(passed("broker.tcp", T_TCP, N_("{address} accepts connections ({ms:.0f} ms)."),
                       address=address, ms=(time.monotonic() - started) * 1000))
@@ -75,7 +77,7 @@ def broker(ctx: Context) -> list[Finding]:
         tls = _tls(ctx.cfg)
         out.extend(tls)
         if any(f.status == "fail" for f in tls):
-            return [*out, *_not_tried(later[2:], N_("TLS failed"))]
+            return [*out, *_not_tried(later[2:], N_("not tried: TLS failed."))]
     else:
         out.append(skipped("broker.tls", T_TLS, N_("TLS is off (mqtt.tls); the link is not "
                                                    "encrypted.")))
@@ -83,8 +85,8 @@ def broker(ctx: Context) -> list[Finding]:
     return out
 
 
-def _not_tried(steps: list[tuple[str, str]], why: str) -> list[Finding]:
-    return [skipped(check, title, N_("not tried: {why}."), why=why) for title, check in steps]
+def _not_tried(steps: list[tuple[str, str]], text: str) -> list[Finding]:
+    return [skipped(check, title, text) for title, check in steps]
 
 
 def _tls(cfg: Config) -> list[Finding]:

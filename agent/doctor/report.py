@@ -74,10 +74,12 @@ def exit_code(findings: list[Finding]) -> int:
 def line(f: Finding, translate: Translate = _same) -> str:
     """One finding for a terminal: ``[PASS] Title: summary`` and, for warn/fail, the fix.
     Parameters from outside are made inert (no control characters reach the terminal)."""
-    head = f"[{translate(LABELS[f.status])}] {translate(f.title)}: {_inert(f.summary(translate))}"
+    head = translate(N_("[{status}] {title}: {summary}")).format(
+        status=translate(LABELS[f.status]), title=translate(f.title),
+        summary=_inert(f.summary(translate)))
     fix = f.fix(translate)
     if fix:
-        head += f"\n       {translate(N_('Fix:'))} {_inert(fix)}"
+        head += "\n       " + translate(N_("Fix: {fix}")).format(fix=_inert(fix))
     return head
 
 

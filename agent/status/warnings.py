@@ -255,6 +255,9 @@ class _Formatter(string.Formatter):
 _FORMAT = _Formatter()
 
 
+NEXT_STEP = "{cause} Next step: {next_step}"
+
+
 def _identity(text: str) -> str:
     return text
 
@@ -276,7 +279,8 @@ def next_step(w: Warning, translate: Translate = _identity) -> str:
 def render(w: Warning, translate: Translate = _identity) -> str:
     """The whole sentence people read: the cause, then "Next step: ..." when there is one."""
     text, step = cause(w, translate), next_step(w, translate)
-    return f"{text} {translate('Next step:')} {step}" if step else text
+    # One template, so a language can join them its own way (Chinese: no spaces).
+    return translate(NEXT_STEP).format(cause=text, next_step=step) if step else text
 
 
 def as_json(w: Warning) -> dict[str, Any]:
