@@ -147,7 +147,8 @@ MARKERS = ("_", "N_")
 
 
 def msgids(root: Path = LOCALE_DIR.parent) -> dict[str, str]:
-    """msgid -> where it is first used (``path:line``): every literal marked with ``_``/``N_``
+    """msgid -> the file that first uses it (no line numbers: the catalog must not change with
+    every edit): every literal marked with ``_``/``N_``
     under ``agent/``, every template of the warning catalogue, and every ``t("...")`` of the
     status page (agent/status/page.html)."""
     from agent.status import warnings
@@ -161,8 +162,7 @@ def msgids(root: Path = LOCALE_DIR.parent) -> dict[str, str]:
                     and node.func.id in MARKERS and node.args
                     and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)):
-                found.setdefault(node.args[0].value,
-                                 f"{path.relative_to(root.parent)}:{node.lineno}")
+                found.setdefault(node.args[0].value, str(path.relative_to(root.parent)))
     for code, t in CATALOGUE.items():
         for text in (t.cause, t.next_step):
             if text:
@@ -170,8 +170,7 @@ def msgids(root: Path = LOCALE_DIR.parent) -> dict[str, str]:
     found.setdefault(warnings.NEXT_STEP, "agent/status/warnings.py:render")
     page = root / "status" / "page.html"
     if page.exists():
-        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        for line in page.read_text(encoding="utf-8").splitlines():
             for m in re.finditer(r'\bt\("((?:[^"\\]|\\.)*)"\)', line):
-                found.setdefault(ast.literal_eval(f'"{m.group(1)}"'),
-                                 f"agent/status/page.html:{n}")
+                found.setdefault(ast.literal_eval(f'"{m.group(1)}"'), "agent/status/page.html")
     return found
