@@ -87,6 +87,8 @@ class MqttConfig:
     reconnect_min_s: float = _opt(1.0, min=0.05, max=3600)
     reconnect_max_s: float = _opt(120.0, min=0.1, max=86400)
     flush_on_exit_s: float = _opt(5.0, min=0, max=60)
+    state_refresh_s: float = _opt(3600.0, min=1, max=86400, doc="the retained online state is "
+                                  "published again this often while connected")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from agent import __version__
 from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqttauth import apply_credentials
+from agent.mqttversion import ProtocolChoice
 from agent.outbox import Outbox, Row
 from agent.records import RETAINED_KINDS, Envelope, Record, mark_historical, rfc3339
 from agent.throttle import Summary, Tally
@@ -146,7 +147,8 @@ class Publisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        self._use_v5 = cfg.protocol in ("auto", "5")
+        self._protocol = ProtocolChoice(cfg, Path(state_dir))
+        self._use_v5 = self._protocol.v5  # of the current connection
         self.stats = PublisherStats(broker=f"{cfg.host}:{cfg.port}")
         # Connection state, owned by the publisher thread.
         self._client: mqtt.Client | None = None
@@ -160,6 +162,7 @@ class Publisher:
         self._last_ack_flush = 0.0
         self._connect_started = 0.0
         self._flush_deadline = 0.0
+        self._state_sent = 0.0
         self._more = True
         # Commands: None = no subscription and a clean session (the behaviour before commands).
         self.command_sink = command_sink
@@ -233,6 +236,8 @@ class Publisher:
         # acknowledgements wait to be deleted; the 2 s tick covers the CONNACK timeout.
         self._handle_events(timeout=0.05 if self.outbox.pending_acks else 2.0)
         if self._ready:
+            if now - self._state_sent >= self.cfg.state_refresh_s:
+                self._publish_online()
             self._send_replies()
             if self._more:
                 self._fill_window()
@@ -325,6 +330,7 @@ class Publisher:
     def _connect(self) -> None:
         self._conn_id += 1
         session = self._next_session()
+        self._use_v5 = self._protocol.next_attempt()
         proto = "5" if self._use_v5 else "3.1.1"
         try:
             client = self._make_client(session)
@@ -441,14 +447,16 @@ class Publisher:
     def _on_connack(self, reason: Any, session_present: bool = False) -> None:
         self._got_connack = True
         if reason.is_failure:
-            if self.cfg.protocol == "auto" and self._use_v5 and _unsupported_version(reason):
-                self._use_v5 = False
-                log.info("publisher: broker does not speak MQTT 5; falling back to 3.1.1")
-                self._next_attempt = 0
+            if self._use_v5 and _unsupported_version(reason):
+                self._protocol.unsupported()
+                if not self._protocol.v5:
+                    self._next_attempt = 0
             self._drop_connection(f"broker refused the connection: {reason}")
             return
         self._ready = True
         self._backoff.reset()
+        self._protocol.connected()
+        self.stats.last_error = self.stats.last_error_ts = None  # connected: nothing is wrong now
         self.stats.connected = True
         self.stats.connected_since = time.time()
         self.stats.next_attempt_in_s = None
@@ -456,15 +464,23 @@ class Publisher:
                  self.stats.protocol, self.stats.session,
                  ", broker session resumed" if session_present else "")
         assert self._client is not None
+        self._publish_online()
+        for kind in self.clear_retained:  # an empty retained payload deletes the broker's copy
+            self._client.publish(self.topic(kind), b"", qos=1, retain=True)
+        if self.command_sink is not None:
+            self._subscribe_commands()
+
+    def _publish_online(self) -> None:
+        """The retained birth: on every connect and again every ``mqtt.state_refresh_s``, so a
+        consumer on a broker that keeps retained messages from wildcard subscribers (RabbitMQ)
+        learns the state within that time."""
+        assert self._client is not None
+        self._state_sent = time.monotonic()
         self._client.publish(
             self.topic("state"),
             self._state_payload("online", self.stats.session, "connected"),
             qos=1, retain=True,
         )
-        for kind in self.clear_retained:  # an empty retained payload deletes the broker's copy
-            self._client.publish(self.topic(kind), b"", qos=1, retain=True)
-        if self.command_sink is not None:
-            self._subscribe_commands()
 
     # -- commands and replies ------------------------------------------------------------------
 
@@ -544,9 +560,9 @@ class Publisher:
         self._trim_replies()
 
     def _log_refused_topic(self, s: Summary) -> None:
-        log.warning("publisher: %d request(s) asked for a reply outside %s/ (the last: %.200s); "
-                    "replied on %s only", s.count, self.topic("reply"), s.example["topic"],
-                    self.topic("reply"))
+        log.warning("publisher: %d request(s) asked for a reply outside %s/ or on a topic with "
+                    "wildcards, NUL, '.' or spaces (the last: %.200s); replied on %s only",
+                    s.count, self.topic("reply"), s.example["topic"], self.topic("reply"))
 
     def _trim_replies(self) -> None:
         dropped = 0
@@ -593,9 +609,8 @@ class Publisher:
         self.stats.replies_sent_total += 1
 
     def _on_disconnected(self, reason: Any) -> None:
-        if not self._got_connack and self.cfg.protocol == "auto":
-            # Closed before any CONNACK: an old broker may drop MQTT 5 CONNECTs silently.
-            self._use_v5 = not self._use_v5
+        if not self._got_connack:  # an old broker may drop MQTT 5 CONNECTs silently
+            self._protocol.closed_before_connack()
         why = f"connection lost: {reason}"
         log.warning("publisher: %s (%d in flight will be resent)", why, len(self._inflight))
         self._drop_connection(why)
@@ -685,13 +700,17 @@ def _correlation(props: Any) -> bytes | None:
 
 
 def _valid_publish_topic(topic: str) -> bool:
-    """What MQTT allows as a publish topic: non-empty UTF-8 (no lone surrogate, which paho could
-    not encode), no wildcards or NUL, at most 65535 bytes."""
+    """A topic we may publish a reply to: non-empty UTF-8 (no lone surrogate, which paho could
+    not encode), no wildcards or NUL, at most 65535 bytes; and, as every topic of the contract,
+    no '.' and no whitespace: NATS drops the connection of a client that publishes there (the
+    unacknowledged reply would be resent, and drop it again, on every reconnect) and RabbitMQ
+    turns '.' into a level separator (docs/contract.md, "Brokers")."""
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:
         return False
-    return bool(topic) and not any(c in topic for c in "+#\0") and size <= 65535
+    return (bool(topic) and not any(c in topic for c in "+#\0.") and size <= 65535
+            and not any(c.isspace() for c in topic))
 
 
 def _unsupported_version(reason: Any) -> bool:

@@ -48,10 +48,15 @@ runtime_pkgs=(ffmpeg gcc portaudio19-dev mosquitto-clients)
 #                               (tests/test_metrics.py)
 #   chromium fonts-wqy-microhei headless browser for the pages' tests (driven by Playwright from
 #                               PyPI, never `playwright install`) and a CJK font to render them
+#   nats-server rabbitmq-server other brokers a region may run: the tests start their own on
+#                               free ports (tests/brokers.py, tests/test_brokers.py)
+# In dev mode the packages' own services are not started by the install (a temporary
+# policy-rc.d): the tests and the demo start their own servers, never the system's.
 dev_pkgs=(mosquitto systemd pulseaudio pulseaudio-utils sox srt-tools shellcheck openssl faketime
     postgresql
     prometheus
-    chromium fonts-wqy-microhei)
+    chromium fonts-wqy-microhei
+    nats-server rabbitmq-server)
 
 wanted=("${runtime_pkgs[@]}")
 if [[ $mode == dev ]]; then
@@ -103,8 +108,20 @@ echo "deps.sh: installing ${#missing[@]} package(s): ${missing[*]}"
 echo "deps.sh: apt-get update"
 apt-get update -q
 echo "deps.sh: apt-get install ${missing[*]}"
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [[ $mode == dev && ! -e $policy ]]; then
+    printf '#!/bin/sh\n# deps.sh: do not start services while installing\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+    trap 'rm -f "$policy"' EXIT
+fi
 # -o Dpkg::Use-Pty=0 keeps the log readable when not on a terminal (CI).
 apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}"
+if ((own_policy)); then
+    rm -f "$policy"
+    trap - EXIT
+fi
 
 still=()
 for pkg in "${missing[@]}"; do

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests import fuzzing
+from tests import brokers, fuzzing
 from tests.support import AgentProcess, Broker, Subscriber
 
 fuzzing.load_profile()  # before the test modules build their @settings
@@ -54,3 +54,28 @@ def agent_factory(tmp_path: Path, broker: Broker) -> Iterator[type]:
     yield make  # type: ignore[misc]
     for a in started:
         a.kill()
+
+
+# -- other brokers (tests/brokers.py): one of each per session, on free ports ------------------
+
+
+@pytest.fixture(scope="session")
+def nats_launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[brokers.NatsBroker | None]:
+    yield from brokers.launched(brokers.NatsBroker, tmp_path_factory.mktemp("nats"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_launch(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[brokers.RabbitBroker | None]:
+    """RabbitMQ booting (it takes seconds): request it early, wait through rabbitmq_broker."""
+    yield from brokers.launched(brokers.RabbitBroker, tmp_path_factory.mktemp("rabbitmq"))
+
+
+@pytest.fixture
+def nats_broker(nats_launch: brokers.NatsBroker | None) -> brokers.NatsBroker:
+    return brokers.ready(nats_launch, brokers.NatsBroker)
+
+
+@pytest.fixture
+def rabbitmq_broker(rabbitmq_launch: brokers.RabbitBroker | None) -> brokers.RabbitBroker:
+    return brokers.ready(rabbitmq_launch, brokers.RabbitBroker)

@@ -182,20 +182,26 @@ class Subscriber:
     topic: str = "classroom/v1/#"
     client_id: str = field(default_factory=lambda: f"test-sub-{os.getpid()}-{time.monotonic_ns()}")
     messages: list[Message] = field(default_factory=list)
+    #: mqtt.MQTTv311 for brokers without MQTT 5 (NATS, RabbitMQ before 3.13).
+    protocol: int = mqtt.MQTTv5
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        v5 = self.protocol == mqtt.MQTTv5
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5)
+                        protocol=self.protocol, clean_session=None if v5 else False)
         c.reconnect_delay_set(0.05, 0.5)
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *_a: self._subscribed.clear()
         c.on_message = self._on_message
         self.client = c
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        c.connect("127.0.0.1", self.port, keepalive=5, clean_start=False, properties=props)
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            c.connect("127.0.0.1", self.port, keepalive=5, clean_start=False, properties=props)
+        else:
+            c.connect("127.0.0.1", self.port, keepalive=5)
         c.loop_start()
         wait_until(self._subscribed.is_set, 10, "test subscriber to subscribe")
 
@@ -301,11 +307,12 @@ class MqttClient:
         self.client.disconnect()
 
 
-def retained(port: int, topic: str, timeout: float = 5.0) -> dict[str, Any] | None:
+def retained(port: int, topic: str, timeout: float = 5.0,
+             protocol: int = mqtt.MQTTv5) -> dict[str, Any] | None:
     """Read the retained message of ``topic`` with a fresh, clean client."""
     got: list[bytes] = []
     done = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
 
     def on_connect(cl: mqtt.Client, *_a: Any) -> None:
         cl.subscribe(topic, qos=1)

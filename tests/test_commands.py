@@ -514,10 +514,17 @@ def test_publisher_keeps_at_most_100_replies_while_offline(tmp_path: Path) -> No
     for i in range(MAX_PENDING_REPLIES + 30):
         pub.reply(f'{{"n":{i}}}'.encode(), None, None)
     pub.reply(b'{"n":"rt"}', "bad/+/topic", b"c")  # invalid response topic: base topic only
+    # '.' and spaces are refused too: NATS drops a client that publishes there (contract, Brokers)
+    pub.reply(b'{"n":"dot"}', pub.topic("reply/req.7"), b"c")
+    pub.reply(b'{"n":"space"}', pub.topic("reply/req 7"), b"c")
+    pub.reply(b'{"n":"ok"}', pub.topic("reply/req-7"), b"c")  # the control: this one is kept
     pub._handle_events(timeout=0.1)
     assert len(pub._replies) == MAX_PENDING_REPLIES
-    assert pub.stats.replies_dropped_total == 31
-    assert pub._replies[-1].payload == b'{"n":"rt"}' and pub._replies[-1].topic.endswith("/reply")
+    assert pub.stats.replies_dropped_total == 35
+    assert [(r.payload, r.topic) for r in list(pub._replies)[-5:]] == [
+        (b'{"n":"rt"}', pub.topic("reply")), (b'{"n":"dot"}', pub.topic("reply")),
+        (b'{"n":"space"}', pub.topic("reply")), (b'{"n":"ok"}', pub.topic("reply")),
+        (b'{"n":"ok"}', pub.topic("reply/req-7"))]
     outbox.close()
 
 
