@@ -29,6 +29,7 @@ from agent.lessons import TimetableError, load_schedule
 from agent.lessons.manager import LessonError, LessonManager
 from agent.lessons.planner import Planner, PlanSettings
 from agent.media.adapter import LessonMedia
+from agent.media.peek import Peeker
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event
@@ -98,9 +99,12 @@ class Agent:
                                             name="local-commands")
         self.publisher = self._make_publisher(cfg)
         self.scheduler = self._make_scheduler(cfg)
+        # The page's camera snapshot and microphone level, in child processes on request.
+        self.peeker = Peeker(lambda: self.cfg.media, self.media.stats)
         host, port = cfg.status.address
         self.status_server = HttpServer(
-            status_routes(self.board.snapshot).include(control.routes(self.local_commands)),
+            status_routes(self.board.snapshot, self.peeker).include(
+                control.routes(self.local_commands)),
             TcpListener(host, port), Limits(max_body_bytes=control.MAX_BODY))
 
     # -- building parts ------------------------------------------------------------------------
@@ -337,6 +341,7 @@ class Agent:
         self.guard.flush()  # rejections counted but not yet reported go out with the flush
         self.publisher.stop(flush_s=self.cfg.mqtt.flush_on_exit_s)
         self.status_server.stop()
+        self.peeker.stop()
         self.outbox.close()
         self._running_marker.unlink(missing_ok=True)
         log.info("stopped")

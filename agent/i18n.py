@@ -142,15 +142,16 @@ def _unquote(s: str, n: int) -> str:
 
 # -- for maintainers and the tests: every msgid the program can show ---------------------------
 
-#: Calls whose first argument (a string literal) is a msgid.
-MARKERS = ("_", "N_")
+#: Calls whose first argument (a string literal) is a msgid (``tr`` is a ``translate`` passed in,
+#: e.g. for the status page's language).
+MARKERS = ("_", "N_", "tr")
 
 
 def msgids(root: Path = LOCALE_DIR.parent) -> dict[str, str]:
     """msgid -> the file that first uses it (no line numbers: the catalog must not change with
     every edit): every literal marked with ``_``/``N_``
     under ``agent/``, every template of the warning catalogue, and every ``t("...")`` of the
-    status page (agent/status/page.html)."""
+    status page's script (agent/status/page.js)."""
     from agent.status import warnings
     from agent.status.warnings import CATALOGUE
 
@@ -168,9 +169,9 @@ def msgids(root: Path = LOCALE_DIR.parent) -> dict[str, str]:
             if text:
                 found.setdefault(text, f"agent/status/warnings.py:{code}")
     found.setdefault(warnings.NEXT_STEP, "agent/status/warnings.py:render")
-    page = root / "status" / "page.html"
+    page = root / "status" / "page.js"
     if page.exists():
         for line in page.read_text(encoding="utf-8").splitlines():
             for m in re.finditer(r'\bt\("((?:[^"\\]|\\.)*)"\)', line):
-                found.setdefault(ast.literal_eval(f'"{m.group(1)}"'), "agent/status/page.html")
+                found.setdefault(ast.literal_eval(f'"{m.group(1)}"'), "agent/status/page.js")
     return found

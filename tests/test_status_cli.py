@@ -101,10 +101,14 @@ def test_status_page_and_metrics(broker: Broker, agent_factory) -> None:
     agent = agent_factory().start()
     wait_until(lambda: _healthy(agent), 30, "a connected agent")
 
-    ctype, page = _get(agent, "/")
+    ctype, page = _get(agent, "/")  # the page in a browser: tests/test_status_page.py
     assert ctype.startswith("text/html")
-    assert page.startswith("<!doctype html>")
-    assert "connected to" in page and "room-101" in page
+    assert page.startswith("<!doctype html>") and '<script src="/page.js"' in page
+    ctype, view = _get(agent, "/page.json?lang=en")
+    doc = json.loads(view)
+    broker = next(x for x in doc["subsystems"] if x["id"] == "broker")
+    assert broker["state"] == "good" and "connected to" in broker["lines"][0]
+    assert doc["device"]["id"] == "room-101"
 
     ctype, text = _get(agent, "/metrics")  # the whole format: tests/test_metrics.py
     assert ctype.startswith("text/plain")

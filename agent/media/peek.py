@@ -27,6 +27,7 @@ from dataclasses import asdict
 from typing import Any
 
 from agent.config import MediaConfig
+from agent.i18n import N_
 from agent.media.spec import AudioSpec, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,10 @@ class Peeker:
     def snapshot(self) -> dict[str, Any]:
         """The camera's picture now (JPEG base64 and its health); raises :class:`Busy`."""
         if self.lesson_stats() is not None:
-            raise Busy("a lesson is using the camera; the snapshot works between lessons "
-                       "(the lesson's picture health is shown on the page)")
+            raise Busy(N_("A lesson is using the camera: the snapshot works between lessons "
+                          "(the lesson's picture health is shown above)."))
         if not self._snap_busy.acquire(blocking=False):
-            raise Busy("a snapshot is being taken; try again in a few seconds")
+            raise Busy(N_("A snapshot is being taken; try again in a few seconds."))
         try:
             with self._lock:
                 cached = self._snapshot

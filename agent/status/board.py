@@ -155,8 +155,9 @@ class StatusBoard:
             "media": self.media() if self.media else None,
             "security": self.security() if self.security else {},
         }
-        found = warnings.collect(snap, warnings.Context(self.cfg.telemetry.interval_s,
-                                                        self.cfg.state_dir))
+        found = warnings.collect(snap, warnings.Context(
+            self.cfg.telemetry.interval_s, self.cfg.state_dir, self.cfg.media.video.source,
+            self.cfg.media.audio.source))
         # "warnings": the English sentences (what `status --json` always carried); the details
         # (code, subsystem, severity, params) are what the page and translations render from.
         snap["warnings"] = [warnings.render(w) for w in found]

@@ -1,28 +1,29 @@
-"""The board on HTTP routes: ``/`` (a page), ``/status.json`` and ``/metrics``. Read-only.
+"""The board on HTTP routes: ``/status.json``, ``/metrics`` and the technicians' page
+(agent/status/page.py: ``/`` and what it reads). Read-only.
 
-Each route is a small function of a :class:`~agent.status.http.Request`; adding an endpoint (the
-technician page, a camera snapshot, a level meter) is one more ``routes.get(...)`` here or in a
-module of its own whose routes the daemon includes.
+Each route is a small function of a :class:`~agent.status.http.Request`; adding an endpoint is
+one more ``routes.get(...)`` here or in a module of its own whose routes are included here.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from agent.media.peek import Peeker
+from agent.status import page
 from agent.status.http import Request, Response, Routes
-from agent.status.text import render_text
 
 log = logging.getLogger(__name__)
 
 Snapshot = Callable[[], dict[str, Any]]
 
 
-def status_routes(snapshot: Snapshot) -> Routes:
-    """GET routes over ``snapshot`` (the board's :meth:`~agent.status.board.StatusBoard.snapshot`).
-    A snapshot that fails answers 500 with a pointer to the log, never a traceback."""
+def status_routes(snapshot: Snapshot, peeker: Peeker | None = None) -> Routes:
+    """GET routes over ``snapshot`` (the board's :meth:`~agent.status.board.StatusBoard.snapshot`);
+    ``peeker`` serves the page's camera snapshot and microphone level. A snapshot that fails
+    answers 500 with a pointer to the log, never a traceback."""
 
     def with_snapshot(render: Callable[[dict[str, Any]], Response]) -> Callable[[Request],
                                                                                 Response]:
@@ -35,12 +36,6 @@ def status_routes(snapshot: Snapshot) -> Routes:
             return render(snap)
 
         return handler
-
-    def page(snap: dict[str, Any]) -> Response:
-        body = (f"<!doctype html><meta charset=utf-8><title>classroom-agent</title>"
-                f"<meta http-equiv=refresh content=5>"
-                f"<pre>{html.escape(render_text(snap))}</pre>")
-        return Response(200, body.encode(), "text/html; charset=utf-8")
 
     registries: list[Any] = []
 
@@ -58,7 +53,6 @@ def status_routes(snapshot: Snapshot) -> Routes:
             return Response.text("metrics failed; see the agent log\n", 500)
         return Response(200, body, prometheus.CONTENT_TYPE)
 
-    return (Routes()
-            .get("/", with_snapshot(page))
+    return (page.routes(snapshot, peeker)
             .get("/status.json", with_snapshot(lambda s: Response.json(s, indent=2)))
             .get("/metrics", metrics))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from agent.i18n import N_, _
+from agent.i18n import N_, Translate, _
 from agent.safetext import inert
 from agent.status import warnings
 from agent.status.warnings import human_duration as _human_s
@@ -37,102 +37,121 @@ def pad(label: str, width: int = 12) -> str:
     return label + " " * max(1, width - cols)
 
 
-def _row(label: str, text: str) -> str:
-    return f"  {pad(_(label))}{text}"
+#: The rows of ``status`` (and the page's subsystems): id and label, in order.
+ROWS = [("agent", N_("Agent")), ("broker", N_("Broker")), ("outbox", N_("Outbox")),
+        ("machine", N_("Machine")), ("telemetry", N_("Telemetry")),
+        ("peripherals", N_("Peripherals")), ("camera", N_("Camera")),
+        ("microphone", N_("Microphone")), ("lesson", N_("Lesson")),
+        ("recording", N_("Recording")), ("live", N_("Live")), ("next", N_("Next")),
+        ("commands", N_("Commands")), ("network", N_("Network"))]
 
 
-def render_text(s: dict[str, Any]) -> str:
-    """The snapshot for people: one line per concern, warnings last; every line inert. Words
-    in the CLI's language (agent/i18n.py)."""
-    a, d, b, ob, km = s["agent"], s["device"], s["broker"], s["outbox"], s["metrics"]
-    head = (_("classroom-agent {version}: device {device} ({name}), school {school}")
-            if d.get("name") else _("classroom-agent {version}: device {device}, school {school}"))
-    lines = [
-        head.format(version=a["version"], device=d["id"], name=d.get("name"), school=d["school"]),
-        _row(N_("Agent"), _("running, pid {pid}, up {uptime}, config {path} ({hash})").format(
-            pid=a["pid"], uptime=_human_s(a["uptime_s"]), path=a["config_path"],
-            hash=a["config_hash"])),
-    ]
+def summaries(s: dict[str, Any], tr: Translate = _) -> dict[str, list[str]]:
+    """One or more lines per row id, in the language of ``tr``; rows with nothing to say are
+    absent. The CLI prints them with their labels; the page shows them under its subsystems."""
+    a, b, ob, km = s["agent"], s["broker"], s["outbox"], s["metrics"]
+    out: dict[str, list[str]] = {}
+    out["agent"] = [tr("running, pid {pid}, up {uptime}, config {path} ({hash})").format(
+        pid=a["pid"], uptime=_human_s(a["uptime_s"]), path=a["config_path"],
+        hash=a["config_hash"])]
     tls = ", TLS" if b["tls"] else ""
     if b["connected"]:
-        text = _("connected to {address} (MQTT {protocol}{tls}) since {since}").format(
+        text = tr("connected to {address} (MQTT {protocol}{tls}) since {since}").format(
             address=b["address"], protocol=b["protocol"], tls=tls, since=b["connected_since"])
         if b["last_puback"]:
-            text += _(", last delivery {at}").format(at=b["last_puback"])
+            text += tr(", last delivery {at}").format(at=b["last_puback"])
     else:
-        text = _("NOT connected to {address}{tls}: {error}").format(
-            address=b["address"], tls=tls, error=b["last_error"] or _("connecting"))
+        text = tr("NOT connected to {address}{tls}: {error}").format(
+            address=b["address"], tls=tls, error=b["last_error"] or tr("connecting"))
         if b["next_attempt_in_s"] is not None:
-            text += _("; retrying in {seconds:.0f}s").format(seconds=b["next_attempt_in_s"])
-    lines.append(_row(N_("Broker"), text))
-    text = _("{depth} waiting ({bytes} bytes)").format(depth=ob["depth"], bytes=ob["bytes"])
+            text += tr("; retrying in {seconds:.0f}s").format(seconds=b["next_attempt_in_s"])
+    out["broker"] = [text]
+    text = tr("{depth} waiting ({bytes} bytes)").format(depth=ob["depth"], bytes=ob["bytes"])
     if ob["oldest_age_s"]:
-        text += _(", oldest {age}").format(age=_human_s(ob["oldest_age_s"]))
-    text += _(", {dropped} dropped, last seq {seq}").format(dropped=ob["dropped_total"],
-                                                           seq=ob["last_seq"])
-    lines.append(_row(N_("Outbox"), text))
+        text += tr(", oldest {age}").format(age=_human_s(ob["oldest_age_s"]))
+    text += tr(", {dropped} dropped, last seq {seq}").format(dropped=ob["dropped_total"],
+                                                            seq=ob["last_seq"])
+    out["outbox"] = [text]
     disks = ", ".join(f"{x['mount']} {x['percent']:.0f}%" for x in km["disks"]) or "-"
     cpu = f"{km['cpu_percent']:.0f}%" if km["cpu_percent"] is not None else "-"
     mem = f"{km['memory_percent']:.0f}%" if km["memory_percent"] is not None else "-"
-    lines.append(_row(N_("Machine"), _("CPU {cpu}, memory {memory}, disks {disks}, up {uptime}")
-                      .format(cpu=cpu, memory=mem, disks=disks, uptime=_human_s(km["uptime_s"]))))
+    out["machine"] = [tr("CPU {cpu}, memory {memory}, disks {disks}, up {uptime}").format(
+        cpu=cpu, memory=mem, disks=disks, uptime=_human_s(km["uptime_s"]))]
     off = s["telemetry"].get("classes_off") or []
     if off:
-        lines.append(_row(N_("Telemetry"), _("turned off (telemetry.classes): {classes}")
-                          .format(classes=", ".join(off))))
+        out["telemetry"] = [tr("turned off (telemetry.classes): {classes}").format(
+            classes=", ".join(off))]
     p = s.get("peripherals") or {}
     if p:
-        lines.append(_row(N_("Peripherals"), _(
+        out["peripherals"] = [tr(
             "{cameras} camera(s), {microphones} microphone(s), {displays} display(s), {usb} USB "
             "device(s)").format(cameras=p.get("video", 0), microphones=p.get("audio_inputs", 0),
-                                displays=p.get("displays_connected", 0), usb=p.get("usb", 0))))
-    lines.extend(_lesson_lines(s.get("lessons") or {}, s.get("media") or {}))
+                                displays=p.get("displays_connected", 0), usb=p.get("usb", 0))]
+    out.update(_lesson_rows(s.get("lessons") or {}, s.get("media") or {}, tr))
     sec = s.get("security") or {}
     if "signatures_required" in sec:
-        mode = (_("signed only ({keys} public key(s))").format(keys=sec["public_keys"])
+        mode = (tr("signed only ({keys} public key(s))").format(keys=sec["public_keys"])
                 if sec["signatures_required"]
-                else _("UNSIGNED accepted (commands.public_keys not set)"))
-        lines.append(_row(N_("Commands"), _("MQTT: {mode}, {rejected} rejected").format(
-            mode=mode, rejected=sec["commands_rejected_total"])))
-    for t in km["netquality"]:
-        state = (f"{t['rtt_ms']:.1f} ms" if t.get("ok")
-                 else _("FAILED ({error})").format(error=t.get("error")))
-        lines.append(_row(N_("Network"), f"{t['target']}: {state}"))
-    found = warning_lines(s, _)
+                else tr("UNSIGNED accepted (commands.public_keys not set)"))
+        out["commands"] = [tr("MQTT: {mode}, {rejected} rejected").format(
+            mode=mode, rejected=sec["commands_rejected_total"])]
+    nets = [f"{t['target']}: " + (f"{t['rtt_ms']:.1f} ms" if t.get("ok")
+                                 else tr("FAILED ({error})").format(error=t.get("error")))
+            for t in km["netquality"]]
+    if nets:
+        out["network"] = nets
+    return out
+
+
+def render_text(s: dict[str, Any], tr: Translate = _) -> str:
+    """The snapshot for people: one line per concern, warnings last; every line inert. Words
+    in the CLI's language (agent/i18n.py) unless ``tr`` says otherwise."""
+    d = s["device"]
+    head = (tr("classroom-agent {version}: device {device} ({name}), school {school}")
+            if d.get("name") else tr("classroom-agent {version}: device {device}, school {school}"))
+    lines = [head.format(version=s["agent"]["version"], device=d["id"], name=d.get("name"),
+                         school=d["school"])]
+    rows = summaries(s, tr)
+    for row, label in ROWS:
+        lines.extend(f"  {pad(tr(label))}{text}" for text in rows.get(row, []))
+    found = warning_lines(s, tr)
     if found:
-        lines.append(_("Warnings:"))
+        lines.append(tr("Warnings:"))
         lines.extend(f"  ! {w}" for w in found)
     else:
-        lines.append(_("No warnings: this terminal looks healthy."))
+        lines.append(tr("No warnings: this terminal looks healthy."))
     # Course, teacher, errors, names: text from outside, printed so that it cannot add a line,
     # hide text or drive the terminal.
     return "\n".join(inert(line, None) for line in lines)
 
 
-def _lesson_lines(ls: dict[str, Any], media: dict[str, Any]) -> list[str]:
-    out = []
+def _lesson_rows(ls: dict[str, Any], media: dict[str, Any], tr: Translate) -> dict[str,
+                                                                                  list[str]]:
+    out: dict[str, list[str]] = {}
     cur, nxt = ls.get("current"), ls.get("next")
     if cur:
-        who = ", ".join(x for x in (cur.get("course"), cur.get("teacher")) if x) or _("no course")
-        out.append(_row(N_("Lesson"), _(
+        who = ", ".join(x for x in (cur.get("course"), cur.get("teacher")) if x) or tr(
+            "no course")
+        out["lesson"] = [tr(
             "{lesson_id} ({who}, {role}) {state} for {elapsed}, {remaining} left").format(
-            lesson_id=cur.get("lesson_id"), who=who, role=_(str(cur.get("role"))),
-            state=_(str(cur.get("state"))), elapsed=_human_s(cur.get("elapsed_s")),
-            remaining=_human_s(cur.get("remaining_s")))))
+            lesson_id=cur.get("lesson_id"), who=who, role=tr(str(cur.get("role"))),
+            state=tr(str(cur.get("state"))), elapsed=_human_s(cur.get("elapsed_s")),
+            remaining=_human_s(cur.get("remaining_s")))]
         rec = media.get("recording") or {}
         if rec:
-            out.append(_row(N_("Recording"), _("{state}, {duration} ({bytes} bytes)").format(
-                state=_(str(rec.get("state"))), duration=_human_s(rec.get("seconds")),
-                bytes=rec.get("bytes", 0))))
-        for sink in media.get("sinks") or []:
-            out.append(_row(N_("Live"), _("{name}: {state} ({kbps:.0f} kbit/s)").format(
-                name=sink.get("name"), state=_(str(sink.get("state"))),
-                kbps=sink.get("bitrate_kbps") or 0)))
+            out["recording"] = [tr("{state}, {duration} ({bytes} bytes)").format(
+                state=tr(str(rec.get("state"))), duration=_human_s(rec.get("seconds")),
+                bytes=rec.get("bytes", 0))]
+        sinks = [tr("{name}: {state} ({kbps:.0f} kbit/s)").format(
+            name=sink.get("name"), state=tr(str(sink.get("state"))),
+            kbps=sink.get("bitrate_kbps") or 0) for sink in media.get("sinks") or []]
+        if sinks:
+            out["live"] = sinks
     else:
-        out.append(_row(N_("Lesson"), _("none running")))
+        out["lesson"] = [tr("none running")]
     if nxt:
-        out.append(_row(N_("Next"), _("{lesson_id} ({course}) at {start}").format(
-            lesson_id=nxt.get("lesson_id"), course=nxt.get("course"), start=nxt.get("start"))))
+        out["next"] = [tr("{lesson_id} ({course}) at {start}").format(
+            lesson_id=nxt.get("lesson_id"), course=nxt.get("course"), start=nxt.get("start"))]
     return out
 
 

@@ -320,6 +320,8 @@ class Context:
 
     interval_s: float
     state_dir: str
+    video_source: str = "camera"
+    audio_source: str = "microphone"
 
 
 def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
@@ -350,4 +352,32 @@ def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
         out.append(Warning("memory_high", {"percent": km["memory_percent"]}))
     if km["max_temperature_c"] is not None and km["max_temperature_c"] >= 90:
         out.append(Warning("temperature_high", {"celsius": km["max_temperature_c"]}))
+    out.extend(_lesson_media(s.get("media"), ctx))
+    return out
+
+
+def _lesson_media(m: Mapping[str, Any] | None, ctx: Context) -> list[Warning]:
+    """The running lesson's devices and sinks, from its media worker's last stats."""
+    if not m:
+        return []
+    out: list[Warning] = []
+    video, audio, flags = m.get("video") or {}, m.get("audio") or {}, m.get("flags") or {}
+    lost = "lost during the lesson; it is reopened by itself"
+    if video.get("source_state") == "lost":
+        out.append(Warning("camera_unavailable", {"source": ctx.video_source, "error": lost}))
+    elif flags.get("black"):
+        out.append(Warning("camera_black", {"source": ctx.video_source, "luma": 0}))
+    elif flags.get("frozen"):
+        out.append(Warning("camera_frozen", {"source": ctx.video_source}))
+    if audio.get("source_state") == "lost":
+        out.append(Warning("microphone_unavailable", {"source": ctx.audio_source,
+                                                      "error": lost}))
+    elif flags.get("silence"):
+        out.append(Warning("microphone_silent", {"source": ctx.audio_source,
+                                                 "peak_dbfs": audio.get("peak_dbfs")}))
+    for sink in m.get("sinks") or []:
+        if isinstance(sink, dict) and sink.get("state") == "down":
+            out.append(Warning("live_unreachable", {"name": sink.get("name"),
+                                                    "url": sink.get("url"),
+                                                    "error": sink.get("error") or "down"}))
     return out
