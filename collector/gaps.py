@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import psycopg
 
@@ -65,12 +63,10 @@ def sweep(conn: psycopg.Connection, lost_after_s: float) -> SweepResult:
         if not got or not got[0]:
             res.leader = False
             return res
-        rows = conn.execute(
-            """DELETE FROM arrivals WHERE ctid = ANY(ARRAY(SELECT ctid FROM arrivals LIMIT %s))
-               RETURNING school, device, seq, ts, resets_seq""", (SWEEP_BATCH,)).fetchall()
-        res.arrivals = len(rows)
-        if rows:
-            _apply(conn, rows, res)
+        conn.execute(_SWEPT)
+        res.arrivals = max(conn.execute(_TAKE, (SWEEP_BATCH,)).rowcount, 0)
+        if res.arrivals:
+            _apply(conn, res)
         lost = conn.execute(
             """UPDATE seq_gaps SET lost_at = now()
                WHERE closed_at IS NULL AND lost_at IS NULL AND explained IS NULL
@@ -87,19 +83,24 @@ def sweep(conn: psycopg.Connection, lost_after_s: float) -> SweepResult:
     return res
 
 
-def _apply(conn: psycopg.Connection,
-           rows: Iterable[tuple[str, str, int, datetime, bool]], res: SweepResult) -> None:
-    per: dict[tuple[str, str], set[int]] = defaultdict(set)
-    newest: dict[tuple[str, str], datetime] = {}
-    resets: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for school, device, seq, ts, reset in rows:
-        key = (school, device)
-        per[key].add(int(seq))
-        if key not in newest or ts > newest[key]:
-            newest[key] = ts
-        if reset:
-            resets[key].append(int(seq))
-    keys = sorted(per)
+_SWEPT = """CREATE TEMPORARY TABLE IF NOT EXISTS swept (
+                school text, device text, seq bigint, ts timestamptz, resets_seq boolean
+            ) ON COMMIT DELETE ROWS"""
+_TAKE = """WITH gone AS (
+               DELETE FROM arrivals WHERE ctid = ANY(ARRAY(SELECT ctid FROM arrivals LIMIT %s))
+               RETURNING school, device, seq, ts, resets_seq)
+           INSERT INTO swept SELECT * FROM gone"""
+
+
+def _apply(conn: psycopg.Connection, res: SweepResult) -> None:
+    """The arrivals taken into ``swept``: per terminal first in SQL (lowest, highest, count);
+    only a terminal whose new seqs are not one run right above its ``max_seq`` (a hole, a late
+    record, an outbox reset) has its seqs read one by one."""
+    summary = conn.execute(
+        """SELECT school, device, min(seq), max(seq), count(DISTINCT seq), max(ts),
+                  bool_or(resets_seq)
+           FROM swept GROUP BY school, device ORDER BY school, device""").fetchall()
+    keys = [(r[0], r[1]) for r in summary]
     schools, devices = [k[0] for k in keys], [k[1] for k in keys]
     conn.execute("""INSERT INTO terminals (school, device)
                     SELECT * FROM unnest(%s::text[], %s::text[]) ORDER BY 1, 2
@@ -109,43 +110,68 @@ def _apply(conn: psycopg.Connection,
            JOIN unnest(%s::text[], %s::text[]) AS k(school, device)
              ON t.school = k.school AND t.device = k.device
            ORDER BY t.school, t.device FOR UPDATE OF t""", (schools, devices))}
-    late_keys = sorted(k for k in keys if min(per[k]) <= top[k] or k in resets)
+    high: dict[tuple[str, str], int] = {}
+    detail: list[tuple[str, str]] = []
+    for school, device, lo, hi, n, _newest, reset in summary:
+        key = (school, device)
+        if lo == top[key] + 1 and n == hi - lo + 1 and not reset:
+            high[key] = int(hi)  # the common case: the next records, in one run
+        else:
+            detail.append(key)
+    if detail:
+        _apply_detail(conn, detail, top, high, res)
+    conn.execute(
+        """UPDATE terminals t SET max_seq = GREATEST(t.max_seq, u.high),
+                  last_seen = GREATEST(t.last_seen, u.newest), last_received = now(),
+                  records_total = t.records_total + u.n
+           FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::bigint[])
+                AS u(school, device, high, newest, n)
+           WHERE t.school = u.school AND t.device = u.device""",
+        (schools, devices, [high[k] for k in keys], [r[5] for r in summary],
+         [int(r[4]) for r in summary]))
+
+
+def _apply_detail(conn: psycopg.Connection, keys: list[tuple[str, str]],
+                  top: dict[tuple[str, str], int], high: dict[tuple[str, str], int],
+                  res: SweepResult) -> None:
+    schools, devices = [k[0] for k in keys], [k[1] for k in keys]
+    per: dict[tuple[str, str], list[int]] = {}
+    resets: dict[tuple[str, str], list[int]] = {}
+    for r in conn.execute(
+            """SELECT s.school, s.device, array_agg(DISTINCT s.seq ORDER BY s.seq),
+                      array_remove(array_agg(DISTINCT CASE WHEN s.resets_seq THEN s.seq END),
+                                   NULL)
+               FROM swept s JOIN unnest(%s::text[], %s::text[]) AS k(school, device)
+                 ON s.school = k.school AND s.device = k.device
+               GROUP BY s.school, s.device""", (schools, devices)):
+        per[(r[0], r[1])] = [int(x) for x in r[2]]
+        resets[(r[0], r[1])] = [int(x) for x in r[3]]
     open_gaps: dict[tuple[str, str], list[Gap]] = defaultdict(list)
-    if late_keys:
-        for r in conn.execute(
-                """SELECT g.school, g.device, g.id, g.first_seq, g.last_seq,
-                          g.opened_first_seq, g.opened_last_seq
-                   FROM seq_gaps g JOIN unnest(%s::text[], %s::text[]) AS k(school, device)
-                     ON g.school = k.school AND g.device = k.device
-                   WHERE g.closed_at IS NULL ORDER BY g.school, g.device, g.first_seq
-                   FOR UPDATE OF g""", ([k[0] for k in late_keys], [k[1] for k in late_keys])):
-            open_gaps[(r[0], r[1])].append(Gap(r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])))
-    updates: list[tuple[str, str, int, datetime, int]] = []
+    for r in conn.execute(
+            """SELECT g.school, g.device, g.id, g.first_seq, g.last_seq,
+                      g.opened_first_seq, g.opened_last_seq
+               FROM seq_gaps g JOIN unnest(%s::text[], %s::text[]) AS k(school, device)
+                 ON g.school = k.school AND g.device = k.device
+               WHERE g.closed_at IS NULL ORDER BY g.school, g.device, g.first_seq
+               FOR UPDATE OF g""", (schools, devices)):
+        open_gaps[(r[0], r[1])].append(Gap(r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])))
     for key in keys:
-        seqs = sorted(per[key])
         gaps = open_gaps.get(key, [])
-        high = top[key]
-        for seq in seqs:
-            if seq > high:
-                if seq > high + 1:
-                    gaps.append(Gap(None, high + 1, seq - 1, high + 1, seq - 1, changed=True))
+        mark = top[key]
+        for seq in per[key]:
+            if seq > mark:
+                if seq > mark + 1:
+                    gaps.append(Gap(None, mark + 1, seq - 1, mark + 1, seq - 1, changed=True))
                     res.opened += 1
-                high = seq
+                mark = seq
             else:
                 res.filled += _fill(gaps, seq)
+        high[key] = mark
         explained = [g for s in resets.get(key, []) for g in gaps
                      if not g.closed and g.first <= s - 1 <= g.last]
         res.closed += sum(1 for g in gaps if g.closed and g.changed)
         _write_gaps(conn, key, gaps, explained)
         res.explained += len(explained)
-        updates.append((key[0], key[1], high, newest[key], len(seqs)))
-    with conn.cursor() as cur:
-        cur.executemany(
-            """UPDATE terminals SET max_seq = GREATEST(max_seq, %s),
-                      last_seen = GREATEST(last_seen, %s), last_received = now(),
-                      records_total = records_total + %s
-               WHERE school = %s AND device = %s""",
-            [(u[2], u[3], u[4], u[0], u[1]) for u in updates])
 
 
 def _fill(gaps: list[Gap], seq: int) -> int:

@@ -44,7 +44,7 @@ _RESET_EVENTS = ("outbox_corrupted", "outbox_unavailable")
 _STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS stage (
     school text, device text, seq bigint, kind text, ts timestamptz, historical boolean,
-    received_at timestamptz, data text, etype text, severity text, message text,
+    received_epoch double precision, data text, etype text, severity text, message text,
     period_start timestamptz, period_end timestamptz, window_start timestamptz,
     window_end timestamptz
 ) ON COMMIT DELETE ROWS"""
@@ -53,7 +53,7 @@ _ARRIVE = ("INSERT INTO arrivals (school, device, seq, ts, resets_seq) "
            "SELECT school, device, seq, ts, {resets} FROM ins")
 
 # kind -> (target table, its columns, the SELECT list from ``stage s`` and ``d`` = data)
-_COMMON = "s.school, s.device, s.seq, s.ts, s.received_at, s.historical"
+_COMMON = "s.school, s.device, s.seq, s.ts, to_timestamp(s.received_epoch), s.historical"
 _TABLES: dict[str, tuple[str, str, str]] = {
     "metrics": ("metrics", "school, device, seq, ts, received_at, historical, data",
                 f"{_COMMON}, s.data::json"),
@@ -69,7 +69,8 @@ _TABLES: dict[str, tuple[str, str, str]] = {
                  "window_end, data", f"{_COMMON}, s.window_start, s.window_end, s.data::jsonb"),
 }
 _OTHER = ("other_records", "school, device, seq, kind, ts, received_at, historical, data",
-          "s.school, s.device, s.seq, s.kind, s.ts, s.received_at, s.historical, s.data::jsonb")
+          "s.school, s.device, s.seq, s.kind, s.ts, to_timestamp(s.received_epoch), s.historical, "
+          "s.data::jsonb")
 
 
 def _insert_sql(table: str, cols: str, select: str, where: str, resets: str = "false") -> str:
@@ -241,12 +242,12 @@ class Store:
 
     def _stage(self, conn: psycopg.Connection, records: Sequence[Accepted]) -> None:
         with conn.cursor() as cur, cur.copy(
-                "COPY stage (school, device, seq, kind, ts, historical, received_at, data, "
+                "COPY stage (school, device, seq, kind, ts, historical, received_epoch, data, "
                 "etype, severity, message, period_start, period_end, window_start, window_end) "
                 "FROM STDIN") as copy:
             for r in records:
                 etype = severity = message = start = end = None
-                window: tuple[datetime | None, datetime | None] = (None, None)
+                window: tuple[Any, Any] = (None, None)
                 if r.kind == "event":
                     etype, severity, message = (r.data.get("type"), r.data.get("severity"),
                                                 r.data.get("message"))
@@ -256,9 +257,8 @@ class Store:
                 elif r.kind == "schedule":
                     window = lessons.schedule_window(r.data, r.ts)
                 copy.write_row((r.school, r.device, r.seq, r.kind, r.ts, r.historical,
-                                datetime.fromtimestamp(r.received_at, UTC),
-                                orjson.dumps(r.data).decode(), etype, severity, message,
-                                start, end, *window))
+                                r.received_at, orjson.dumps(r.data).decode(), etype, severity,
+                                message, start, end, *window))
 
     def _insert(self, conn: psycopg.Connection, kinds: set[str], now: datetime
                 ) -> tuple[int, int]:
@@ -301,7 +301,7 @@ class Store:
 def _as_rejected(o: Outcome, reason: str) -> Rejected:
     if isinstance(o, Accepted):
         return Rejected(f"{o.school}/{o.device}/{o.kind}", o.school, o.device, o.kind, reason,
-                        o.text.encode(), o.received_at)
+                        o.raw, o.received_at)
     if isinstance(o, Cleared):
         return Rejected(f"{o.school}/{o.device}/{o.kind}", o.school, o.device, o.kind, reason,
                         b"", o.received_at)

@@ -56,7 +56,7 @@ class Accepted:
     ts: datetime
     historical: bool
     data: dict[str, Any]
-    text: str  # the whole payload, as received (stored by PostgreSQL, never re-serialised)
+    raw: bytes  # the whole payload as received (for the quarantine, if the database refuses it)
     received_at: float
 
 
@@ -150,7 +150,7 @@ class Validator:
             return self._reject(msg, school, device, kind,
                                 "a string holds \\u0000, which PostgreSQL cannot store")
         return Accepted(school, device, kind, seq, ts, obj.get("historical") is True,
-                        obj["data"], msg.payload.decode("utf-8"), msg.received_at)
+                        obj["data"], msg.payload, msg.received_at)
 
     def _reject(self, msg: Inbound, school: str | None, device: str | None, kind: str | None,
                 reason: str) -> Rejected:
