@@ -38,6 +38,8 @@ PASSWORD_ENV = "CLASSROOM_COLLECTOR_DB_PASSWORD"
 #: rather than creating partitions without end.
 MAX_FUTURE_MONTHS = 12
 _RESET_EVENTS = ("outbox_corrupted", "outbox_unavailable")
+#: Errors of our own Python code on a message (not the database's, not the connection's).
+_OUR_BUGS = (ValueError, TypeError, KeyError, AttributeError, IndexError)
 
 # ``data`` is the record's data as orjson writes it: PostgreSQL parses it once, as json for
 # metrics and as jsonb for the rest (far fewer).
@@ -161,10 +163,18 @@ class Store:
     def _write(self, outcomes: Sequence[Outcome], now: datetime) -> BatchResult:
         try:
             return self._transaction(outcomes, now)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except (psycopg.DataError, psycopg.IntegrityError, *_OUR_BUGS) as exc:
+            # One message the database refuses, or that our own code cannot handle (a shape
+            # the schemas allow and we did not foresee): found by halving, quarantined, and
+            # the collector goes on (a crash here would only bring the message back forever).
+            if isinstance(exc, _OUR_BUGS):
+                log.exception("storage: could not store a batch of %d; looking for the message "
+                              "that causes it", len(outcomes))
             if len(outcomes) == 1:
-                bad = _as_rejected(outcomes[0], f"refused by the database: {_diag(exc)}")
-                return self._transaction([bad], now)
+                why = (f"refused by the database: {_diag(exc)}" if isinstance(exc, psycopg.Error)
+                       else f"the collector could not store it: {type(exc).__name__}: "
+                            f"{str(exc)[:200]}")
+                return self._transaction([_as_rejected(outcomes[0], why)], now)
             half = len(outcomes) // 2
             first = self._write(outcomes[:half], now)
             first.add(self._write(outcomes[half:], now))

@@ -14,6 +14,7 @@ PostgreSQL can store (a valid time, a 64-bit seq, no ``\\u0000``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ import jsonschema_rs
 import orjson
 
 import agent
+
+log = logging.getLogger(__name__)
 
 SCHEMA_DIR = Path(agent.__file__).resolve().parent / "schemas"
 #: Kinds whose topic is retained: an empty payload there means "deleted" (e.g. no inventory).
@@ -99,6 +102,16 @@ class Validator:
         }
 
     def check(self, msg: Inbound) -> Outcome:
+        """The outcome of one message; never raises (a message our code cannot handle is a
+        rejection too, with the error as its reason)."""
+        try:
+            return self._check(msg)
+        except Exception as exc:
+            log.exception("validation: unexpected error on a message of %s", _clip(msg.topic, 200))
+            return self._reject(msg, None, None, None,
+                                f"the collector could not check it: {type(exc).__name__}")
+
+    def _check(self, msg: Inbound) -> Outcome:
         topic = msg.topic
         if not topic.startswith(self.prefix):
             return self._reject(msg, None, None, None, f"topic is not under {self.prefix}")

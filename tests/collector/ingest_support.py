@@ -50,6 +50,31 @@ def state(status: str, session: int, reason: str, started_at: str = "2026-11-30T
     return msg("state", payload("state", None, data, ts=ts))
 
 
+START = "2026-11-30T00:00:00.000Z"
+END = "2026-11-30T00:40:00.000Z"
+
+
+def identity(lesson_id: str, **kw: Any) -> dict[str, Any]:
+    return {"lesson_id": lesson_id, "course": "数学", "teacher": "李明", "role": "lecturing",
+            "trigger": "timetable", "scheduled_start": START, "scheduled_end": END,
+            "actual_start": START, "planned_duration_s": None, **kw}
+
+
+def started(lesson_id: str, **kw: Any) -> dict[str, Any]:
+    return {**identity(lesson_id, **kw), "late_s": 0.0, "live": ["platform"]}
+
+
+def ended(lesson_id: str, ended_by: str = "schedule", **kw: Any) -> dict[str, Any]:
+    return {**identity(lesson_id, **kw), "actual_end": END, "duration_s": 2400.0,
+            "ended_by": ended_by, "live_s": {"platform": 2390.5, "backup": 100.0},
+            "recorded_s": 2400.0,
+            "interruptions": [] if ended_by != "agent_interrupted" else [
+                {"what": "agent_interrupted", "start": None, "end": None, "duration_s": None}],
+            "segments": [{"path": "a.ts", "bytes": 1000, "sha256": "0" * 64, "start": START,
+                          "end": END}]}
+
+
+
 class Ingest:
     """The collector's validation + storage + gap tracker on one database."""
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent.telemetry.inventory import collect_inventory
 from collector import partitions
-from tests.collector.ingest_support import Ingest, event, metrics, msg, payload, state
+from tests.collector.ingest_support import Ingest, event, metrics, msg, payload, started, state
 from tests.platform_support import stored_seqs
 
 
@@ -172,3 +172,25 @@ def test_metrics_go_to_monthly_partitions_and_old_ones_expire(ingest: Ingest) ->
     from datetime import UTC, datetime
     dropped = partitions.drop_expired(ingest.conn, datetime.now(UTC).replace(year=2099), 13)
     assert dropped and ingest.one("SELECT count(*) FROM metrics") == 0
+
+
+def test_a_message_our_own_code_cannot_store_is_quarantined_not_fatal(
+        ingest: Ingest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit test of the last resort: a message that passes the schemas but breaks our code (here
+    a stand-in lesson handler that fails on one lesson) is quarantined, the rest stored."""
+    from collector import lessons
+
+    real = lessons.apply_events
+
+    def fragile(conn: object, events: list) -> None:
+        if any((e.data.get("details") or {}).get("lesson_id") == "bad" for e in events):
+            raise KeyError("scheduled_start")
+        real(conn, events)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lessons, "apply_events", fragile)
+    res = ingest.write(metrics(1), event(2, "lesson_started", started("good")),
+                       event(3, "lesson_started", started("bad")), metrics(4))
+    assert (res.stored, res.quarantined) == (3, 1)
+    reason = ingest.one("SELECT reason FROM quarantine")
+    assert reason == "the collector could not store it: KeyError: 'scheduled_start'"
+    assert ingest.one("SELECT lesson_id FROM lessons") == "good"

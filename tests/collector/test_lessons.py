@@ -5,16 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from collector.validation import Inbound
-from tests.collector.ingest_support import Ingest, event, msg, payload
-
-START = "2026-11-30T00:00:00.000Z"
-END = "2026-11-30T00:40:00.000Z"
+from tests.collector.ingest_support import Ingest, ended, event, msg, payload, started
 
 
 @pytest.fixture
@@ -22,26 +18,6 @@ def ingest(database: str) -> Iterator[Ingest]:
     i = Ingest(database)
     yield i
     i.close()
-
-
-def identity(lesson_id: str, **kw: Any) -> dict[str, Any]:
-    return {"lesson_id": lesson_id, "course": "数学", "teacher": "李明", "role": "lecturing",
-            "trigger": "timetable", "scheduled_start": START, "scheduled_end": END,
-            "actual_start": START, "planned_duration_s": None, **kw}
-
-
-def started(lesson_id: str, **kw: Any) -> dict[str, Any]:
-    return {**identity(lesson_id, **kw), "late_s": 0.0, "live": ["platform"]}
-
-
-def ended(lesson_id: str, ended_by: str = "schedule", **kw: Any) -> dict[str, Any]:
-    return {**identity(lesson_id, **kw), "actual_end": END, "duration_s": 2400.0,
-            "ended_by": ended_by, "live_s": {"platform": 2390.5, "backup": 100.0},
-            "recorded_s": 2400.0,
-            "interruptions": [] if ended_by != "agent_interrupted" else [
-                {"what": "agent_interrupted", "start": None, "end": None, "duration_s": None}],
-            "segments": [{"path": "a.ts", "bytes": 1000, "sha256": "0" * 64, "start": START,
-                          "end": END}]}
 
 
 def test_evidence_in_any_order_and_any_number_makes_one_row(ingest: Ingest) -> None:
