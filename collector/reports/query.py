@@ -62,12 +62,14 @@ class Reader:
         (``offline``/``shutdown``, persistent). A last will says nothing about when the link
         went (its ``ts`` is when that connection was made)."""
         sql = f"""
-        WITH obs AS (
-            SELECT school, device, ts, (data -> 'agent' -> 'mqtt' ->> 'connected')::boolean AS up,
-                   false AS persistent
+        WITH samples AS MATERIALIZED (  -- parse each json document once
+            SELECT school, device, ts,
+                   json_extract_path_text(data, 'agent', 'mqtt', 'connected') AS connected
             FROM metrics
             WHERE ts >= %(lo)s AND ts < %(hi)s AND {_school()}
-              AND data -> 'agent' -> 'mqtt' ->> 'connected' IS NOT NULL
+        ), obs AS (
+            SELECT school, device, ts, connected::boolean AS up, false AS persistent
+            FROM samples WHERE connected IS NOT NULL
           UNION ALL
             SELECT school, device, ts, status = 'online', status = 'offline'
             FROM terminal_states

@@ -30,7 +30,7 @@ import pytest
 
 from collector import config, migrate
 from collector.reports import build, render
-from collector.reports.calendar import ReportError
+from collector.reports.calendar import ReportError, clocks
 from collector.reports.timeline import Run, link
 from tests.browser import chromium
 from tests.collector import report_month
@@ -454,3 +454,19 @@ def test_html_report_in_chromium(month: tuple[str, dict[str, Any]], tmp_path: Pa
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         if os.environ.get("CLASSROOM_REPORT_SCREENSHOT"):  # docs/img/report.png is made so
             page.screenshot(path=os.environ["CLASSROOM_REPORT_SCREENSHOT"], full_page=True)
+
+
+def test_a_school_keeps_its_own_zone_and_hours() -> None:
+    cfg = config.loads("database: {url: 'postgresql:///x'}\nreports:\n  schools:\n"
+                       "    school-x: {timezone: Asia/Urumqi, school_day: {start: '10:00', "
+                       "end: '19:30'}}\n")
+    region, schools = clocks(cfg.reports)
+    x = schools["school-x"]
+    # Urumqi is UTC+6: September starts there at 2026-08-31T18:00Z (Beijing: 16:00Z).
+    assert x.month(2026, 9)[0] == datetime(2026, 8, 31, 18, tzinfo=UTC).timestamp()
+    assert region.month(2026, 9)[0] == datetime(2026, 8, 31, 16, tzinfo=UTC).timestamp()
+    hours = x.school_hours(x.month(2026, 9))
+    # 22 weekdays (no holiday configured here) of 10:00-19:30 local = 04:00-13:30Z, 9.5 h.
+    assert len(hours) == 22 and sum(b - a for a, b in hours) == 22 * 9.5 * 3600
+    assert hours[0] == (datetime(2026, 9, 1, 4, tzinfo=UTC).timestamp(),
+                        datetime(2026, 9, 1, 13, 30, tzinfo=UTC).timestamp())
