@@ -1,5 +1,6 @@
 """Debian's chromium, headless, driven by Playwright (never ``playwright install``: the browser
-is the system's, from scripts/deps.sh). For tests that check what a page really renders."""
+is the system's, from scripts/deps.sh). For tests that check what a page really renders: the
+status page (tests/test_status_page.py) and the report (tests/collector/test_reports.py)."""
 
 from __future__ import annotations
 

@@ -20,12 +20,10 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.browser import ARGS, CHROMIUM
 from tests.media_support import VirtualMicrophone
 from tests.support import REPO, AgentProcess, Broker, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 W, H = 320, 180
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
