@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                        help=_("run only these checks: {checks}").format(
                            checks=", ".join(CHECK_IDS)))
 
-    p_dev = sub.add_parser("devices", help=_("list the cameras and microphones of this PC"))
+    p_dev = sub.add_parser("devices", help=_("list the cameras and microphones of this PC and "
+                                             "the FFmpeg the agent uses"))
     p_dev.add_argument("--json", action="store_true", help=_("machine-readable output"))
+    p_dev.add_argument("--config", default=str(config.DEFAULT_PATH),
+                       help=_("config file (media.ffmpeg and media.live); defaults if missing"))
 
     p_cfg = sub.add_parser("config", help=_("configuration tools"))
     cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return command.main(args.config, args.json, args.ntp, args.only)
     if args.command == "devices":
-        return _devices(args.json)
+        return _devices(args.json, args.config)
     return _check(args.path)
 
 
@@ -237,10 +240,26 @@ RESULT_WORDS = {
 }
 
 
-def _devices(as_json: bool) -> int:
-    """List cameras and microphones with the media part's own discovery (no agent needed)."""
+def _media_config(path: str) -> config.MediaConfig | None:
+    """media.* of ``path``, the defaults when there is no such file, None when it is invalid."""
+    import os
+
+    if not os.path.exists(path):
+        return config.MediaConfig()
+    cfg = _load_or_report(path)
+    return cfg.media if cfg is not None else None
+
+
+def _devices(as_json: bool, path: str) -> int:
+    """List cameras and microphones with the media part's own discovery (no agent needed), and
+    the FFmpeg the agent would use with what this configuration needs of it."""
+    media = _media_config(path)
+    if media is None:
+        return EXIT_CONFIG
     try:
         from agent.media import devices
+        from agent.media.ffmpeg import report
+        from agent.urls import live_kinds
     except ImportError as exc:
         say(_("classroom-agent: cannot list devices: the media part is missing from this "
               "installation ({error}). Next step: reinstall or upgrade the agent "
@@ -248,7 +267,8 @@ def _devices(as_json: bool) -> int:
         return EXIT_WARN
     try:
         found = {"cameras": [_plain(d) for d in devices.list_cameras()],
-                 "microphones": [_plain(d) for d in devices.list_microphones()]}
+                 "microphones": [_plain(d) for d in devices.list_microphones()],
+                 "ffmpeg": report(media.ffmpeg, live_kinds(media.live))}
     except Exception as exc:
         say(_("classroom-agent: listing devices failed: {error}. Next step: check that this "
               "user is in the video and audio groups.").format(
@@ -256,7 +276,7 @@ def _devices(as_json: bool) -> int:
         return EXIT_WARN
     if as_json:
         print(json.dumps(found, indent=2, default=str))  # ASCII: device names are outside text
-        return EXIT_OK
+        return EXIT_OK if found["ffmpeg"].get("ok") else EXIT_WARN
     for title, items in ((_("{count} camera(s)"), found["cameras"]),
                          (_("{count} microphone(s)"), found["microphones"])):
         problems = [i["error"] for i in items if isinstance(i, dict) and i.get("error")]
@@ -266,7 +286,33 @@ def _devices(as_json: bool) -> int:
             say(f"  - {_device_line(item)}")
         for why in problems:
             say(f"  ! {why}")
-    return EXIT_OK
+    for line in _ffmpeg_lines(found["ffmpeg"]):
+        say(line)
+    return EXIT_OK if found["ffmpeg"].get("ok") else EXIT_WARN
+
+
+def _ffmpeg_lines(ff: dict[str, Any]) -> list[str]:
+    if not ff.get("version"):
+        return [_("FFmpeg ({choice}): ! {error}").format(choice=ff.get("choice"),
+                                                        error=ff.get("error"))]
+    needs = ff.get("needs") or {}
+    pusher = ff.get("pusher") or {}
+    lines = [
+        _("FFmpeg {version} ({choice}: {path})").format(**ff),
+        _("  needs: {needs}").format(needs="; ".join(f"{k} {', '.join(v)}"
+                                                     for k, v in needs.items())),
+        _("  hardware H.264 encoders built in: {names}").format(
+            names=", ".join(ff.get("hardware_encoders") or []) or "-"),
+        _("  keeps SRT passphrases off the command line (-fpre): {answer}").format(
+            answer=_("yes") if ff.get("preset_options") else _("no")),
+    ]
+    if pusher.get("pyav"):
+        lines.append(_("  RTMP pusher: PyAV {pyav} (libavformat {libavformat})").format(**pusher))
+    elif pusher.get("error"):
+        lines.append(_("  ! RTMP pusher: {error}").format(error=pusher["error"]))
+    if ff.get("error"):
+        lines.append(f"  ! {ff['error']}")
+    return lines
 
 
 def _plain(item: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from agent import typedconfig
 from agent.typedconfig import ConfigError, load_file, load_text, read_secret
+from agent.urls import SINK_RULE, SINK_URL, protocol_of
 
 __all__ = ["Config", "ConfigError", "describe_keys", "load", "loads", "read_secret"]
 
@@ -142,8 +143,6 @@ class TelemetryConfig:
     classes: TelemetryClasses = _opt_factory(TelemetryClasses)
 
 
-_SINK_URL = r"^(rtmps?|srt)://[^\s]+$"
-_SINK_RULE = "an rtmp://, rtmps:// or srt:// URL without spaces"
 
 
 @dataclass(frozen=True)
@@ -173,8 +172,11 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class LiveSinkConfig:
-    url: str = field(metadata=_meta(pattern=_SINK_URL, doc=_SINK_RULE))
+    url: str = field(metadata=_meta(pattern=SINK_URL, doc=SINK_RULE))
     name: str = _opt("")
+    #: None: from the URL's scheme (rtmp, rtmps, srt); "whip" for an http(s) WHIP endpoint
+    protocol: Literal["rtmp", "srt", "whip"] | None = _opt(None)
+    token_file: str | None = _opt(None, file=True, doc="WHIP: file holding the bearer token")
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ class RecordingConfig:
 
 @dataclass(frozen=True)
 class MediaConfig:
+    ffmpeg: str = _opt("bundled", doc="bundled (imageio-ffmpeg's FFmpeg 9), system (ffmpeg on "
+                       "PATH) or the path of an ffmpeg executable")
     video: VideoConfig = _opt_factory(VideoConfig)
     audio: AudioConfig = _opt_factory(AudioConfig)
     encoder: EncoderConfig = _opt_factory(EncoderConfig)
@@ -268,11 +272,28 @@ class Config:
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate ``path``; raise :class:`ConfigError` naming every problem found."""
-    return load_file(Config, path)
+    return _checked(load_file(Config, path), str(path))
 
 
 def loads(text: str, name: str = "<config>") -> Config:
-    return load_text(Config, text, name)
+    return _checked(load_text(Config, text, name), name)
+
+
+def _checked(cfg: Config, name: str) -> Config:
+    """What a key-by-key check cannot see: a live sink's URL and protocol must fit together."""
+    problems = []
+    for i, sink in enumerate(cfg.media.live):
+        try:
+            kind = protocol_of(sink.url, sink.protocol)
+        except ValueError as exc:
+            problems.append(f"{name}: media.live[{i}]: {exc}")
+            continue
+        if sink.token_file and kind != "whip":
+            problems.append(f"{name}: media.live[{i}].token_file: only WHIP sinks take a token "
+                            "file (RTMP keys and SRT passphrases are part of their URL)")
+    if problems:
+        raise ConfigError(problems)
+    return cfg
 
 
 def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:

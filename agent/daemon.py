@@ -68,7 +68,8 @@ class Agent:
                                  lessons=lambda: self.lessons.snapshot(),
                                  media=lambda: self.media.stats(),
                                  security=self._security,
-                                 collector_errors=lambda: self.scheduler.errors_total)
+                                 collector_errors=lambda: self.scheduler.errors_total,
+                                 ffmpeg=lambda: self.media.ffmpeg_report())
         self.seen_ids = SeenIds(state / "commands-seen.json")
         # One budget for report_now from MQTT and local control alike.
         self._report_now = report_now(lambda: self.scheduler.tick(), self.commit,

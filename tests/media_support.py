@@ -343,6 +343,13 @@ def beep_onsets(path: str | Path, rate: int = 48000) -> list[float]:
         ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map",
          "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"],
         capture_output=True, check=True, timeout=600).stdout
+    return onsets_in(np.frombuffer(pcm, np.int16), float(start), rate)
+
+
+def onsets_in(pcm: Any, start: float, rate: int = 48000) -> list[float]:
+    """Beep onsets (seconds) in mono int16 samples whose first sample is at ``start``."""
+    import numpy as np
+
     x = np.frombuffer(pcm, np.int16).astype(np.float64) / 32768
     base = x * np.exp(-2j * np.pi * BEEP_HZ * np.arange(len(x)) / rate)
     csum = np.concatenate(([0], np.cumsum(base)))
@@ -357,7 +364,7 @@ def beep_onsets(path: str | Path, rate: int = 48000) -> list[float]:
             continue
         last = i
         frac = (half - level[i]) / (level[i + 1] - level[i])
-        onsets.append(float(start) + (i + frac + BEEP_AVERAGE / 2) / rate)  # window centre
+        onsets.append(start + (i + frac + BEEP_AVERAGE / 2) / rate)  # window centre
     return onsets
 
 

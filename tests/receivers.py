@@ -143,6 +143,7 @@ class SrtReceiver(Receiver):
     """`ffmpeg -i srt://127.0.0.1:PORT?mode=listener&latency=... -c copy out-N.ts`."""
 
     latency_us: int = 120_000
+    passphrase: str = ""
     proto = "udp"
 
     @property
@@ -152,6 +153,8 @@ class SrtReceiver(Receiver):
 
     def argv(self, out: Path) -> list[str]:
         listen = f"srt://127.0.0.1:{self.port}?mode=listener&latency={self.latency_us}"
+        if self.passphrase:
+            listen += f"&passphrase={self.passphrase}"
         return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-y",
                 "-analyzeduration", "500000", "-i", listen,
                 "-c", "copy", "-flush_packets", "1", "-f", "mpegts", str(out)]

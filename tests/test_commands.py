@@ -845,16 +845,23 @@ def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
 
 
 def test_devices_cli(tmp_path: Path) -> None:
+    """Cameras, microphones and the FFmpeg in use with what the config needs of it."""
     agent = AgentProcess(tmp_path, 1)
-    res = agent.cli("devices", "--json")
-    assert res.returncode in (0, 1), res.stderr
-    if res.returncode == 0:
-        found = json.loads(res.stdout)
-        assert set(found) == {"cameras", "microphones"}
-        res = agent.cli("devices")
-        assert res.returncode == 0 and "camera(s)" in res.stdout and "microphone(s)" in res.stdout
-    else:
-        assert "Next step" in res.stderr
+    res = agent.cli("devices", "--json", "--config", str(agent.config_path))
+    assert res.returncode == 0, res.stderr
+    found = json.loads(res.stdout)
+    assert set(found) == {"cameras", "microphones", "ffmpeg"}
+    ff = found["ffmpeg"]
+    assert ff["ok"] and ff["choice"] == "bundled" and ff["version"].startswith("n9."), ff
+    assert ff["missing"] == {} and "libx264" in ff["needs"]["encoders"]
+    assert ff["preset_options"] is False and ff["pusher"]["pyav"], ff
+    res = agent.cli("devices", "--config", str(agent.config_path))
+    assert res.returncode == 0 and "camera(s)" in res.stdout and "microphone(s)" in res.stdout
+    assert f"FFmpeg {ff['version']} (bundled: {ff['path']})" in res.stdout
+    bad = tmp_path / "missing-ffmpeg.yaml"
+    bad.write_text(agent.config_path.read_text() + "\nmedia: {ffmpeg: /nonexistent/ffmpeg}\n")
+    res = agent.cli("devices", "--config", str(bad))
+    assert res.returncode == 1 and "is not an executable file" in res.stdout, res.stdout
 
 
 def test_request_dataclass_is_what_parse_returns() -> None:

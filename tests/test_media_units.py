@@ -70,7 +70,8 @@ def test_spec_round_trip_and_docs_example() -> None:
     line = s.to_json()
     assert "\n" not in line
     assert MediaSpec.from_json(line) == s
-    assert json.loads(line)["live"] == [{"name": "platform", "url": "rtmp://host/app/key"}]
+    assert json.loads(line)["live"] == [{"name": "platform", "url": "rtmp://host/app/key",
+                                         "protocol": "", "token_file": ""}]
 
 
 @pytest.mark.parametrize(("text", "names"), [

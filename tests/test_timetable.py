@@ -343,8 +343,9 @@ def test_from_lessons_builds_a_timetable_for_other_sources() -> None:
      "tt.yaml:8: weekly.monday[0].course: required key is missing"),
     (HEAD + "weekly: {monday: [{course: Math}]}\n",
      "tt.yaml:8: weekly.monday[0]: give either period (e.g. p1) or time"),
-    (HEAD + "weekly: {monday: [{period: p1, course: M, live: [http://x/y]}]}\n",
-     "tt.yaml:8: weekly.monday[0].live[0]: expected an rtmp://, rtmps:// or srt:// URL"),
+    (HEAD + "weekly: {monday: [{period: p1, course: M, live: [ftp://x/y]}]}\n",
+     "tt.yaml:8: weekly.monday[0].live[0]: expected an rtmp://, rtmps://, srt:// or (with "
+     "protocol: whip) http(s):// URL"),
     (HEAD + "weekly:\n  monday:\n    - {period: p1, course: A}\n    - {time: 08:30-09:00, "
      "course: B}\n",
      "tt.yaml:11: weekly.monday[1]: 08:30 B (08:30-09:00) overlaps p1 A (08:00-08:40, line 10) "
@@ -583,7 +584,7 @@ def test_ical_is_chosen_by_file_name(tmp_path: Path) -> None:
                                        "SUMMARY (the course) is missing"),
     (ICS.replace("X-ROLE:lecturing", "X-ROLE:teaching"),
      "tt.ics:22: VEVENT '音乐' UID music@school-a: X-ROLE must be one of lecturing, receiving"),
-    (ICS.replace("rtmp://live.example/app/key", "http://x/y"),
+    (ICS.replace("rtmp://live.example/app/key", "ftp://x/y"),
      "tt.ics:4: VEVENT 'Math' UID math@school-a: X-LIVE-URL"),
     (ICS.replace("RRULE:FREQ=WEEKLY;COUNT=3", "RRULE:FREQ=SOMETIMES"),
      "tt.ics:22: VEVENT '音乐' UID music@school-a"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -109,40 +108,23 @@ def secrets(ctx: Context) -> list[Finding]:
                                             "only."), count=len(files))]
 
 
-def _ffmpeg_needs(cfg: config.Config) -> tuple[list[str], list[str]]:
-    """(encoders, protocols) the configuration needs from FFmpeg."""
-    protocols = sorted({s.url.split("://", 1)[0] for s in cfg.media.live} | {"file"})
-    return ["libx264", "aac"], protocols
-
-
 def ffmpeg(ctx: Context) -> list[Finding]:
+    """The FFmpeg media.ffmpeg chooses, and what this configuration needs of it (one probe,
+    agent/media/ffmpeg.py, shared with `devices` and the status)."""
+    from agent.media.ffmpeg import report
+    from agent.urls import live_kinds
+
     assert ctx.cfg is not None
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        return [problem("ffmpeg", T_FFMPEG, "ffmpeg_missing", error="ffmpeg is not on PATH")]
-    try:
-        enc = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True,
-                             timeout=10)
-        proto = subprocess.run([exe, "-hide_banner", "-protocols"], capture_output=True,
-                               text=True, timeout=10)
-        ver = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [problem("ffmpeg", T_FFMPEG, "ffmpeg_missing", error=str(exc))]
-    if enc.returncode != 0:
-        return [problem("ffmpeg", T_FFMPEG, "ffmpeg_missing",
-                        error=f"{exe} -encoders exited {enc.returncode}")]
-    encoders = {parts[1] for line in enc.stdout.splitlines()
-                if len(parts := line.split()) >= 2 and len(parts[0]) == 6}
-    outputs = proto.stdout.split("Output:", 1)[-1].split()
-    need_enc, need_proto = _ffmpeg_needs(ctx.cfg)
-    missing = [e for e in need_enc if e not in encoders]
-    missing += [f"{p} (protocol)" for p in need_proto if p not in outputs]
-    if missing:
-        return [problem("ffmpeg", T_FFMPEG, "ffmpeg_incomplete", missing=", ".join(missing))]
-    m = re.match(r"ffmpeg version (\S+)", ver.stdout)
-    return [passed("ffmpeg", T_FFMPEG, N_("{path} {version}: {needs}."), path=exe,
-                   version=m.group(1) if m else "?",
-                   needs=", ".join(need_enc + need_proto))]
+    ff = report(ctx.cfg.media.ffmpeg, live_kinds(ctx.cfg.media.live))
+    if not ff.get("version"):
+        return [problem("ffmpeg", T_FFMPEG, "ffmpeg_missing", error=ff.get("error", "?"))]
+    if ff.get("missing"):
+        return [problem("ffmpeg", T_FFMPEG, "ffmpeg_incomplete", missing="; ".join(
+            f"{kind} {', '.join(names)}" for kind, names in ff["missing"].items()))]
+    needs = ff.get("needs") or {}
+    return [passed("ffmpeg", T_FFMPEG, N_("{path} {version}: {needs}."), path=ff["path"],
+                   version=ff["version"],
+                   needs=", ".join(n for names in needs.values() for n in names))]
 
 
 def service(ctx: Context) -> list[Finding]:

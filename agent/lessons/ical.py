@@ -32,6 +32,7 @@ from agent.lessons.timetable import (
     course_code,
     zone,
 )
+from agent.urls import SINK_NAME_RE, SINK_NAME_RULE, SINK_RULE, SINK_URL_RE, redact_url
 
 try:  # a dependency of recurring-ical-events: Google-style X-WR-TIMEZONE calendars
     from x_wr_timezone import to_standard as _standardise
@@ -39,8 +40,6 @@ except ImportError:  # pragma: no cover
     def _standardise(calendar: Any) -> Any:
         return calendar
 
-_SINK_URL = re.compile(r"^(rtmps?|srt)://[^\s]+$")
-_SINK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TEACHER_LINE = re.compile(r"^\s*(?:teacher|教师|老师)\s*[:\uff1a]\s*(.+?)\s*$",
                            re.IGNORECASE | re.MULTILINE)
 _ROLE_WORDS = {"lecturing": "lecturing", "主讲": "lecturing", "主讲端": "lecturing",
@@ -255,10 +254,10 @@ def _check_event(ev: icalendar.Event) -> Iterable[str]:
         yield f"X-ROLE must be one of {', '.join(ROLES)}, got {declared[0]!r}"
     live = _live(ev)
     for url, name in zip(*(live or ([], [])), strict=True):
-        if not _SINK_URL.match(url):
-            yield f"X-LIVE-URL {_redact(url)!r}: expected an rtmp://, rtmps:// or srt:// URL"
-        if name and not _SINK_NAME.match(name):
-            yield f"X-LIVE-URL NAME={name!r}: 1-64 letters, digits, '.', '_' or '-'"
+        if not SINK_URL_RE.match(url):
+            yield f"X-LIVE-URL {redact_url(url)!r}: expected {SINK_RULE}"
+        if name and not SINK_NAME_RE.match(name):
+            yield f"X-LIVE-URL NAME={name!r}: {SINK_NAME_RULE}"
 
 
 def _check_recurrence(calendar: icalendar.Calendar, events: list[icalendar.Event],
@@ -287,10 +286,6 @@ def _check_recurrence(calendar: icalendar.Calendar, events: list[icalendar.Event
 def _label(ev: icalendar.Event) -> str:
     summary = str(ev.get("SUMMARY", "")).strip() or "(no SUMMARY)"
     return f"VEVENT {summary!r}" + (f" UID {ev.get('UID')}" if ev.get("UID") else "")
-
-
-def _redact(url: str) -> str:
-    return url.split("?", 1)[0].rsplit("/", 1)[0] + "/..." if "/" in url[8:] else url
 
 
 def _first_line(exc: BaseException) -> str:

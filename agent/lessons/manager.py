@@ -27,11 +27,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from agent.lessons.missed import missed_event
 from agent.lessons.timetable import ROLES, PlannedLesson, Schedule, course_code, zone
 from agent.records import Record, Severity, event, rfc3339
+from agent.urls import redact_host
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class LessonManager:
                 "elapsed_s": round(elapsed, 1),
                 "remaining_s": round(max(0.0, run.deadline_mono - now_m), 1),
                 "late_s": round(run.late_s, 1),
-                "live": [{"name": n, "url": redact(u)} for n, u in run.sinks],
+                "live": [{"name": n, "url": redact_host(u)} for n, u in run.sinks],
                 "media": self._media_state(run),
             }
         _, upcoming = self._planned(now_w)
@@ -858,17 +858,6 @@ def _human(seconds: float) -> str:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
-
-
-def redact(url: str) -> str:
-    """scheme://host:port/... : stream keys and passphrases stay out of status and events."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(invalid URL)"
-    return f"{parts.scheme}://{host}{port}/..."
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from agent.urls import SINK_NAME_RE, SINK_NAME_RULE, SINK_RULE, SINK_URL_RE
 from agent.yamlsource import compose
 
 ROLES = ("lecturing", "receiving")
@@ -37,8 +38,6 @@ MAX_FILE_BYTES = 1_000_000
 MAX_TERM_DAYS = 731
 MAX_LESSONS_PER_DAY = 30
 
-_SINK_URL = re.compile(r"^(rtmps?|srt)://[^\s]+$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PERIOD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,15}$")
 _CODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _DATE = re.compile(r"^(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})$")
@@ -637,9 +636,8 @@ class _LessonParser:
                 url = self.r.text(m["url"], f"{ipath}.url")
                 url_node = m["url"]
                 name = self.r.text(m["name"], f"{ipath}.name") if "name" in m else ""
-                if name and not _NAME.match(name):
-                    self.r.err(m["name"], f"{ipath}.name",
-                               "a sink name is 1-64 letters, digits, '.', '_' or '-'")
+                if name and not SINK_NAME_RE.match(name):
+                    self.r.err(m["name"], f"{ipath}.name", SINK_NAME_RULE)
                     ok = False
                 elif name and name in names:
                     self.r.err(m["name"], f"{ipath}.name", f"duplicate sink name {name!r}")
@@ -648,9 +646,9 @@ class _LessonParser:
                 url, url_node, name = self.r.text(item, ipath), item, ""
             if url is None:
                 ok = False
-            elif not _SINK_URL.match(url):
+            elif not SINK_URL_RE.match(url):
                 self.r.err(url_node, ipath if url_node is item else f"{ipath}.url",
-                           "expected an rtmp://, rtmps:// or srt:// URL without spaces")
+                           f"expected {SINK_RULE}")
                 ok = False
             else:
                 urls.append(url)

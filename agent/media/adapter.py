@@ -28,9 +28,12 @@ from typing import Any
 from agent.config import LiveSinkConfig, MediaConfig
 from agent.media import retention
 from agent.media.checksum import sha256_file
+from agent.media.ffmpeg import locate as ffmpeg_locate
+from agent.media.ffmpeg import report as ffmpeg_report
 from agent.media.spec import MediaSpec
 from agent.media.supervisor import MediaSupervisor
 from agent.records import Record, event
+from agent.urls import live_kinds
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,20 @@ class LessonMedia:
         self._guard_stop = threading.Event()
         self._guard_thread: threading.Thread | None = None
         self.supervisor = MediaSupervisor(self._on_line)
+        self._ffmpeg: dict[str, Any] | None = None
+        threading.Thread(target=self._probe_ffmpeg, name="ffmpeg-probe", daemon=True).start()
+
+    def _probe_ffmpeg(self) -> None:
+        """Once at start (about a second of subprocesses): what status and devices show."""
+        try:
+            self._ffmpeg = ffmpeg_report(self.media.ffmpeg, live_kinds(self.media.live))
+        except Exception as exc:  # status must never fail because of the probe
+            log.exception("probing FFmpeg failed")
+            self._ffmpeg = {"choice": self.media.ffmpeg, "error": f"probe failed: {exc}"}
+
+    def ffmpeg_report(self) -> dict[str, Any] | None:
+        """The FFmpeg in use and its capabilities (None while the first probe runs)."""
+        return self._ffmpeg
 
     # -- MediaControl (agent.lessons.manager) ----------------------------------------------------
 
@@ -70,9 +87,9 @@ class LessonMedia:
         directory = self.root / lesson_id
         directory.mkdir(parents=True, exist_ok=True)
         rec = self.media.recording
-        sinks = [LiveSinkConfig(url=url, name=name) for name, url in live]
-        lesson = _Lesson(lesson_id, MediaSpec.from_config(self.media, lesson_id, directory, sinks),
-                         retention.ReserveGuard(rec.min_free_mb, rec.resume_margin_mb))
+        lesson = _Lesson(lesson_id, MediaSpec.from_config(
+            self.media, lesson_id, directory, self._sinks(live), ffmpeg_locate(self.media.ffmpeg)),
+            retention.ReserveGuard(rec.min_free_mb, rec.resume_margin_mb))
         with self._busy:
             with self._lock:
                 self._active = directory
@@ -84,6 +101,13 @@ class LessonMedia:
             else:
                 self.supervisor.start(lesson.spec)
         self._start_guard()
+
+    def _sinks(self, live: list[tuple[str, str]]) -> list[LiveSinkConfig]:
+        """The lesson's (name, URL) pairs with the protocol and token file media.live gives
+        that URL (a timetable names only URLs)."""
+        known = {s.url: s for s in self.media.live}
+        return [replace(known[url], name=name) if url in known
+                else LiveSinkConfig(url=url, name=name) for name, url in live]
 
     def stop(self) -> dict | None:
         self._stop_guard()

@@ -125,25 +125,68 @@ def is_key_frame(chunk: bytes, pos: int) -> bool:
     return True
 
 
+#: After a skip within one process, the stream resumes this long after its last tag (ms): more
+#: than an audio frame, so that no stream's timestamps go backwards.
+RESUME_GAP_MS = 50
+
+
+def tag_ts(chunk: bytes | bytearray, pos: int) -> int:
+    """The timestamp (ms) of the tag at ``pos``: 24 bits plus the extension byte on top."""
+    return int.from_bytes(chunk[pos + 4:pos + 7], "big") | chunk[pos + 7] << 24
+
+
+def _set_ts(buf: bytearray, pos: int, ts: int) -> None:
+    ts &= 0xFFFFFFFF
+    buf[pos + 4:pos + 7] = (ts & 0xFFFFFF).to_bytes(3, "big")
+    buf[pos + 7] = ts >> 24
+
+
 class FlvGate:
-    """Holds back framed FLV until a video key frame, then sends the stream's init before it."""
+    """Holds back framed FLV until a video key frame, then sends the stream's init before it.
+
+    Skipping within one process (``reset(fresh=False)``: a full queue, a sink still connecting)
+    removes the skipped time from the timestamps that follow: a jump would make the receiving
+    process wait (its muxer interleaves by time) or play one stream seconds after the other.
+    """
 
     def __init__(self, init: FlvInit) -> None:
         self._init = init
         self.open = False
+        self._midstream = False
+        self._shift = 0          # ms subtracted from every tag since the last skip
+        self._last_ts: int | None = None
 
-    def reset(self) -> None:
+    def reset(self, fresh: bool = True) -> None:
+        """Wait for the next key frame; ``fresh``: a new process, so send the init first (in
+        the same process a second FLV header would corrupt the stream)."""
         self.open = False
+        self._midstream = not fresh
+        if fresh:
+            self._shift, self._last_ts = 0, None
 
     def feed(self, chunk: bytes) -> bytes:
         """What of ``chunk`` may be written now (all of it once open)."""
         if self.open:
-            return chunk
-        init = self._init.bytes()
-        if not init:
+            return self._restamp(chunk, _first_tag(chunk))
+        init = b"" if self._midstream else self._init.bytes()
+        if not init and not self._midstream:
             return b""
         for pos, _kind, _total in _tags(chunk, _first_tag(chunk)):
             if is_key_frame(chunk, pos):
                 self.open = True
-                return init + chunk[pos:]
+                if self._midstream and self._last_ts is not None:
+                    self._shift = tag_ts(chunk, pos) - self._last_ts - RESUME_GAP_MS
+                return init + self._restamp(chunk[pos:], 0)
         return b""
+
+    def _restamp(self, chunk: bytes, start: int) -> bytes:
+        tags = list(_tags(chunk, start))
+        if tags:
+            last = tags[-1][0]
+            self._last_ts = tag_ts(chunk, last) - self._shift
+        if not self._shift:
+            return chunk
+        buf = bytearray(chunk)
+        for pos, _kind, _total in tags:
+            _set_ts(buf, pos, tag_ts(buf, pos) - self._shift)
+        return bytes(buf)

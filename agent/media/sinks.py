@@ -1,7 +1,9 @@
-"""Live sinks: one `ffmpeg -c copy` process per destination, fed the encoder's live stream.
+"""Live sinks: one sending process per destination, fed the encoder's live stream.
 
-RTMP sinks get FLV (what RTMP carries; agent/media/flv.py), SRT sinks MPEG-TS: :func:`container`
-names which, and the encoder writes each container the sinks need once.
+RTMP and WHIP sinks get FLV (what RTMP carries; agent/media/flv.py), SRT sinks MPEG-TS: the
+sink's sender (agent/media/senders.py) names which, and the encoder writes each container the
+sinks need once. The sender also says how the process is started without a secret on its
+command line.
 
 Each sink has its own bounded queue and writer thread, so a dead or slow receiver costs that
 sink its data and never the recording or the other sinks (docs/media.md). The remux process is
@@ -10,7 +12,8 @@ again within a few seconds, starting at a key frame (with the PAT/PMT in front o
 first picture decodes.
 
 Stream keys and passwords are secrets: URLs are redacted in stats, events and logs, and FFmpeg's
-own messages (which quote the URL) are scrubbed before they are logged or reported.
+own messages (which quote the URL) are scrubbed before they are logged or reported
+(agent/urls.py).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.backoff import Backoff
 from agent.media.flv import FlvGate, FlvInit
+from agent.media.senders import Launch, Refused, make_sender
+from agent.urls import redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -37,136 +41,18 @@ QUEUE_S = 2.0                 # queue bound, in seconds of stream at the measure
 QUEUE_DEFAULT_BYTES = 2_000_000  # before the rate is known (~2 s at 8 Mbit/s)
 QUEUE_MIN_BYTES = 256_000
 QUEUE_MAX_BYTES = 16_000_000
+CONNECT_QUEUE_S = 0.75        # stream a sink gets (and may queue) before it has connected
+CONNECT_MIN_BYTES = 64_000
 STALL_S = 2.0                 # a live sink whose stdin has not moved for this long is stalled
 CONNECT_TIMEOUT_S = 5.0       # allowance before the first output (TCP + RTMP handshake)
 LIVE_AFTER_S = 1.0            # output flowing this long -> state live
 STOP_DRAIN_S = 1.0            # at stop, time to hand over what is queued
 STOP_GRACE_S = 2.0            # then time for FFmpeg to finish after EOF, before SIGKILL
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 2.0
-IO_TIMEOUT_US = 5_000_000     # FFmpeg network I/O timeout: a silent stall must not hang it
-ANALYZE_US = 200_000          # FFmpeg's default probe waits 5 s of stream before any output
 STDERR_TAIL = 20
 KEYFRAME_WAIT_S = 12.0        # beyond the longest GOP allowed (gop_s <= 10): start anyway
 
-# Query keys of sink URLs that are settings, not secrets; every other value is redacted.
-_SAFE_QUERY = frozenset({
-    "mode", "latency", "rcvlatency", "peerlatency", "timeout", "connect_timeout",
-    "listen_timeout", "pkt_size", "payload_size", "maxbw", "inputbw", "oheadbw", "transtype",
-    "tlpktdrop", "nakreport", "pbkeylen", "mss", "ffs", "ipttl", "iptos", "linger", "tsbpd",
-    "sndbuf", "rcvbuf", "send_buffer_size", "recv_buffer_size", "rw_timeout", "messageapi",
-    "enforced_encryption", "kmrefreshrate", "kmpreannounce", "snddropdelay", "lossmaxttl",
-    "minversion", "smoother", "congestion",
-})
-_SRT_LATENCY_KEYS = ("latency", "rcvlatency", "peerlatency")
-_SRT_MS_LIMIT = 10_000  # an SRT latency <= this is milliseconds (10 ms in FFmpeg's us is useless)
-_MASK = "***"
 _EXITED = "exited"  # _pump's word for "the process ended by itself"
-
-
-# --- URLs: redaction and FFmpeg argv --------------------------------------------------------
-
-def redact_url(url: str) -> str:
-    """The URL without secrets: user info, the RTMP stream key, and non-setting query values."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        return f"{url.split(':', 1)[0]}://{_MASK}"
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    if "@" in parts.netloc:
-        netloc = f"{_MASK}@{netloc}"
-    elif not host:
-        netloc = parts.netloc
-    path = parts.path
-    if parts.scheme in ("rtmp", "rtmps"):
-        segments = path.split("/")
-        if len([s for s in segments if s]) >= 2:  # /app/key -> /app/***
-            segments[-1] = _MASK if segments[-1] else segments[-1]
-            if not segments[-1]:
-                segments[-2] = _MASK
-            path = "/".join(segments)
-    query = [(k, v if k.lower() in _SAFE_QUERY else _MASK)
-             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit((parts.scheme, netloc, path, urlencode(query, safe="*"), ""))
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secret substrings of ``url`` (raw and percent-decoded), longest first."""
-    found: set[str] = set()
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return [url]
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        found.update([userinfo, *userinfo.split(":", 1)])
-    if parts.scheme in ("rtmp", "rtmps"):
-        segments = [s for s in parts.path.split("/") if s]
-        if len(segments) >= 2:
-            found.add(segments[-1])
-    for raw in parts.query.split("&"):
-        key, _, value = raw.partition("=")
-        if value and unquote(key).lower() not in _SAFE_QUERY:
-            found.add(value)
-    found |= {unquote(s) for s in found}
-    # Very short "secrets" (a test key "x") would mangle every message they occur in.
-    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` with ``url`` and its secrets replaced by their redacted forms."""
-    if url in text:
-        text = text.replace(url, redact_url(url))
-    for secret in url_secrets(url):
-        text = text.replace(secret, _MASK)
-    return text
-
-
-def srt_caller_url(url: str) -> str:
-    """The SRT URL FFmpeg should get: caller mode, an I/O timeout, latency in microseconds.
-
-    People write SRT latency in milliseconds (as srt-live-transmit and the SRT docs do); FFmpeg
-    reads it in microseconds, so ``latency=120`` would mean 0.12 ms. Values up to 10,000 are
-    therefore taken as milliseconds and converted; larger ones are already microseconds. The
-    rest of the query is kept byte for byte (a streamid's own encoding must survive).
-    """
-    base, _, query = url.partition("?")
-    pairs = [p for p in query.split("&") if p]
-    keys = {p.partition("=")[0].lower() for p in pairs}
-    fixed = []
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key.lower() in _SRT_LATENCY_KEYS and value.isdigit() and int(value) <= _SRT_MS_LIMIT:
-            pair = f"{key}={int(value) * 1000}"
-        fixed.append(pair)
-    if "mode" not in keys:
-        fixed.append("mode=caller")
-    if "timeout" not in keys:
-        fixed.append(f"timeout={IO_TIMEOUT_US}")
-    return f"{base}?{'&'.join(fixed)}"
-
-
-def container(url: str) -> str:
-    """The live container a sink for ``url`` is fed: ``flv`` (RTMP) or ``mpegts`` (SRT)."""
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("rtmp", "rtmps"):
-        return "flv"
-    if scheme == "srt":
-        return "mpegts"
-    raise ValueError(f"live sink URL scheme {scheme!r} is not supported: use rtmp://, rtmps:// "
-                     "or srt://")
-
-
-def remux_argv(url: str, ffmpeg: str = "ffmpeg") -> list[str]:
-    """`ffmpeg -c copy` from the sink's container on stdin to ``url``, progress on stderr."""
-    fmt = container(url)
-    head = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning",
-            "-progress", "pipe:2", "-stats_period", "0.5",
-            "-analyzeduration", str(ANALYZE_US), "-f", fmt, "-i", "pipe:0", "-c", "copy"]
-    if fmt == "flv":
-        return [*head, "-flush_packets", "1", "-flvflags", "no_duration_filesize",
-                "-rw_timeout", str(IO_TIMEOUT_US), "-f", "flv", url]
-    return [*head, "-f", "mpegts", srt_caller_url(url)]
 
 
 # --- MPEG-TS: where a fresh remux process may start -----------------------------------------
@@ -187,7 +73,8 @@ class KeyframeGate:
     def __init__(self) -> None:
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, fresh: bool = True) -> None:
+        """Wait for the next key frame (PAT and PMT go in front of it either way)."""
         self.open = False
         self._buf = b""
         self._pmt_pids: set[int] = set()
@@ -302,12 +189,14 @@ class LiveSink:
     """
 
     def __init__(self, name: str, url: str, on_event: EventFn, *,
-                 max_queue_bytes: int | None = None, ffmpeg: str = "ffmpeg") -> None:
+                 max_queue_bytes: int | None = None, ffmpeg: str = "ffmpeg",
+                 protocol: str = "", token_file: str = "") -> None:
         self.name = name
         self.url = url
         self.redacted = redact_url(url)
-        self._argv = remux_argv(url, ffmpeg)
-        self.container = container(url)
+        self.sender = make_sender(url, protocol, token_file, ffmpeg)
+        self.container = self.sender.container
+        self._secrets: tuple[str, ...] = ()
         self._flv_init = FlvInit() if self.container == "flv" else None
         self._on_event = on_event
         self._fixed_max = max_queue_bytes
@@ -361,6 +250,15 @@ class LiveSink:
             if not self._accepting:
                 self._dropped += len(chunk)
                 return
+            if self._out_first is None and self._spawns and self.sender.hold_while_connecting \
+                    and self._queued + len(chunk) > self._connect_budget():
+                # Still connecting (a WHIP handshake takes a second or more): what queues now
+                # would reach the receiver late and stay late. Start at a fresh key frame.
+                self._dropped += self._queued + len(chunk)
+                self._queue.clear()
+                self._queued = 0
+                self._resync = True
+                return
             if self._queued + len(chunk) > self._max_queue():
                 # Full: ~2 s behind already. Keep the freshest data instead: start over at the
                 # next key frame (a hole in the middle of a GOP would not decode anyway).
@@ -401,6 +299,11 @@ class LiveSink:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _connect_budget(self) -> int:
+        """What a sink gets before it has produced output (~0.75 s of stream)."""
+        return max(CONNECT_MIN_BYTES, int(CONNECT_QUEUE_S * (self._rate_in or
+                                                             QUEUE_DEFAULT_BYTES / QUEUE_S)))
+
     def _max_queue(self) -> int:
         if self._fixed_max:
             return self._fixed_max
@@ -409,6 +312,11 @@ class LiveSink:
         return int(min(QUEUE_MAX_BYTES, max(QUEUE_MIN_BYTES, QUEUE_S * self._rate_in)))
 
     def _run(self) -> None:
+        try:
+            self.sender.check()
+        except Refused as exc:  # never spawned: the recording and other sinks go on
+            self._went_down(f"refused: {exc}")
+            self._stopping.wait()
         while not self._stopping.is_set():
             cause = self._one_process()
             if self._stopping.is_set():
@@ -420,6 +328,7 @@ class LiveSink:
             self._set_state("down")
             self._queue.clear()
             self._queued = 0
+        self.sender.close()
 
     def _one_process(self) -> str | None:
         """Run one remux process until it fails (returns why) or the sink stops (None)."""
@@ -434,11 +343,14 @@ class LiveSink:
                 self._set_state("connecting")
             self._accepting = True
         try:
-            proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except OSError as exc:
-            return (f"cannot start {self._argv[0]} ({exc.strerror or exc}): install FFmpeg "
-                    "(apt-get install ffmpeg)")
+            launch = self.sender.launch()
+        except (Refused, ValueError, OSError) as exc:
+            return f"cannot start: {exc}"
+        self._secrets = launch.secrets
+        proc = self._spawn(launch)
+        if isinstance(proc, str):
+            launch.cleanup()
+            return proc
         reader = threading.Thread(target=self._read_stderr, args=(proc,),
                                   name=f"sink-{self.name}-stderr", daemon=True)
         reader.start()
@@ -450,11 +362,36 @@ class LiveSink:
                 self._accepting = False
             # A stalled FFmpeg is stuck in a network write: EOF would not reach it.
             self._reap(proc, reader, kill=cause not in (None, _EXITED))
+            launch.cleanup()
         if cause == _EXITED:  # after _reap: the reader has FFmpeg's last words by now
             code = proc.returncode
             how = f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
             cause = f"ffmpeg ended ({how}){self._tail_suffix()}"
         return cause
+
+    def _spawn(self, launch: Launch) -> subprocess.Popen[bytes] | str:
+        """Start the process; its config (if any) goes down a pipe, never into its argv."""
+        parent_ends = [launch.config_fd] if launch.config_fd is not None else []
+        try:
+            proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, pass_fds=launch.pass_fds)
+        except OSError as exc:
+            return (f"cannot start {launch.argv[0]} ({exc.strerror or exc}): check "
+                    "media.ffmpeg and the agent's installation")
+        finally:
+            for fd in launch.pass_fds:  # the child has its copies now
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        launch.on_started(proc.pid)
+        if launch.config_fd is not None:
+            try:
+                os.write(launch.config_fd, launch.config or b"")
+            except OSError as exc:
+                log.debug("live sink %s: config pipe: %s", self.name, exc)
+        for fd in parent_ends:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return proc
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> str | None:
         assert proc.stdin is not None
@@ -466,6 +403,7 @@ class LiveSink:
         since = time.monotonic()       # when the pending data last moved
         first_write: float | None = None
         drain_until: float | None = None
+        before_output = 0              # bytes written before the process reported output
         while True:
             now = time.monotonic()
             if self._stopping.is_set():
@@ -487,9 +425,16 @@ class LiveSink:
                         and now - first_write > 2 * CONNECT_TIMEOUT_S):
                     return (f"no output {now - first_write:.0f} s after the first data "
                             f"(cannot connect?){self._tail_suffix()}")
+                if (self._out_first is None and self.sender.hold_while_connecting
+                        and before_output >= self._connect_budget()):
+                    # Enough to probe the stream and open the output. More now would wait
+                    # inside the process while it connects (FFmpeg queues it, a WHIP handshake
+                    # takes seconds) and reach the receiver that much late.
+                    self._stopping.wait(0.02)
+                    continue
                 chunk, resync = self._take(0.1)
                 if resync:
-                    gate.reset()
+                    gate.reset(fresh=False)
                 if chunk is None:
                     continue
                 data = gate.feed(chunk)
@@ -507,6 +452,7 @@ class LiveSink:
             except OSError:  # EPIPE: it exited
                 return _EXITED
             pending = pending[n:]
+            before_output += n if self._out_first is None else 0
             since = self._last_moved = time.monotonic()
             first_write = first_write or since
             with self._lock:
@@ -548,7 +494,7 @@ class LiveSink:
                 log.info("live sink %s (%s) is live", self.name, self.redacted)
 
     def _went_down(self, cause: str | None) -> None:
-        cause = scrub(cause or "the remux process ended", self.url)
+        cause = scrub(cause or "the remux process ended", self.url, self._secrets)
         with self._lock:  # the stream stopped when the data stopped moving (a stall: 2 s ago)
             self._set_state("down", at=self._last_moved)
         self._failures += 1
@@ -591,12 +537,13 @@ class LiveSink:
             line = raw.decode("utf-8", "replace").strip()
             key, eq, value = line.partition("=")
             if eq and key.isidentifier() and " " not in key:  # a -progress line
-                if key == "total_size" and value.isdigit() and int(value) > 0 \
-                        and self._out_first is None:
+                # total_size is N/A for WHIP (RTP has no byte stream): time muxed counts too
+                if key in ("total_size", "out_time_us") and value.isdigit() \
+                        and int(value) > 0 and self._out_first is None:
                     self._out_first = time.monotonic()
                 continue
             if line:
-                line = scrub(line, self.url)
+                line = scrub(line, self.url, self._secrets)
                 self._stderr_tail.append(line)
                 log.debug("live sink %s: ffmpeg: %s", self.name, line)
 

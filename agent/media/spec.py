@@ -49,6 +49,8 @@ class EncoderSpec:
 class SinkSpec:
     name: str
     url: str
+    protocol: str = ""     # "" = from the URL's scheme; "whip" for http(s)
+    token_file: str = ""   # WHIP bearer token file (the worker reads it; never the token here)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class MediaSpec:
     audio: AudioSpec = field(default_factory=AudioSpec)
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     live: tuple[SinkSpec, ...] = ()
+    #: the FFmpeg executable (resolved from media.ffmpeg by the daemon, agent/media/ffmpeg.py)
+    ffmpeg: str = "ffmpeg"
 
     def to_json(self) -> str:
         """One line (no newline inside), as the worker protocol wants."""
@@ -83,7 +87,7 @@ class MediaSpec:
     @classmethod
     def from_config(
         cls, media: MediaConfig, lesson_id: str, recording_dir: Path,
-        live: list[LiveSinkConfig] | None = None,
+        live: list[LiveSinkConfig] | None = None, ffmpeg: str = "ffmpeg",
     ) -> MediaSpec:
         """The spec of one lesson; ``recording_dir`` is that lesson's own directory."""
         sinks = media.live if live is None else live
@@ -96,8 +100,10 @@ class MediaSpec:
             encoder=EncoderSpec(video_bitrate_kbps=e.video_bitrate_kbps,
                                 audio_bitrate_kbps=e.audio_bitrate_kbps, preset=e.preset,
                                 gop_s=e.gop_s),
-            live=tuple(SinkSpec(name=s.name or f"sink{i}", url=s.url)
+            live=tuple(SinkSpec(name=s.name or f"sink{i}", url=s.url, protocol=s.protocol or "",
+                                token_file=s.token_file or "")
                        for i, s in enumerate(sinks, start=1)),
+            ffmpeg=ffmpeg,
             recording=RecordingSpec(dir=str(recording_dir), segment_s=media.recording.segment_s),
         )
 
@@ -128,7 +134,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
             values[name] = _build(_NESTED[name], raw, key)
         elif name == "live":
             if not isinstance(raw, list):
-                raise SpecError(f"{key}: expected a list of {{name, url}}")
+                raise SpecError(f"{key}: expected a list of {{name, url, protocol, token_file}}")
             values[name] = tuple(_build(SinkSpec, s, f"{key}[{i}]") for i, s in enumerate(raw))
         else:
             values[name] = _scalar(tp, raw, key)

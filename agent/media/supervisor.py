@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from agent.backoff import Backoff
 from agent.media.checksum import sha256_file
-from agent.media.sinks import scrub
+from agent.urls import scrub
 
 if TYPE_CHECKING:
     from agent.media.spec import MediaSpec

@@ -35,6 +35,7 @@ from agent.media.pacer import AudioAligner, AudioPump, Slate, VideoPump
 from agent.media.sources import AudioSource, VideoSource
 from agent.media.spec import MediaSpec, SpecError
 from agent.safetext import InertFormatter
+from agent.urls import redact_url
 
 log = logging.getLogger("agent.media.worker")
 
@@ -129,7 +130,8 @@ class Worker:
         self.sinks: list[Any] = []
         self._by_container: dict[str, list[Any]] = {}
         self._make_sinks()
-        self.encoder = Encoder(spec, self._fan_out, live_formats=self._by_container)
+        self.encoder = Encoder(spec, self._fan_out, live_formats=self._by_container,
+                               ffmpeg=spec.ffmpeg)
         self.recording_state = "recording" if spec.recording.enabled else "off"
         self.watcher: SegmentWatcher | None = None
         self.video_pump: VideoPump | None = None
@@ -159,12 +161,19 @@ class Worker:
             def on_event(event: str, severity: str, message: str, details: dict[str, Any],
                          _name: str = s.name) -> None:
                 self._on_event(event, severity, message, details, sink=_name)
-            sink = LiveSink(s.name, s.url, on_event)
+            try:
+                sink = LiveSink(s.name, s.url, on_event, ffmpeg=self.spec.ffmpeg,
+                                protocol=s.protocol, token_file=s.token_file)
+            except ValueError as exc:  # URL and protocol do not fit: this sink only is lost
+                on_event("sink_down", "warning", f"live sink {s.name} cannot be used: {exc}",
+                         {"name": s.name, "url": redact_url(s.url), "cause": str(exc)})
+                continue
             self.sinks.append(sink)
             self._by_container.setdefault(sink.container, []).append(sink)
 
     def run(self) -> int:
         """The whole lesson; returns the exit code."""
+        version = ffmpeg_version(self.encoder.ffmpeg)  # before the clock starts: it takes time
         for sink in self.sinks:
             sink.start()
         self.video.start()
@@ -188,7 +197,7 @@ class Worker:
                                     on_chunk=self.meter.add, on_gap=self.meter.lost)
         self.video_pump.start()
         self.audio_pump.start()
-        self.emitter.emit("started", pid=os.getpid(), ffmpeg=ffmpeg_version(self.encoder.ffmpeg),
+        self.emitter.emit("started", pid=os.getpid(), ffmpeg=version,
                           lesson_id=spec.lesson_id,
                           recording_dir=str(self.encoder.record_dir) if recording else None,
                           first_segment=self.encoder.start_number if recording else None)

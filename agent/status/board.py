@@ -46,6 +46,7 @@ class StatusBoard:
         media: Callable[[], dict[str, Any] | None] | None = None,
         security: Callable[[], dict[str, Any]] | None = None,
         collector_errors: Callable[[], dict[str, int]] | None = None,
+        ffmpeg: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -59,6 +60,7 @@ class StatusBoard:
         self.media = media
         self.security = security
         self.collector_errors = collector_errors
+        self.ffmpeg = ffmpeg
         self._lock = threading.Lock()
         self._metrics: dict[str, Any] = {}
         self._metrics_ts: float | None = None
@@ -153,6 +155,7 @@ class StatusBoard:
             "lessons": self._lessons(),
             "lesson_counts": lesson_counts,
             "media": self.media() if self.media else None,
+            "ffmpeg": self.ffmpeg() if self.ffmpeg else None,
             "security": self.security() if self.security else {},
         }
         found = warnings.collect(snap, warnings.Context(

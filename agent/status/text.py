@@ -40,7 +40,7 @@ def pad(label: str, width: int = 12) -> str:
 #: The rows of ``status`` (and the page's subsystems): id and label, in order.
 ROWS = [("agent", N_("Agent")), ("broker", N_("Broker")), ("outbox", N_("Outbox")),
         ("machine", N_("Machine")), ("telemetry", N_("Telemetry")),
-        ("peripherals", N_("Peripherals")), ("camera", N_("Camera")),
+        ("peripherals", N_("Peripherals")), ("ffmpeg", N_("FFmpeg")), ("camera", N_("Camera")),
         ("microphone", N_("Microphone")), ("lesson", N_("Lesson")),
         ("recording", N_("Recording")), ("live", N_("Live")), ("next", N_("Next")),
         ("commands", N_("Commands")), ("network", N_("Network"))]
@@ -87,6 +87,9 @@ def summaries(s: dict[str, Any], tr: Translate = _) -> dict[str, list[str]]:
             "{cameras} camera(s), {microphones} microphone(s), {displays} display(s), {usb} USB "
             "device(s)").format(cameras=p.get("video", 0), microphones=p.get("audio_inputs", 0),
                                 displays=p.get("displays_connected", 0), usb=p.get("usb", 0))]
+    ff = s.get("ffmpeg") or {}
+    if ff.get("version"):
+        out["ffmpeg"] = [tr("{version} ({choice}: {path})").format(**ff)]
     out.update(_lesson_rows(s.get("lessons") or {}, s.get("media") or {}, tr))
     sec = s.get("security") or {}
     if "signatures_required" in sec:

@@ -182,11 +182,13 @@ CATALOGUE: dict[str, Template] = {
     "ffmpeg_missing": Template(
         "recording", "fault",
         "FFmpeg cannot be run: {error}.",
-        "install it: `apt-get install ffmpeg`."),
+        "set media.ffmpeg to bundled (the FFmpeg the agent's Python package carries), system "
+        "(install it: `apt-get install ffmpeg`) or the path of a working ffmpeg."),
     "ffmpeg_incomplete": Template(
         "recording", "fault",
         "This FFmpeg lacks {missing}, which the configuration needs.",
-        "install Debian's ffmpeg package (it has libx264, AAC, RTMP and SRT)."),
+        "set media.ffmpeg: bundled (it has everything the agent uses); "
+        "`classroom-agent devices` lists what the chosen one has."),
     "live_unreachable": Template(
         "live", "fault",
         "The live sink {name} ({url}) cannot be reached: {error}.",
@@ -344,6 +346,12 @@ def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
     sec = s.get("security") or {}
     out.extend(Warning("secret_file_exposed", f) for f in sec.get("exposed_files", []))
     out.extend(Warning("command_key_unusable", {"problem": p}) for p in sec.get("key_problems", []))
+    ff = s.get("ffmpeg") or {}
+    if ff.get("error") and not ff.get("version"):
+        out.append(Warning("ffmpeg_missing", {"error": ff["error"]}))
+    elif ff.get("missing"):
+        out.append(Warning("ffmpeg_incomplete", {"missing": "; ".join(
+            f"{kind} {', '.join(names)}" for kind, names in ff["missing"].items())}))
     for name, why in s["telemetry"]["failing_collectors"].items():
         out.append(Warning("collector_failing", {"name": name, "error": why}))
     out.extend(Warning("disk_full", {"mount": d["mount"], "percent": d["percent"]})
