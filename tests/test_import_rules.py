@@ -19,7 +19,7 @@ PARTS = {
     "telemetry": ("agent.telemetry",),
     "media": ("agent.media",),
     "transport": ("agent.publisher",),
-    "config": ("agent.config", "agent.typedconfig", "agent.yamlsource"),
+    "config": ("agent.config", "agent.typedconfig", "agent.yamlsource", "agent.urls"),
     "cli": ("agent.cli", "agent.__main__"),
 }
 #: (part, parts it must never import).

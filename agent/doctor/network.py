@@ -171,7 +171,7 @@ def live(ctx: Context) -> list[Finding]:
     """Each live sink's server: RTMP(S) must accept TCP; SRT runs over UDP, so only its name
     is resolved (a caller handshake would put the URL, which may hold a passphrase, on an
     FFmpeg command line)."""
-    from agent.lessons.manager import redact
+    from agent.urls import redact_host as redact
 
     assert ctx.cfg is not None
     sinks = ctx.cfg.media.live
@@ -183,7 +183,8 @@ def live(ctx: Context) -> list[Finding]:
         try:
             parts = urlsplit(s.url)
             host = parts.hostname or ""
-            port = parts.port or {"rtmp": 1935, "rtmps": 443}.get(parts.scheme, 0)
+            port = parts.port or {"rtmp": 1935, "rtmps": 443, "http": 80,
+                                  "https": 443}.get(parts.scheme, 0)
         except ValueError as exc:
             out.append(problem("live", T_LIVE, "live_unreachable", name=name, url=shown,
                                error=str(exc)))
