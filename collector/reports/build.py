@@ -91,7 +91,7 @@ def _build(reader: Reader, cfg: ReportsConfig, year: int, mon: int, region: Scho
     by_school = [figures.school_figures(s, [x for x in month_lessons if x.school == s])
                  for s in schools]
     term_lessons = [x for x in all_lessons if term and term.start <= x.start < term.as_of]
-    teachers = figures.teacher_figures(month_lessons, term_lessons, cfg, term)
+    teachers = figures.teacher_figures(month_lessons, term_lessons, cfg, term, reader.school)
 
     return {
         "month": f"{year:04d}-{mon:02d}",

@@ -242,9 +242,11 @@ class TeacherFigures:
 
 
 def teacher_figures(month_lessons: Sequence[Lesson], term_lessons: Sequence[Lesson],
-                    cfg: ReportsConfig, progress: TermProgress | None) -> list[TeacherFigures]:
+                    cfg: ReportsConfig, progress: TermProgress | None,
+                    only_school: str | None = None) -> list[TeacherFigures]:
     """Online lessons as the lecturing end, by (school, teacher); teachers a term's minimum
-    names are listed even with nothing this month."""
+    names are listed even with nothing this month (in one school's report, only those the
+    minimum names with that school)."""
     month: dict[tuple[str | None, str], list[Lesson]] = {}
     for lesson in month_lessons:
         if lesson.online:
@@ -258,6 +260,8 @@ def teacher_figures(month_lessons: Sequence[Lesson], term_lessons: Sequence[Less
     keys = set(month)
     for name in minimums:
         school, _, teacher = name.rpartition("/")
+        if only_school is not None and school != only_school:
+            continue
         if not any(k[1] == teacher and (not school or k[0] == school) for k in keys | set(term)):
             keys.add((school or None, teacher))
     keys |= {k for k in term if _minimum(minimums, k) is not None}

@@ -258,8 +258,12 @@ TEACHERS = [
 ]
 
 
-def test_teacher_figures(report: dict[str, Any]) -> None:
+def test_teacher_figures(report: dict[str, Any], month: tuple[str, dict[str, Any]]) -> None:
     assert report["teachers"] == TEACHERS
+    with psycopg.connect(month[0], autocommit=True) as conn:
+        school_b = build.build(conn, config_().reports, "2026-09", "school-b", now=NOW)
+    # school-b only receives: no teacher of its own; the minimums name school-a's teachers.
+    assert school_b["teachers"] == []
     assert report["settings"]["term"] == {
         "name": "2026秋", "start": "2026-09-01", "end": "2027-01-22", "school_days": 98,
         "school_days_elapsed": 22, "elapsed_share": 0.2245}
