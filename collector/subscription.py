@@ -52,6 +52,8 @@ class Subscription:
     def __init__(self, mqtt_cfg: MqttConfig, sub_cfg: SubscriptionConfig) -> None:
         self.cfg = mqtt_cfg
         self.topic = sub_cfg.topic
+        self.prefix = sub_cfg.topic_prefix
+        self._caught_up = False
         self.client_id = mqtt_cfg.effective_client_id()
         self.stats = SubscriptionStats()
         self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
@@ -235,6 +237,61 @@ class Subscription:
             return
         self.stats.subscribed = True
         log.info("subscription: subscribed to %s", self.topic)
+        if not self._caught_up:
+            self._caught_up = True
+            threading.Thread(target=self._catch_up_retained, name="retained", daemon=True).start()
+
+    def _catch_up_retained(self) -> None:
+        """Read the broker's retained state, inventory and schedule of every terminal once.
+
+        A shared subscription never receives retained messages (MQTT 5, 4.8.2), so a collector
+        installed after the terminals (or a database rebuilt) would know nothing of their
+        current state until each reconnects. A short-lived plain subscription with a clean
+        session reads them; they go through the same ingest (duplicates are harmless: state
+        applies by session, inventory and schedule by seq) and need no acknowledgement."""
+        topics = [(f"{self.prefix}/+/+/{kind}", 1) for kind in ("state", "inventory", "schedule")]
+        inbox, count, last = self._inbox, [0], [time.monotonic()]
+        done = threading.Event()
+        v5 = self.cfg.protocol == "5"
+        try:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                 client_id=f"{self.client_id}-retained"[:128],
+                                 protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                                 clean_session=None if v5 else True, reconnect_on_failure=False)
+            apply_credentials(client, username=self.cfg.username,
+                              password_file=self.cfg.password_file,
+                              password_env=MQTT_PASSWORD_ENV, tls=self.cfg.tls)
+
+            def on_message(_c: Any, _u: Any, msg: Any) -> None:
+                with contextlib.suppress(Exception):
+                    if msg.retain:
+                        inbox.put(Inbound(msg.topic, msg.payload, msg.mid, 0, True, time.time(),
+                                          -1))
+                        count[0] += 1
+                        last[0] = time.monotonic()
+
+            client.on_message = on_message
+            client.on_connect = lambda c, *_a: c.subscribe(topics)
+            client.on_subscribe = lambda *_a: done.set()
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+            client.loop_start()
+        except (OSError, ValueError) as exc:
+            log.warning("subscription: could not read the retained messages: %s", exc)
+            return
+        try:
+            started = time.monotonic()
+            done.wait(30)
+            last[0] = time.monotonic()
+            while time.monotonic() - last[0] < 2.0 and time.monotonic() - started < 300:
+                if self._stop.wait(0.2):
+                    break
+            log.info("subscription: read %d retained state, inventory and schedule messages",
+                     count[0])
+        finally:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            with contextlib.suppress(Exception):
+                client.loop_stop()
 
     def _drop(self) -> None:
         client, self._client = self._client, None

@@ -7,8 +7,9 @@ from typing import Any
 
 import psycopg
 
+from tests.collector.ingest_support import payload
 from tests.platform_support import CollectorProcess, stored_seqs, swept
-from tests.support import AgentProcess, wait_until
+from tests.support import AgentProcess, Broker, MqttClient, wait_until
 
 
 def test_agent_records_arrive_once_each_with_state_inventory_and_lesson(
@@ -62,3 +63,24 @@ def _row(db: psycopg.Connection, sql: str) -> Any:
     rows = db.execute(sql).fetchall()
     assert len(rows) == 1, rows
     return rows[0]
+
+
+def test_retained_state_of_terminals_known_before_the_collector_is_read_at_start(
+        broker: Broker, collector_factory: Callable[..., CollectorProcess],
+        db: psycopg.Connection) -> None:
+    """A shared subscription never gets retained messages: a collector installed after the
+    terminals reads their retained state and inventory once, at start."""
+    client = MqttClient(broker.port)
+    try:
+        online = payload("state", None, {"status": "online", "session": 3,
+                                         "reason": "connected", "agent_version": "0.1.0",
+                                         "started_at": "2026-11-30T07:00:00.000Z"},
+                         school="school-z", device="room-9")
+        client.client.publish("classroom/v1/school-z/room-9/state", online, qos=1,
+                              retain=True).wait_for_publish(10)
+    finally:
+        client.close()
+    collector = collector_factory().start()
+    wait_until(lambda: db.execute("SELECT status FROM terminals WHERE device = 'room-9'"
+                                  ).fetchall() == [("online",)], 30, "the retained state")
+    wait_until(lambda: "read 1 retained" in collector.log_text(), 30, "the catch-up to end")
