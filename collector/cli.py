@@ -196,7 +196,7 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     import psycopg
 
-    from collector import storage
+    from collector import migrate, storage
     from collector.reports import build, render
     from collector.reports.calendar import ReportError
 
@@ -205,6 +205,11 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         with storage.connect(cfg, "classroom-collector report") as conn:
+            pending = migrate.pending(conn)
+            if pending:
+                print(f"classroom-collector report: the database lacks {len(pending)} "
+                      "migration(s). Next step: classroom-collector migrate", file=sys.stderr)
+                return EXIT_DB
             report = build.build(conn, cfg.reports, args.month, args.school, progress=say)
     except ReportError as exc:
         print(f"classroom-collector report: {exc}", file=sys.stderr)

@@ -352,6 +352,9 @@ def test_report_command_refuses_a_bad_month_and_a_backwards_school_day(
         month: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
     res = _cli(tmp_path, month[0], "--month", "2026-13")
     assert res.returncode == 2 and "expected YYYY-MM" in res.stderr
+    empty = month[0].rsplit("/", 1)[0] + "/postgres"  # a database nobody migrated
+    res = _cli(tmp_path, empty, "--month", "2026-09")
+    assert res.returncode == 3 and "Next step: classroom-collector migrate" in res.stderr
     with pytest.raises(ReportError, match=r"school_day: the end \(07:00\) must be after"):
         cfg = config.loads("database: {url: 'postgresql:///x'}\n"
                            "reports: {school_day: {start: '08:00', end: '07:00'}}\n")
