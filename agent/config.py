@@ -168,6 +168,11 @@ class EncoderConfig:
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = _opt(
         "veryfast")
     gop_s: float = _opt(2.0, min=0.5, max=10)
+    #: auto: the first hardware H.264 encoder that passes a one-frame trial at start (VAAPI,
+    #: QSV, NVENC), else libx264 (agent/media/hwenc.py)
+    codec: Literal["auto", "libx264", "h264_vaapi", "h264_qsv", "h264_nvenc"] = _opt("auto")
+    hw_device: str = _opt("", doc="DRM render node for VAAPI/QSV; \"\" = the first "
+                          "/dev/dri/renderD*")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # so `import agent` works when run as `python bench/x.py`
@@ -245,3 +246,25 @@ def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# --- which FFmpeg, and how busy the machine is ------------------------------------------------
+
+
+def add_ffmpeg_arg(ap: Any) -> None:
+    """``--ffmpeg bundled|system|PATH`` (media.ffmpeg's values), default bundled."""
+    ap.add_argument("--ffmpeg", default="bundled",
+                    help="media.ffmpeg: bundled (imageio-ffmpeg), system or a path")
+
+
+def ffmpeg_path(choice: str) -> str:
+    from agent.media.ffmpeg import locate
+
+    return locate(choice)
+
+
+def machine_line() -> str:
+    """Load averages and process count: benchmarks here share the machine with others."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    return f"machine: load {load}, {procs} processes, {os.cpu_count()} CPUs"

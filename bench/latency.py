@@ -1,20 +1,32 @@
-"""Capture-to-receiver latency of the live stream, RTMP and SRT, on loopback.
+"""Capture-to-receiver latency of the live stream (RTMP, SRT, WHIP) on loopback, the agent
+against a bare FFmpeg in the same run.
 
 Every synthetic frame carries its capture time (epoch ms) as a row of black/white blocks (the
-time strip, agent/media/timestrip.py). The real worker runs under MediaSupervisor with both
-sinks; each receiver is an FFmpeg listener that decodes (one thread, low_delay) and writes only
-the strip, as grey raw video, to a pipe. Latency = the time a decoded frame arrives here minus
-the time written in it: capture, pacing, encode, the sink's queue and remux, transport, receive
-and decode.
+time strip, agent/media/timestrip.py). Receivers: FFmpeg listeners for RTMP and SRT that decode
+(one thread, low_delay) and write only the strip to a pipe; for WHIP a real WebRTC peer, aiortc
+behind an aiohttp WHIP endpoint (tests/whip_endpoint.py), which decodes the video and the Opus
+sound. Latency = the time a decoded frame arrives here minus the time written in it.
 
-Usage: python bench/latency.py [--seconds 30] [--size 1280x720] [--fps 30] [--srt-latency-ms 120]
-Target: RTMP p95 <= 120 ms.
+Two runs, one after the other, to the same receivers:
+- ``agent``: the real worker under MediaSupervisor with an RTMP, an SRT and a WHIP sink;
+- ``bare``: a Python feeder writing the same synthetic frames and sound (paced by the clock) into
+  one FFmpeg with the same encoder settings that pushes straight to the RTMP and the WHIP
+  receiver: the agent's own cost is the difference.
+
+WHIP also reports the A/V offset at the receiver (each beep against the picture of its second,
+both on the receiver's clock) and what the receiver adds: from the first RTP packet of a frame to
+its decoded picture (aiortc's jitter buffer and decoder).
+
+Usage: python bench/latency.py [--seconds 30] [--size 1280x720] [--fps 30] [--ffmpeg bundled]
+Targets: RTMP p95 <= 120 ms with A/V in sync; WHIP p95 <= 200 ms, A/V within +-40 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,13 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _benchlib import ROOT, free_port, log, sigterm_as_interrupt, stop_process
+from _benchlib import (
+    ROOT,
+    add_ffmpeg_arg,
+    ffmpeg_path,
+    free_port,
+    log,
+    machine_line,
+    sigterm_as_interrupt,
+    stop_process,
+)
 
 from agent.media.timestrip import BITS, block_size, crop_filter, read_strip
 
 TARGET_RTMP_P95_MS = 120.0
+TARGET_WHIP_P95_MS = 200.0
+TARGET_WHIP_AV_MS = 40.0
+TOKEN = "bench-token"
 
 # --- receivers that decode --------------------------------------------------------------------
+
 
 @dataclass
 class StripReceiver:
@@ -52,6 +77,7 @@ class StripReceiver:
                 "-analyzeduration", "500000", *self.listen_argv,
                 "-an", "-vf", crop, "-fps_mode", "passthrough", "-f", "rawvideo",
                 "-flush_packets", "1", "pipe:1"]
+        self.samples, self.unreadable = [], 0
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         threading.Thread(target=self._read, args=(BITS * b * b, b), daemon=True).start()
 
@@ -84,92 +110,223 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--warmup", type=float, default=5.0)
-    ap.add_argument("--size", default="1280x720")
-    ap.add_argument("--fps", type=int, default=30)
-    ap.add_argument("--preset", default="veryfast")
-    ap.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
-    ap.add_argument("--srt-latency-ms", type=int, default=120)
-    args = ap.parse_args()
-    sigterm_as_interrupt()
-    sys.path.insert(0, str(ROOT))
-    from agent.media.spec import MediaSpec
-    from agent.media.supervisor import MediaSupervisor
+def row(name: str, lat: list[float], expected: float, extra: str = "") -> str:
+    if not lat:
+        return f"{name:14} no frames decoded (receiver or sender failed?)"
+    return (f"{name:14} {len(lat):6d}/{expected:<5.0f} {statistics.median(lat):7.1f} "
+            f"{percentile(lat, 95):7.1f} {max(lat):7.1f}  {extra}")
 
-    width, height = (int(x) for x in args.size.split("x"))
-    rtmp_port, srt_port = free_port(), free_port()
-    rtmp_url = f"rtmp://127.0.0.1:{rtmp_port}/live/bench"
-    receivers = [
-        StripReceiver("rtmp", ["-listen", "1", "-timeout", "60", "-i", rtmp_url], width),
-        StripReceiver("srt", ["-i", f"srt://127.0.0.1:{srt_port}?mode=listener&latency="
-                                    f"{args.srt_latency_ms * 1000}"], width),
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        spec = MediaSpec.from_json(json_spec(args, width, height, Path(tmp), [
-            ("rtmp", rtmp_url),
-            ("srt", f"srt://127.0.0.1:{srt_port}?latency={args.srt_latency_ms}")]))
-        stats: list[dict] = []
-        sup = MediaSupervisor(lambda line: stats.append(line) if line["type"] == "stats"
-                              else None)
-        try:
-            for r in receivers:
-                r.start()
-            time.sleep(0.5)
-            log(f"worker: synthetic {width}x{height}@{args.fps}, {args.preset}, "
-                f"{args.bitrate} kbit/s; sinks rtmp and srt (latency {args.srt_latency_ms} ms)")
-            sup.start(spec)
-            time.sleep(args.warmup)
-            since = time.time()
-            log(f"measuring for {args.seconds:.0f} s")
-            time.sleep(args.seconds)
-            summary = sup.stop()
-        finally:
-            if sup.running():
-                sup.stop()
-            for r in receivers:
-                r.stop()
-    print(f"\nCapture -> receiver decode latency, {width}x{height}@{args.fps}, loopback "
-          f"(ms):")
-    print(f"{'sink':6} {'frames':>7} {'p50':>7} {'p95':>7} {'max':>7} {'unreadable':>10}")
-    ok = True
-    for r in receivers:
-        lat = r.latencies_ms(since)
-        if not lat:
-            print(f"{r.name:6} no frames decoded (receiver failed?)")
-            ok = False
-            continue
-        p95 = percentile(lat, 95)
-        print(f"{r.name:6} {len(lat):7d} {statistics.median(lat):7.1f} {p95:7.1f} "
-              f"{max(lat):7.1f} {r.unreadable:10d}")
-        if r.name == "rtmp" and p95 > TARGET_RTMP_P95_MS:
-            ok = False
-    expected = args.seconds * args.fps
-    for r in receivers:
-        got = len(r.latencies_ms(since))
-        if got < 0.95 * expected:
-            print(f"{r.name}: only {got} of ~{expected:.0f} frames arrived")
-    if summary:
-        print(f"live seconds: {summary.get('live_s')}")
-    print(f"target: RTMP p95 <= {TARGET_RTMP_P95_MS:.0f} ms: {'met' if ok else 'MISSED'}")
-    return 0 if ok else 1
+
+# --- the bare FFmpeg ----------------------------------------------------------------------------
+
+
+class BareSender:
+    """The same synthetic frames and sound, paced by the clock, into one FFmpeg with the
+    worker's encoder settings, pushing straight to ``outputs`` (a list of argv tails)."""
+
+    def __init__(self, exe: str, args: argparse.Namespace, width: int, height: int,
+                 output: list[str], whip: bool) -> None:
+        from agent.media.synthetic import SyntheticAudio, SyntheticVideo
+
+        self.video = SyntheticVideo(width, height, args.fps)
+        self.audio = SyntheticAudio(48000, 2)
+        self.fps, self.width, self.height = args.fps, width, height
+        gop = round(args.fps * 2.0)
+        kbps = args.bitrate
+        audio_r, self.audio_w = os.pipe()
+        acodec = ["-c:a", "libopus", "-b:a", "96k"] if whip else ["-c:a", "aac", "-b:a", "128k"]
+        profile = ["-profile:v", "baseline"] if whip else []
+        argv = [exe, "-hide_banner", "-nostdin", "-loglevel", "error",
+                "-probesize", "32", "-analyzeduration", "0", "-f", "rawvideo",
+                "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-framerate", str(args.fps),
+                "-thread_queue_size", "16", "-i", "pipe:0",
+                "-probesize", "32", "-analyzeduration", "0", "-f", "s16le", "-ar", "48000",
+                "-ch_layout", "stereo", "-thread_queue_size", "64", "-i", f"pipe:{audio_r}",
+                "-c:v", "libx264", "-preset", args.preset, "-tune", "zerolatency", *profile,
+                "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+                "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k", *acodec,
+                *output]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=(audio_r,))
+        os.close(audio_r)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._video, daemon=True),
+                         threading.Thread(target=self._audio, daemon=True)]
+        self.t0 = time.monotonic() + 0.1
+        for t in self._threads:
+            t.start()
+
+    def _video(self) -> None:
+        import cv2
+
+        n = 0
+        assert self.proc.stdin is not None
+        while not self._stop.is_set():
+            due = self.t0 + n / self.fps
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            frame = cv2.cvtColor(self.video.frame(n), cv2.COLOR_BGR2YUV_I420)
+            try:
+                self.proc.stdin.write(frame.tobytes())
+            except (BrokenPipeError, ValueError):
+                return
+            n += 1
+
+    def _audio(self) -> None:
+        n, chunk = 0, 480  # 10 ms, as the worker
+        # 1024 samples early, as the worker (the AAC encoder's priming)
+        early = 1024 / 48000
+        with os.fdopen(self.audio_w, "wb") as out:
+            while not self._stop.is_set():
+                due = self.t0 + (n + chunk) / 48000 - early
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    out.write(self.audio.chunk(chunk, time.time() - chunk / 48000 + early))
+                    out.flush()
+                except (BrokenPipeError, ValueError):
+                    return
+                n += chunk
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        stop_process(self.proc, "bare ffmpeg", timeout=10)
+
+
+# --- one run ------------------------------------------------------------------------------------
 
 
 def json_spec(args: argparse.Namespace, width: int, height: int, folder: Path,
-              sinks: list[tuple[str, str]]) -> str:
-    import json
-
+              sinks: list[dict], exe: str) -> str:
     return json.dumps({
         "lesson_id": "bench",
         "video": {"source": "synthetic", "width": width, "height": height, "fps": args.fps},
         "audio": {"source": "synthetic", "rate": 48000, "channels": 2},
         "encoder": {"video_bitrate_kbps": args.bitrate, "audio_bitrate_kbps": 128,
                     "preset": args.preset, "gop_s": 2.0},
-        "live": [{"name": n, "url": u} for n, u in sinks],
+        "live": sinks,
         "recording": {"dir": str(folder / "rec"), "segment_s": 60.0},
+        "ffmpeg": exe,
     })
+
+
+def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
+        tmp: Path) -> dict:
+    from agent.media.spec import MediaSpec
+    from agent.media.supervisor import MediaSupervisor
+    from tests.whip_endpoint import WhipEndpoint
+
+    rtmp_port, srt_port = free_port(), free_port()
+    rtmp_url = f"rtmp://127.0.0.1:{rtmp_port}/live/bench"
+    rtmp = StripReceiver("rtmp", ["-listen", "1", "-timeout", "60", "-i", rtmp_url], width)
+    srt = StripReceiver("srt", ["-i", f"srt://127.0.0.1:{srt_port}?mode=listener&latency="
+                                      f"{args.srt_latency_ms * 1000}"], width)
+    whip = WhipEndpoint(token=TOKEN, strip_width=width)
+    whip.start()
+    receivers = [rtmp] + ([srt] if kind == "agent" else [])
+    for r in receivers:
+        r.start()
+    time.sleep(0.5)
+    senders: list = []
+    sup = None
+    summary = None
+    try:
+        if kind == "agent":
+            token = tmp / "token"
+            token.write_text(TOKEN)
+            token.chmod(0o600)
+            sinks = [{"name": "rtmp", "url": rtmp_url},
+                     {"name": "srt", "url": f"srt://127.0.0.1:{srt_port}?latency="
+                                            f"{args.srt_latency_ms}"},
+                     {"name": "whip", "url": whip.url, "protocol": "whip",
+                      "token_file": str(token)}]
+            sup = MediaSupervisor(lambda _line: None)
+            sup.start(MediaSpec.from_json(json_spec(args, width, height, tmp / kind, sinks, exe)))
+        else:
+            senders = [BareSender(exe, args, width, height, ["-f", "flv", rtmp_url], False),
+                       BareSender(exe, args, width, height, ["-authorization", TOKEN, "-f",
+                                                              "whip", whip.url], True)]
+        log(f"{kind}: warming up {args.warmup:g} s; {machine_line()}")
+        time.sleep(args.warmup)
+        since = time.time()
+        log(f"{kind}: measuring {args.seconds:g} s")
+        time.sleep(args.seconds)
+        load = machine_line()
+    finally:
+        if sup is not None:
+            summary = sup.stop()
+        for s in senders:
+            s.stop()
+        for r in receivers:
+            r.stop()
+        whip.stop()
+    session = whip.sessions[-1] if whip.sessions else None
+    return {"rtmp": rtmp.latencies_ms(since), "srt": srt.latencies_ms(since) if kind == "agent"
+            else [], "session": session, "since": since, "load": load, "summary": summary}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=8.0)
+    ap.add_argument("--size", default="1280x720")
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--preset", default="veryfast")
+    ap.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
+    ap.add_argument("--srt-latency-ms", type=int, default=120)
+    ap.add_argument("--runs", default="agent,bare")
+    add_ffmpeg_arg(ap)
+    args = ap.parse_args()
+    sigterm_as_interrupt()
+    sys.path.insert(0, str(ROOT))
+    exe = ffmpeg_path(args.ffmpeg)
+    width, height = (int(x) for x in args.size.split("x"))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        for kind in args.runs.split(","):
+            folder = Path(tmp) / kind
+            folder.mkdir()
+            results[kind] = run(kind, args, width, height, exe, folder)
+    expected = args.seconds * args.fps
+    print(f"\nCapture -> decoded frame at the receiver, {width}x{height}@{args.fps}, "
+          f"{args.preset}, {args.bitrate} kbit/s, loopback, FFmpeg {args.ffmpeg} ({exe}):")
+    print(f"{'run / sink':14} {'frames':>12} {'p50':>7} {'p95':>7} {'max':>7}  (ms)")
+    ok = True
+    for kind, r in results.items():
+        print(f"[{kind}] {r['load']}")
+        print(row(f"{kind} rtmp", r["rtmp"], expected))
+        if r["srt"]:
+            print(row(f"{kind} srt", r["srt"], expected, f"(SRT latency {args.srt_latency_ms} ms)"))
+        s = r["session"]
+        whip_lat = s.latencies_ms(r["since"]) if s else []
+        av = s.av_offsets_ms() if s else []
+        recv = s.receiver_ms(r["since"]) if s else []
+        extra = ""
+        if av:
+            extra += (f"A/V median {statistics.median(av):+.0f} ms, range {min(av):+.0f}.."
+                      f"{max(av):+.0f}; ")
+        if recv:
+            extra += (f"receiver (first RTP packet -> decoded) p50 {statistics.median(recv):.0f}"
+                      f" p95 {percentile(recv, 95):.0f} ms")
+        print(row(f"{kind} whip", whip_lat, expected, extra))
+        if kind == "agent":
+            if r["rtmp"] and percentile(r["rtmp"], 95) > TARGET_RTMP_P95_MS:
+                ok = False
+            if not whip_lat or percentile(whip_lat, 95) > TARGET_WHIP_P95_MS or not av or \
+                    max(abs(x) for x in av) > TARGET_WHIP_AV_MS:
+                ok = False
+            if r["summary"]:
+                print(f"  live seconds: {r['summary'].get('live_s')}")
+    print(f"targets: RTMP p95 <= {TARGET_RTMP_P95_MS:.0f} ms; WHIP p95 <= "
+          f"{TARGET_WHIP_P95_MS:.0f} ms with A/V within +-{TARGET_WHIP_AV_MS:.0f} ms: "
+          f"{'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -195,6 +195,7 @@ def test_lesson_with_secret_sinks_and_whip_to_aiortc(tmp_path: Path,
     # Loose here (a starved CI core delays aiortc's decoding); bench/latency.py measures it.
     assert len(offsets) >= 4 and abs(statistics.median(offsets)) <= 50, offsets
     (stopped,) = worker.of("stopped")
+    assert stopped["summary"]["encoder"]["codec"] == "libx264"  # no GPU here (hwenc tests)
     assert stopped["summary"]["live_s"]["webrtc"] >= 5.0, stopped["summary"]
     assert stopped["summary"]["live_s"]["partner"] == 0.0
     last = {s["name"]: s for s in worker.of("stats")[-1]["sinks"]}

@@ -36,6 +36,19 @@ class Session:
     audio_arrivals: list[float] = field(default_factory=list)  # when each frame came out
     audio_frames: int = 0
     ended: bool = False
+    #: first RTP packet arrival of each video frame (by its timestamp from the stream's first)
+    first_packet: dict[int, float] = field(default_factory=dict)
+    video_pts: list[int | None] = field(default_factory=list)
+
+    def receiver_ms(self, since: float = 0.0) -> list[float]:
+        """What the receiver adds: first RTP packet of a frame -> its decoded picture (aiortc's
+        jitter buffer and decoder)."""
+        out = []
+        for (arrival, _c), pts in zip(list(self.video), list(self.video_pts), strict=False):
+            first = self.first_packet.get(pts) if pts is not None else None
+            if first is not None and arrival >= since:
+                out.append((arrival - first) * 1000)
+        return out
 
     def latencies_ms(self, since: float = 0.0) -> list[float]:
         return [(a - c) * 1000 for a, c in list(self.video) if c is not None and a >= since]
@@ -147,11 +160,32 @@ class WhipEndpoint:
             self._tasks.add(asyncio.ensure_future(consume(track, session)))
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                self._watch_packets(transceiver.receiver, session)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         return web.Response(status=201, text=pc.localDescription.sdp,
                             content_type="application/sdp",
                             headers={"Location": f"/whip/{request.match_info['room']}/{sid}"})
+
+    @staticmethod
+    def _watch_packets(receiver: Any, session: Session) -> None:
+        """Note when each video frame's first RTP packet arrives (aiortc's frame pts is the RTP
+        timestamp minus the stream's first)."""
+        handle = receiver._handle_rtp_packet
+        origin: list[int] = []
+
+        async def wrapped(packet: Any, arrival_time_ms: int) -> None:
+            if not origin:
+                origin.append(packet.timestamp)
+            session.first_packet.setdefault((packet.timestamp - origin[0]) % (1 << 32),
+                                            time.time())
+            if len(session.first_packet) > 100_000:
+                session.first_packet.clear()
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = wrapped
 
     async def _delete(self, request: Any) -> Any:
         from aiohttp import web
@@ -173,6 +207,7 @@ class WhipEndpoint:
                 gray = frame.to_ndarray(format="gray")
                 b = block_size(self.strip_width or frame.width)
                 session.video.append((arrival, read_strip(gray[:b, :BITS * b], arrival)))
+                session.video_pts.append(frame.pts)
 
     async def _audio(self, track: Any, session: Session) -> None:
         import numpy as np

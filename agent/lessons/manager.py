@@ -485,6 +485,8 @@ class LessonManager:
             "interruptions": run.interruptions + media.interruptions,
             "segments": media.segments,
         })
+        if media.encoder:
+            details["encoder"] = media.encoder
         return details
 
     def _emit_missed(self, run: _Running) -> None:
@@ -739,6 +741,9 @@ class _Summary:
         self.recorded_s = _seconds(s["recorded_s"]) if _num(s.get("recorded_s")) else None
         self.segments = [seg for seg in map(_segment, _list(s.get("segments"))) if seg]
         self.interruptions = [i for i in map(_interruption, _list(s.get("interruptions"))) if i]
+        enc = s.get("encoder")
+        self.encoder = ({"codec": enc["codec"][:32], "reason": str(enc.get("reason", ""))[:500]}
+                        if isinstance(enc, dict) and isinstance(enc.get("codec"), str) else None)
 
 
 def _segment(raw: Any) -> dict[str, Any] | None:

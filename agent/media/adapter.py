@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import LiveSinkConfig, MediaConfig
-from agent.media import retention
+from agent.media import hwenc, retention
 from agent.media.checksum import sha256_file
 from agent.media.ffmpeg import locate as ffmpeg_locate
+from agent.media.ffmpeg import probe as ffmpeg_probe
 from agent.media.ffmpeg import report as ffmpeg_report
 from agent.media.spec import MediaSpec
 from agent.media.supervisor import MediaSupervisor
@@ -36,6 +37,8 @@ from agent.records import Record, event
 from agent.urls import live_kinds
 
 log = logging.getLogger(__name__)
+
+PROBE_WAIT_S = 60.0  # four trial encodes at most, each bounded (agent/media/hwenc.py)
 
 
 @dataclass
@@ -67,15 +70,27 @@ class LessonMedia:
         self._guard_thread: threading.Thread | None = None
         self.supervisor = MediaSupervisor(self._on_line)
         self._ffmpeg: dict[str, Any] | None = None
+        self._encoder = hwenc.Choice("libx264", "not chosen yet")
+        self._probed = threading.Event()
         threading.Thread(target=self._probe_ffmpeg, name="ffmpeg-probe", daemon=True).start()
 
     def _probe_ffmpeg(self) -> None:
-        """Once at start (about a second of subprocesses): what status and devices show."""
+        """Once at start (seconds of subprocesses): the FFmpeg and the H.264 encoder (trial
+        encodes), for the status, `devices` and every lesson's spec."""
+        e = self.media.encoder
         try:
-            self._ffmpeg = ffmpeg_report(self.media.ffmpeg, live_kinds(self.media.live))
+            report = ffmpeg_report(self.media.ffmpeg, live_kinds(self.media.live))
+            if report.get("version"):
+                encoders = ffmpeg_probe(self.media.ffmpeg).encoders
+                self._encoder = hwenc.choose(report["path"], e.codec, encoders, e.hw_device)
+                log.info("H.264 encoder: %s (%s)", self._encoder.codec, self._encoder.reason)
+            report["encoder"] = self._encoder.as_dict()
+            self._ffmpeg = report
         except Exception as exc:  # status must never fail because of the probe
             log.exception("probing FFmpeg failed")
             self._ffmpeg = {"choice": self.media.ffmpeg, "error": f"probe failed: {exc}"}
+        finally:
+            self._probed.set()
 
     def ffmpeg_report(self) -> dict[str, Any] | None:
         """The FFmpeg in use and its capabilities (None while the first probe runs)."""
@@ -87,8 +102,11 @@ class LessonMedia:
         directory = self.root / lesson_id
         directory.mkdir(parents=True, exist_ok=True)
         rec = self.media.recording
+        self._probed.wait(PROBE_WAIT_S)  # a lesson at boot waits for the encoder's trial
+        enc = self._encoder
         lesson = _Lesson(lesson_id, MediaSpec.from_config(
-            self.media, lesson_id, directory, self._sinks(live), ffmpeg_locate(self.media.ffmpeg)),
+            self.media, lesson_id, directory, self._sinks(live), ffmpeg_locate(self.media.ffmpeg),
+            (enc.codec, enc.reason, enc.device)),
             retention.ReserveGuard(rec.min_free_mb, rec.resume_margin_mb))
         with self._busy:
             with self._lock:
@@ -295,6 +313,8 @@ def _merge(parts: list[dict[str, Any] | None], gaps: list[dict[str, Any]]) -> di
         segments += p.get("segments") or []
         recorded += float(p.get("recorded_s") or 0.0)
         interruptions += p.get("interruptions") or []
-    return {"live_s": {k: round(v, 1) for k, v in live.items()}, "recorded_s": round(recorded, 3),
+    encoder = next((p["encoder"] for p in done if isinstance(p.get("encoder"), dict)), None)
+    return {**({"encoder": encoder} if encoder else {}),
+            "live_s": {k: round(v, 1) for k, v in live.items()}, "recorded_s": round(recorded, 3),
             "segments": segments,
             "interruptions": sorted(interruptions, key=lambda i: float(i.get("start") or 0))}

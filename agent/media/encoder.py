@@ -34,6 +34,7 @@ import numpy as np
 
 from agent.media.checksum import sha256_file
 from agent.media.flv import FlvFramer
+from agent.media.hwenc import hw_args
 from agent.media.spec import MediaSpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,16 @@ def build_argv(spec: MediaSpec, *, list_path: Path, start_number: int = 0,
     # WebRTC receivers are only sure to decode constrained baseline (aiortc decoded half the
     # frames of a High-profile stream here); x264's "baseline" is that. Only with a WHIP sink:
     # it costs the recording CABAC and 8x8 transforms (~10-15 % more bits for the same quality).
-    profile = ["-profile:v", "baseline"] if _has_whip(spec) else []
+    profile = []
+    if _has_whip(spec):
+        profile = ["-profile:v", "constrained_baseline" if e.codec == "h264_vaapi"
+                   else "baseline"]
+    pre, codec_args = hw_args(e.codec, e.hw_device)
+    if e.codec == "libx264":
+        codec_args = ["-c:v", "libx264", "-preset", e.preset, "-tune", "zerolatency",
+                      "-pix_fmt", "yuv420p"]
     return [
-        ffmpeg, "-hide_banner", "-nostdin", "-y", "-loglevel", "level+warning", "-nostats",
+        ffmpeg, "-hide_banner", "-nostdin", "-y", "-loglevel", "level+warning", "-nostats", *pre,
         "-progress", f"pipe:{progress_fd}", "-stats_period", "1",
         # Raw inputs need no probing; without these FFmpeg sits ~1 s on the first frames.
         *_NO_PROBE, "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{v.width}x{v.height}",
@@ -124,8 +132,7 @@ def build_argv(spec: MediaSpec, *, list_path: Path, start_number: int = 0,
         "-ch_layout", "mono" if a.channels == 1 else "stereo",
         "-thread_queue_size", "64", "-i", f"pipe:{audio_fd}",
         "-map", "0:v:0", "-map", "1:a:0",
-        "-c:v", "libx264", "-preset", e.preset, "-tune", "zerolatency", *profile,
-        "-pix_fmt", "yuv420p",
+        *codec_args, *profile,
         "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
         "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k",
         "-c:a", "aac", "-b:a", f"{e.audio_bitrate_kbps}k",

@@ -43,6 +43,9 @@ class EncoderSpec:
     audio_bitrate_kbps: int = 128
     preset: str = "veryfast"
     gop_s: float = 2.0
+    codec: str = "libx264"     # the encoder chosen at start (agent/media/hwenc.py)
+    codec_reason: str = ""     # why (into the evidence)
+    hw_device: str = ""        # VAAPI/QSV render node
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class MediaSpec:
     def from_config(
         cls, media: MediaConfig, lesson_id: str, recording_dir: Path,
         live: list[LiveSinkConfig] | None = None, ffmpeg: str = "ffmpeg",
+        encoder: tuple[str, str, str] = ("libx264", "", ""),
     ) -> MediaSpec:
         """The spec of one lesson; ``recording_dir`` is that lesson's own directory."""
         sinks = media.live if live is None else live
@@ -99,7 +103,8 @@ class MediaSpec:
                             delay_ms=a.delay_ms),
             encoder=EncoderSpec(video_bitrate_kbps=e.video_bitrate_kbps,
                                 audio_bitrate_kbps=e.audio_bitrate_kbps, preset=e.preset,
-                                gop_s=e.gop_s),
+                                gop_s=e.gop_s, codec=encoder[0], codec_reason=encoder[1],
+                                hw_device=encoder[2]),
             live=tuple(SinkSpec(name=s.name or f"sink{i}", url=s.url, protocol=s.protocol or "",
                                 token_file=s.token_file or "")
                        for i, s in enumerate(sinks, start=1)),

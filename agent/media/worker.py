@@ -250,6 +250,8 @@ class Worker:
             self.recording_state = "stopped"
         segments = self.watcher.segments if self.watcher else []
         self.emitter.emit("stopped", summary={
+            "encoder": {"codec": self.spec.encoder.codec,
+                        "reason": self.spec.encoder.codec_reason},
             "live_s": live_s,
             "recorded_s": round(sum(s.duration_s for s in segments), 3),
             "segments": [asdict(s) for s in segments],

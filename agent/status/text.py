@@ -90,6 +90,10 @@ def summaries(s: dict[str, Any], tr: Translate = _) -> dict[str, list[str]]:
     ff = s.get("ffmpeg") or {}
     if ff.get("version"):
         out["ffmpeg"] = [tr("{version} ({choice}: {path})").format(**ff)]
+        enc = ff.get("encoder") or {}
+        if enc.get("codec"):
+            out["ffmpeg"].append(tr("H.264 encoder {codec}: {reason}").format(
+                codec=enc["codec"], reason=enc.get("reason", "")))
     out.update(_lesson_rows(s.get("lessons") or {}, s.get("media") or {}, tr))
     sec = s.get("security") or {}
     if "signatures_required" in sec:
