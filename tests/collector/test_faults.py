@@ -70,6 +70,10 @@ def test_two_collectors_share_one_subscription_and_store_everything_once(
         snap = json.loads(status.stdout)
         assert status.returncode == 0, status.stdout + status.stderr
         assert len(snap["instances"]) == 2 and snap["open_gaps"] == 0
+        text = first.cli("status", "--config", str(first.config_path))
+        assert text.returncode == 0 and "No warnings." in text.stdout
+        for c in (first, second):
+            assert f"Instance    {c.config['mqtt']['client_id']} " in text.stdout
     finally:
         fleet.close()
 
