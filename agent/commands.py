@@ -124,6 +124,15 @@ COMMANDS: dict[str, CommandSpec] = {
     ),
     "lesson_stop": CommandSpec("Stop the running lesson."),
     "report_now": CommandSpec("Collect and publish a metrics record now; the reply has its seq."),
+    "upload_retry": CommandSpec(
+        "Retry uploading recordings now: failed lessons are queued again and the back-off is "
+        "reset (the upload schedule still applies).",
+        {"lesson_id": Arg("string", max_length=128, doc="only this lesson")},
+    ),
+    "upload_status": CommandSpec(
+        "The upload queue: its state, what is being sent, each lesson's progress.",
+        {"lesson_id": Arg("string", max_length=128, doc="only this lesson")},
+    ),
 }
 
 

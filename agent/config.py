@@ -247,6 +247,47 @@ class CommandsConfig:
         return self.require_signature
 
 
+_ENDPOINT = r"^https?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
+_ENDPOINT_RULE = "an http:// or https:// URL of the store: scheme, host and port only, no path"
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_BUCKET_RULE = "an S3 bucket name: 3-63 lower-case letters, digits, '.' or '-'"
+_HOURS = r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+_HOURS_RULE = "a local time window HH:MM-HH:MM (it may pass midnight, e.g. 18:00-07:30)"
+_KEY_PREFIX = r"^[A-Za-z0-9_{}/.-]*$"
+
+
+@dataclass(frozen=True)
+class UploadTlsConfig:
+    ca_file: str | None = _opt(None, file=True)
+    verify: bool = _opt(True, doc="false accepts any certificate: only for a test store")
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """Lesson recordings to S3-compatible object storage (docs/upload.md)."""
+
+    enabled: bool = _opt(False)
+    endpoint: str = _opt("", pattern=r"^$|" + _ENDPOINT, doc=_ENDPOINT_RULE)
+    bucket: str = _opt("", pattern=r"^$|" + _BUCKET, doc=_BUCKET_RULE)
+    region: str = _opt("us-east-1", pattern=r"^[a-z0-9-]{1,32}$", doc="e.g. us-east-1")
+    access_key_file: str | None = _opt(None, file=True)
+    secret_key_file: str | None = _opt(None, file=True)
+    tls: UploadTlsConfig = _opt_factory(UploadTlsConfig)
+    key_prefix: str = _opt("{school}/{device}", pattern=_KEY_PREFIX,
+                           doc="letters, digits, '_', '-', '.', '/' and {school}, {device}")
+    part_size_mb: int = _opt(8, min=5, max=512)
+    max_kbps: int = _opt(2000, min=0, max=10_000_000)
+    during_lessons: bool = _opt(False)
+    hours: list[str] = _opt_factory(list, pattern=_HOURS, doc=_HOURS_RULE)
+    retry_min_s: float = _opt(10.0, min=0.1, max=86400)
+    retry_max_s: float = _opt(900.0, min=1, max=86400)
+    timeout_s: float = _opt(30.0, min=1, max=600)
+
+    @property
+    def ready(self) -> bool:
+        return self.enabled and bool(self.endpoint and self.bucket)
+
+
 @dataclass(frozen=True)
 class Config:
     device: DeviceConfig
@@ -258,6 +299,7 @@ class Config:
     media: MediaConfig = _opt_factory(MediaConfig)
     lessons: LessonsConfig = _opt_factory(LessonsConfig)
     commands: CommandsConfig = _opt_factory(CommandsConfig)
+    upload: UploadConfig = _opt_factory(UploadConfig)
     log_level: Literal["debug", "info", "warning", "error"] = _opt("info")
 
     @property
@@ -285,7 +327,8 @@ def loads(text: str, name: str = "<config>") -> Config:
 
 
 def _checked(cfg: Config, name: str) -> Config:
-    """What a key-by-key check cannot see: a live sink's URL and protocol must fit together."""
+    """What a key-by-key check cannot see: a live sink's URL and protocol must fit together;
+    upload's keys that belong together."""
     problems = []
     for i, sink in enumerate(cfg.media.live):
         try:
@@ -296,6 +339,18 @@ def _checked(cfg: Config, name: str) -> Config:
         if sink.token_file and kind != "whip":
             problems.append(f"{name}: media.live[{i}].token_file: only WHIP sinks take a token "
                             "file (RTMP keys and SRT passphrases are part of their URL)")
+    up = cfg.upload
+    if up.enabled:
+        problems += [f"{name}: upload.{k}: required when upload.enabled is true"
+                     for k in ("endpoint", "bucket", "access_key_file", "secret_key_file")
+                     if not getattr(up, k)]
+    missing = [p for p in ("{school}", "{device}") if p not in up.key_prefix]
+    if missing:
+        problems.append(f"{name}: upload.key_prefix: must contain {' and '.join(missing)} "
+                        "(each terminal uploads under its own prefix)")
+    if up.retry_max_s < up.retry_min_s:
+        problems.append(f"{name}: upload.retry_max_s: must be at least upload.retry_min_s "
+                        f"({up.retry_min_s:g}), got {up.retry_max_s:g}")
     if problems:
         raise ConfigError(problems)
     return cfg

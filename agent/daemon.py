@@ -50,6 +50,7 @@ from agent.telemetry.scheduler import Scheduler
 from agent.telemetry.system import system_collectors
 from agent.telemetry.usage import UsageTracker
 from agent.throttle import TokenBucket
+from agent.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class Agent:
                                  media=lambda: self.media.stats(),
                                  security=self._security,
                                  collector_errors=lambda: self.scheduler.errors_total,
-                                 ffmpeg=lambda: self.media.ffmpeg_report())
+                                 ffmpeg=lambda: self.media.ffmpeg_report(),
+                                 upload=lambda: self.uploads.snapshot())
         self.seen_ids = SeenIds(state / "commands-seen.json")
         # One budget for report_now from MQTT and local control alike.
         self._report_now = report_now(lambda: self.scheduler.tick(), self.commit,
@@ -78,6 +80,7 @@ class Agent:
         self.exposed_files: list[dict[str, str]] = []
         self.media = LessonMedia(cfg.media, cfg.recording_path, self.raise_event)
         self._timetable_at_start = self._load_timetable(cfg)
+        self.uploads = self._make_uploader(cfg)  # before lessons: it queues their evidence
         self.lessons = LessonManager(
             timetable=self._timetable_at_start, device_id=cfg.device.id,
             default_live=_default_live(cfg), manual_duration_s=cfg.lessons.manual_duration_s,
@@ -134,6 +137,13 @@ class Agent:
             on_tick=lambda m, e: self.board.on_tick(m, e),
         )
 
+    def _make_uploader(self, cfg: config.Config) -> Uploader:
+        up = Uploader(cfg.upload, cfg.device, cfg.state_path, cfg.recording_path,
+                      self.raise_event, self.media, tz=cfg.lessons.timezone,
+                      segment_s=cfg.media.recording.segment_s)
+        self.media.ledger = up if up.enabled else None
+        return up
+
     def _make_guard(self, cfg: config.Config) -> CommandGuard:
         c = cfg.commands
         return make_guard(c.public_keys, c.signatures_required, c.max_age_s, cfg.device.school,
@@ -170,8 +180,24 @@ class Agent:
             except LessonError as exc:
                 raise CommandError("conflict", str(exc)) from None
 
+        def upload_retry(args: dict[str, Any]) -> dict[str, Any]:
+            if not self.uploads.enabled:
+                raise CommandError("upload_disabled", "upload is off on this terminal "
+                                   "(upload.enabled in its config)")
+            try:
+                return self.uploads.retry(args.get("lesson_id"))
+            except LookupError as exc:
+                raise CommandError("not_found", str(exc)) from None
+
+        def upload_status(args: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return self.uploads.report(args.get("lesson_id"))
+            except LookupError as exc:
+                raise CommandError("not_found", str(exc)) from None
+
         return {"lesson_start": lesson_start, "lesson_stop": lesson_stop,
-                "report_now": self._report_now}
+                "report_now": self._report_now,
+                "upload_retry": upload_retry, "upload_status": upload_status}
 
     def _current_lesson_id(self) -> str | None:
         current = self.lessons.snapshot()["current"]
@@ -220,6 +246,9 @@ class Agent:
 
     def raise_event(self, record: Record) -> None:
         self.board.note_events([record])
+        uploads = getattr(self, "uploads", None)  # None while the agent is being built
+        if uploads is not None:
+            uploads.note(record)
         try:
             self.commit([record])
         except Exception as exc:  # disk full, I/O error: hold it with the telemetry
@@ -254,6 +283,7 @@ class Agent:
         self.publisher.start()
         self.scheduler.start()
         self.planner.start()  # before the lesson manager ticks (see Planner.start)
+        self.uploads.start()  # lists recordings left behind before a lesson can start
         self.lessons.start()
         log.info("agent %s started: device %s, school %s, broker %s:%d, status on %s",
                  __version__, self.cfg.device.id, self.cfg.device.school, self.cfg.mqtt.host,
@@ -299,6 +329,10 @@ class Agent:
         if new.commands != old.commands:
             self.guard.flush()
             self.guard = self._make_guard(new)
+        if new.upload != old.upload:
+            self.uploads.stop()
+            self.uploads = self._make_uploader(new)
+            self.uploads.start()
         telemetry_changed = new.telemetry != old.telemetry or new.mqtt != old.mqtt
         if telemetry_changed:  # first, so no record of a class just turned off follows the clear
             self.scheduler.stop()
@@ -336,6 +370,7 @@ class Agent:
         log.info("stopping: flushing the outbox for up to %.0f s", self.cfg.mqtt.flush_on_exit_s)
         self.lessons.stop()  # ends a running lesson cleanly: its evidence goes out with the flush
         self.planner.stop()
+        self.uploads.stop()  # a part in flight is dropped; the next start resumes the upload
         self.scheduler.stop()
         self.local_commands.stop()
         self.commands.stop()  # before the publisher, so the last replies are flushed with it

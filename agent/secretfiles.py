@@ -34,6 +34,10 @@ def secret_files(cfg: Config) -> list[tuple[str, str]]:
         out.append(("MQTT password", cfg.mqtt.password_file))
     if cfg.mqtt.tls.key_file:
         out.append(("TLS client key", cfg.mqtt.tls.key_file))
+    if cfg.upload.access_key_file:
+        out.append(("upload access key", cfg.upload.access_key_file))
+    if cfg.upload.secret_key_file:
+        out.append(("upload secret key", cfg.upload.secret_key_file))
     return out
 
 

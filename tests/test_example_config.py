@@ -13,7 +13,8 @@ from tests.support import REPO
 
 EXAMPLE = REPO / "config" / "agent.example.yaml"
 #: Keys that are commented out in the example because the files they name must exist.
-COMMENTED = {"mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file", "lessons.timetable"}
+COMMENTED = {"mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file", "lessons.timetable",
+             "upload.access_key_file", "upload.secret_key_file", "upload.tls.ca_file"}
 _COMMENTED_KEY = re.compile(r"^(\s*)# ([a-z_]+: \S.*)$")
 
 

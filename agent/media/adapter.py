@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config import LiveSinkConfig, MediaConfig
 from agent.media import hwenc, retention
@@ -39,6 +39,14 @@ from agent.urls import live_kinds
 log = logging.getLogger(__name__)
 
 PROBE_WAIT_S = 60.0  # four trial encodes at most, each bounded (agent/media/hwenc.py)
+
+
+class Ledger(Protocol):
+    """What retention needs from the uploader (agent.upload.uploader.Uploader)."""
+
+    def uploaded(self, folder: Path) -> bool: ...
+
+    def discarded(self, folder: Path, size: int, reason: str) -> None: ...
 
 
 @dataclass
@@ -72,6 +80,8 @@ class LessonMedia:
         self._ffmpeg: dict[str, Any] | None = None
         self._encoder = hwenc.Choice("libx264", "not chosen yet")
         self._probed = threading.Event()
+        #: With upload on: retention keeps what is not uploaded yet (set by the daemon).
+        self.ledger: Ledger | None = None
         threading.Thread(target=self._probe_ffmpeg, name="ffmpeg-probe", daemon=True).start()
 
     def _probe_ffmpeg(self) -> None:
@@ -141,6 +151,11 @@ class LessonMedia:
             if lesson.stopped_at is not None:
                 self._close_gap(lesson, time.time())
             return _merge([*lesson.parts, last], lesson.interruptions)
+
+    def recording_dir(self) -> Path | None:
+        """The running lesson's recording directory (None between lessons)."""
+        with self._lock:
+            return self._active
 
     def running(self) -> bool:
         """The worker runs, or the lesson's recording is held off for lack of disk space."""
@@ -275,17 +290,24 @@ class LessonMedia:
         rec = self.media.recording
         with self._lock:
             active = self._active
+        ledger = self.ledger
         try:
-            removed = retention.enforce(self.root, rec.retention_days, rec.min_free_mb, active)
+            removed = retention.enforce(self.root, rec.retention_days, rec.min_free_mb, active,
+                                        uploaded=ledger.uploaded if ledger else None)
         except OSError as exc:
             log.warning("retention: %s", exc)
             return
+        lost = [r for r in removed if r.uploaded is False]
+        removed = [r for r in removed if r.uploaded is not False]
         if removed:
             self.emit(event(
                 "recordings_removed", "info",
                 f"removed {len(removed)} old recording(s) to keep retention and free space",
                 removed=[{"path": r.path, "bytes": r.bytes, "reason": r.reason} for r in removed],
             ))
+        for r in lost:  # the reserve needed them before they reached the store
+            assert ledger is not None
+            ledger.discarded(Path(r.path), r.bytes, r.reason)
 
     def _on_line(self, line: dict[str, Any]) -> None:
         if line.get("type") != "event":

@@ -3,6 +3,11 @@
 Recordings live in one directory per lesson under the recording root. A lesson directory is
 removed whole (its segments belong together), never the one being recorded. Runs in the daemon,
 cheaply (a directory listing and a statvfs), so it can run every minute.
+
+With upload on (``uploaded`` given), age alone never deletes a recording that is not yet in the
+object store and verified; the free-space reserve takes uploaded recordings first and only then,
+if it must, the oldest ones not uploaded (``Removed.uploaded`` is False: the caller reports them
+as lost).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ class Removed:
     path: str
     bytes: int
     reason: str  # "age" | "free_space"
+    uploaded: bool | None = None  # None: upload is off
 
 
 def free_mb(path: Path) -> float:
@@ -46,9 +53,13 @@ def enforce(
     min_free_mb: float,
     active: Path | None = None,
     now: float | None = None,
+    uploaded: Callable[[Path], bool] | None = None,
 ) -> list[Removed]:
     """Delete lesson directories older than ``retention_days``, then the oldest ones while free
-    space is under ``min_free_mb``. Returns what was removed (for an event)."""
+    space is under ``min_free_mb``. Returns what was removed (for an event).
+
+    ``uploaded`` (upload on) says whether a lesson directory is in the object store and verified.
+    """
     if not root.is_dir():
         return []
     now = time.time() if now is None else now
@@ -64,27 +75,29 @@ def enforce(
     removed: list[Removed] = []
     cutoff = now - retention_days * 86400
     keep = []
+    done = {d: True if uploaded is None else uploaded(d) for _, d in lessons}
     for mtime, d in lessons:
-        if mtime < cutoff:
-            removed.append(_remove(d, "age"))
+        if mtime < cutoff and done[d]:
+            removed.append(_remove(d, "age", None if uploaded is None else True))
         else:
             keep.append(d)
+    keep.sort(key=lambda d: not done[d])  # stable: uploaded ones first, each oldest first
     for d in keep:
         if free_mb(root) >= min_free_mb:
             break
-        removed.append(_remove(d, "free_space"))
+        removed.append(_remove(d, "free_space", None if uploaded is None else done[d]))
     return [r for r in removed if r.bytes >= 0]
 
 
-def _remove(d: Path, reason: str) -> Removed:
+def _remove(d: Path, reason: str, uploaded: bool | None) -> Removed:
     size = _size(d)
     try:
         shutil.rmtree(d)
     except OSError as exc:
         log.warning("retention: cannot remove %s: %s. Next step: check its permissions.", d, exc)
-        return Removed(str(d), -1, reason)
+        return Removed(str(d), -1, reason, uploaded)
     log.info("retention: removed %s (%d bytes, %s)", d, size, reason)
-    return Removed(str(d), size, reason)
+    return Removed(str(d), size, reason, uploaded)
 
 
 class ReserveGuard:

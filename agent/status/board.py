@@ -47,6 +47,7 @@ class StatusBoard:
         security: Callable[[], dict[str, Any]] | None = None,
         collector_errors: Callable[[], dict[str, int]] | None = None,
         ffmpeg: Callable[[], dict[str, Any] | None] | None = None,
+        upload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -61,6 +62,7 @@ class StatusBoard:
         self.security = security
         self.collector_errors = collector_errors
         self.ffmpeg = ffmpeg
+        self.upload = upload
         self._lock = threading.Lock()
         self._metrics: dict[str, Any] = {}
         self._metrics_ts: float | None = None
@@ -94,6 +96,15 @@ class StatusBoard:
         except Exception:  # a status page must never fail because of one part
             log.exception("status: lessons snapshot failed")
             return {"state": "unknown", "current": None, "next": None}
+
+    def _upload(self) -> dict[str, Any]:
+        if self.upload is None:
+            return {"enabled": False}
+        try:
+            return self.upload()
+        except Exception:  # a status page must never fail because of one part
+            log.exception("status: upload snapshot failed")
+            return {"enabled": True, "state": "unknown"}
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
@@ -157,6 +168,7 @@ class StatusBoard:
             "media": self.media() if self.media else None,
             "ffmpeg": self.ffmpeg() if self.ffmpeg else None,
             "security": self.security() if self.security else {},
+            "upload": self._upload(),
         }
         found = warnings.collect(snap, warnings.Context(
             self.cfg.telemetry.interval_s, self.cfg.state_dir, self.cfg.media.video.source,

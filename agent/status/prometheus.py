@@ -149,6 +149,7 @@ def families(s: dict[str, Any]) -> list[Metric]:
 
     _lessons(f, s.get("lessons") or {}, s.get("lesson_counts") or {})
     _media(f, s.get("media") or {})
+    _upload(f, s.get("upload") or {})
     sec = s.get("security") or {}
     f.counter("commands_rejected", "MQTT commands refused (bad signature, replay, unknown...).",
               sec.get("commands_rejected_total"))
@@ -200,6 +201,27 @@ def _media(f: _Families, m: dict[str, Any]) -> None:
     f.gauge("media_recording_seconds", "Seconds recorded by this lesson's worker.",
             rec.get("seconds"))
     f.gauge("media_recording_bytes", "Bytes recorded by this lesson's worker.", rec.get("bytes"))
+
+
+def _upload(f: _Families, u: dict[str, Any]) -> None:
+    """The upload of recordings to object storage (no samples while upload is off)."""
+    on = bool(u.get("enabled")) and "queued_lessons" in u
+    f.gauge("upload_queued_lessons", "Lessons whose recording waits for upload.",
+            u.get("queued_lessons") if on else None)
+    f.gauge("upload_queued_bytes", "Bytes of recordings still to upload.",
+            u.get("queued_bytes") if on else None)
+    f.gauge("upload_uploaded_lessons", "Lessons uploaded and verified (the queue's history).",
+            u.get("uploaded_lessons") if on else None)
+    f.gauge("upload_failed_lessons", "Lessons set aside: retrying cannot help (upload_retry).",
+            u.get("failed_lessons") if on else None)
+    f.gauge("upload_lost_lessons", "Recordings deleted on the terminal before upload.",
+            u.get("lost_lessons") if on else None)
+    f.counter("upload_sent_bytes", "Bytes sent to the object store since the agent started.",
+              u.get("bytes_sent_total") if on else None)
+    f.counter("upload_failures", "Upload attempts that failed since the agent started.",
+              u.get("failures_total") if on else None)
+    f.gauge("upload_paused", "1 while uploading waits (a lesson runs, outside upload.hours).",
+            int(u.get("state") == "paused") if on else None)
 
 
 def _bytes_per_s(kbps: Any) -> float | None:

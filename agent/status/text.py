@@ -43,6 +43,7 @@ ROWS = [("agent", N_("Agent")), ("broker", N_("Broker")), ("outbox", N_("Outbox"
         ("peripherals", N_("Peripherals")), ("ffmpeg", N_("FFmpeg")), ("camera", N_("Camera")),
         ("microphone", N_("Microphone")), ("lesson", N_("Lesson")),
         ("recording", N_("Recording")), ("live", N_("Live")), ("next", N_("Next")),
+        ("upload", N_("Upload")),
         ("commands", N_("Commands")), ("network", N_("Network"))]
 
 
@@ -95,6 +96,8 @@ def summaries(s: dict[str, Any], tr: Translate = _) -> dict[str, list[str]]:
             out["ffmpeg"].append(tr("H.264 encoder {codec}: {reason}").format(
                 codec=enc["codec"], reason=enc.get("reason", "")))
     out.update(_lesson_rows(s.get("lessons") or {}, s.get("media") or {}, tr))
+    if (s.get("upload") or {}).get("enabled"):
+        out["upload"] = [_upload_text(s["upload"], tr)]
     sec = s.get("security") or {}
     if "signatures_required" in sec:
         mode = (tr("signed only ({keys} public key(s))").format(keys=sec["public_keys"])
@@ -166,4 +169,29 @@ def _lesson_rows(ls: dict[str, Any], media: dict[str, Any], tr: Translate) -> di
 #: translated where they are shown: listed here so the catalogs must have them.
 STATE_WORDS = (N_("lecturing"), N_("receiving"), N_("live"), N_("ending"), N_("idle"),
                N_("recording"), N_("off"), N_("stopped"), N_("failed"), N_("connecting"),
-               N_("down"))
+               N_("down"), N_("uploading"), N_("waiting"))
+
+
+def _upload_text(u: dict[str, Any], tr: Translate) -> str:
+    mb = 1_000_000
+    cur = u.get("current")
+    if u.get("state") == "uploading" and isinstance(cur, dict):
+        lesson, _sep, name = str(cur.get("key", "")).rpartition("/")
+        now = tr("uploading {lesson} {name} {sent:.1f}/{total:.1f} MB at {kbps:.0f} kbit/s"
+                 ).format(lesson=lesson.rpartition("/")[2], name=name,
+                          sent=(cur.get("bytes_sent") or 0) / mb,
+                          total=(cur.get("bytes_total") or 0) / mb, kbps=cur.get("rate_kbps") or 0)
+    elif u.get("state") == "paused":
+        now = tr("paused: {why}").format(why=u.get("paused"))
+    elif isinstance(u.get("last_error"), dict):
+        now = tr("FAILING ({cause})").format(cause=u["last_error"].get("cause"))
+        retry = u.get("next_attempt_in_s")
+        if isinstance(retry, int | float):
+            now += tr(", retrying in {seconds:.0f}s").format(seconds=retry)
+    else:
+        now = tr(str(u.get("state")))
+    cap = u.get("max_kbps")
+    return tr("{now}; {queued} lesson(s) waiting ({mb:.1f} MB), {uploaded} uploaded, cap {cap}"
+              ).format(now=now, queued=u.get("queued_lessons", 0),
+                       mb=(u.get("queued_bytes") or 0) / mb, uploaded=u.get("uploaded_lessons", 0),
+                       cap=tr("{kbps} kbit/s").format(kbps=cap) if cap else tr("none"))

@@ -17,12 +17,16 @@ renderer prints inertly (agent/status/text.py).
 from __future__ import annotations
 
 import string
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
+from agent.records import age_s
+
 Subsystem = Literal["agent", "broker", "outbox", "machine", "camera", "microphone", "lesson",
-                    "live", "recording", "commands", "telemetry"]
+                    "live", "recording", "upload", "commands", "telemetry"]
 #: ``warning``: the terminal works but needs attention; ``fault``: something does not work.
 Severity = Literal["warning", "fault"]
 Translate = Callable[[str], str]
@@ -78,6 +82,19 @@ CATALOGUE: dict[str, Template] = {
         "telemetry", "warning",
         "Collector {name} is failing: {error}.",
         "see `journalctl -u classroom-agent` for the details; the other collectors go on."),
+    "upload_failing": Template(
+        "upload", "fault",
+        "Recordings are not being uploaded: {error}.",
+        "{next_step}."),
+    "upload_failed_lessons": Template(
+        "upload", "warning",
+        "{count} recording(s) could not be uploaded and are kept on this terminal.",
+        "see `classroom-agent status --json` (upload) and the log for the cause, fix it, then "
+        "send upload_retry."),
+    "upload_late": Template(
+        "upload", "warning",
+        "{count} recording(s) have waited for upload since {since}; they fill the disk.",
+        "check the network, upload.hours and upload.max_kbps."),
     "disk_full": Template(
         "machine", "warning",
         "Disk {mount} is {percent:percent} full.",
@@ -354,6 +371,7 @@ def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
             f"{kind} {', '.join(names)}" for kind, names in ff["missing"].items())}))
     for name, why in s["telemetry"]["failing_collectors"].items():
         out.append(Warning("collector_failing", {"name": name, "error": why}))
+    out.extend(_upload(s.get("upload") or {}))
     out.extend(Warning("disk_full", {"mount": d["mount"], "percent": d["percent"]})
                for d in km["disks"] if d["percent"] is not None and d["percent"] >= 90)
     if km["memory_percent"] is not None and km["memory_percent"] >= 95:
@@ -389,3 +407,30 @@ def _lesson_media(m: Mapping[str, Any] | None, ctx: Context) -> list[Warning]:
                                                     "url": sink.get("url"),
                                                     "error": sink.get("error") or "down"}))
     return out
+
+
+#: Recordings waiting longer than this for upload are worth a technician's look.
+UPLOAD_LATE_S = 3 * 86400.0
+
+
+def _upload(u: Mapping[str, Any]) -> list[Warning]:
+    if not u.get("enabled"):
+        return []
+    out = []
+    err = u.get("last_error")
+    if isinstance(err, dict):
+        out.append(Warning("upload_failing", {"error": err.get("message"),
+                                              "next_step": err.get("next_step")}))
+    if u.get("failed_lessons"):
+        out.append(Warning("upload_failed_lessons", {"count": u["failed_lessons"]}))
+    oldest = u.get("oldest_queued_at")
+    if isinstance(oldest, str) and age_s(_epoch(oldest)) > UPLOAD_LATE_S:
+        out.append(Warning("upload_late", {"count": u.get("queued_lessons"), "since": oldest}))
+    return out
+
+
+def _epoch(ts: str) -> float:
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
