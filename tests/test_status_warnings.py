@@ -53,6 +53,10 @@ PARAMS = {
     "agent_not_running": {"address": "127.0.0.1:8765"},
     "check_timed_out": {"limit_s": 5.0},
     "check_crashed": {"error": "RuntimeError: x"},
+    "upload_failing": {"error": "cannot reach https://s3.example:9000: timeout",
+                       "next_step": "check the network and that the store runs"},
+    "upload_failed_lessons": {"count": 2},
+    "upload_late": {"count": 5, "since": "2026-11-20T08:00:00.000Z"},
 }
 
 

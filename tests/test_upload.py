@@ -128,7 +128,7 @@ def test_a_lesson_is_uploaded_verified_and_plays_from_the_store(
     assert reply["ok"] and reply["result"]["lessons"][0]["state"] == "verified"
     assert reply["result"]["lessons"][0]["objects_verified"] == len(ended["segments"]) + 1
     text = urllib.request.urlopen(f"http://127.0.0.1:{agent.status_port}/metrics").read()
-    assert b"classroom_agent_upload_uploaded_lessons{" in text
+    assert b"\nclassroom_agent_upload_uploaded_lessons 1.0\n" in text
     out = agent.cli("status", "--config", str(agent.config_path))
     assert "Upload      idle; 0 lesson(s) waiting" in out.stdout, out.stdout
     problems = [e for m in subscriber.snapshot() for e in schema_errors(m)]
