@@ -1,5 +1,8 @@
 """Rate limits for what strangers can make the agent do: a token bucket and a tally.
 
+The same token bucket paces the upload of recordings (``take``: bytes, blocking), so the
+bandwidth cap and the command limits share one implementation.
+
 A flood of bad commands must cost the agent a counter increment, not a log line, an event in the
 outbox and a reply each. :class:`TokenBucket` says whether one more of something may happen now;
 :class:`Tally` reports the first occurrence at once and then one summary per window with the
@@ -30,13 +33,26 @@ class TokenBucket:
 
     def allow(self) -> bool:
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+            self._refill()
             if self._tokens >= 1:
                 self._tokens -= 1
                 return True
             return False
+
+    def take(self, n: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Take ``n`` tokens at once and sleep off what the bucket did not hold (a pacer: the
+        upload's bandwidth cap takes bytes). Callers that take together share the rate."""
+        with self._lock:
+            self._refill()
+            self._tokens -= n
+            debt = -self._tokens
+        if debt > 0:
+            sleep(debt / self.rate)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
 
 
 @dataclass

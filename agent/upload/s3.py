@@ -7,7 +7,7 @@ speaks what every S3-compatible store (MinIO, Ceph RGW, SeaweedFS, the cloud ser
 path-style URLs, SigV4 with a signed payload hash, Content-MD5 on every body.
 
 Bodies are streamed from the file in blocks (never a whole part in memory), through a
-:class:`~agent.upload.pacing.TokenBucket` and a ``keep_going`` check between blocks, so a cap is
+:class:`~agent.throttle.TokenBucket` and a ``keep_going`` check between blocks, so a cap is
 kept and a lesson that starts can stop a part at once. Everything the store answers is
 untrusted: bodies are read up to a bound, XML is parsed only from those, and error texts are
 clipped before they reach a log or an event.
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
-from agent.upload.pacing import TokenBucket
+from agent.throttle import TokenBucket
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 BLOCK = 64 * 1024

@@ -42,9 +42,9 @@ from zoneinfo import ZoneInfo
 from agent.backoff import Backoff
 from agent.config import DeviceConfig, UploadConfig, read_secret
 from agent.records import Record, event, rfc3339
+from agent.throttle import TokenBucket
 from agent.upload import hls
 from agent.upload.journal import Journal, Lesson, Obj, Segment
-from agent.upload.pacing import TokenBucket
 from agent.upload.s3 import Body, S3Client, S3Error, Stopped, digest_range
 from agent.upload.window import in_hours
 
@@ -102,7 +102,8 @@ class Uploader:
         self.journal = Journal(Path(state_dir) / "uploads.db") if cfg.ready else None
         self.prefix = cfg.key_prefix.replace("{school}", device.school).replace(
             "{device}", device.id).strip("/")
-        self.limiter = TokenBucket(cfg.max_kbps * 1000 / 8)
+        rate = cfg.max_kbps * 1000 / 8  # bytes/s; the burst: a quarter second, at least a block
+        self.limiter = TokenBucket(rate, max(64 * 1024, rate / 4)) if rate > 0 else None
         self._backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
         self._stop = threading.Event()
         self._wake = threading.Event()
