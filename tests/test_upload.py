@@ -34,14 +34,6 @@ MEDIA = {"video": {"width": 160, "height": 120, "fps": 10},
          "recording": {"segment_s": 2, "min_free_mb": 0}}
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    s = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
-    s.make_bucket()
-    yield s
-    s.stop()
-
-
 def key_files(d: Path, access: str = ACCESS_KEY, secret: str = SECRET_KEY) -> dict[str, str]:
     d.mkdir(parents=True, exist_ok=True)
     (d / "access").write_text(access + "\n")

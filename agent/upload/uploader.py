@@ -99,7 +99,10 @@ class Uploader:
         self._tz = ZoneInfo(tz)
         self._segment_s = segment_s
         self._clock = clock
-        self.journal = Journal(Path(state_dir) / "uploads.db") if cfg.ready else None
+        self.enabled = cfg.ready
+        self._journal_path = Path(state_dir) / "uploads.db"
+        self._journal_error = ""
+        self.journal = self._open_journal() if self.enabled else None
         self.prefix = cfg.key_prefix.replace("{school}", device.school).replace(
             "{device}", device.id).strip("/")
         rate = cfg.max_kbps * 1000 / 8  # bytes/s; the burst: a quarter second, at least a block
@@ -119,12 +122,20 @@ class Uploader:
         self._progress: _Progress | None = None
         self._failure: dict[str, Any] | None = None
         self._bytes_sent_total = 0
+        self._held: list[tuple[str, list[Any], dict[str, Any]]] = []  # not yet in the journal
         self.failures_total = 0
         self.aborted_total = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.journal is not None
+    def _open_journal(self) -> Journal | None:
+        """The journal, or None while it cannot be opened (state disk full or unwritable: the
+        loop tries again; the daemon must not die of it)."""
+        try:
+            return Journal(self._journal_path)
+        except sqlite3.Error as exc:
+            self._journal_error = f"{exc}"
+            log.error("upload: cannot open the upload journal %s: %s; trying again",
+                      self._journal_path, exc)
+            return None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -158,9 +169,17 @@ class Uploader:
         if not self.enabled or record.kind != "event" or record.data.get("type") != "lesson_ended":
             return
         details = record.data.get("details") or {}
+        job = (str(details.get("lesson_id") or ""), details.get("segments") or [], details)
         try:
-            self.enqueue(str(details.get("lesson_id") or ""), details.get("segments") or [],
-                         details)
+            if self.journal is None:
+                raise sqlite3.OperationalError(self._journal_error or "journal not open")
+            self.enqueue(*job)
+        except sqlite3.Error as exc:  # the state disk is full: held here, queued when it works
+            log.error("upload: cannot queue lesson %s yet (%s); holding it in memory and trying "
+                      "again", job[0], exc)
+            with self._lock:
+                self._held.append(job)
+            self._wake.set()
         except Exception:  # the lesson's evidence is committed already; the start scan retries
             log.exception("upload: could not queue lesson %s", details.get("lesson_id"))
 
@@ -189,8 +208,10 @@ class Uploader:
 
     def uploaded(self, folder: Path) -> bool:
         """For retention: the lesson in ``folder`` is in the store and verified."""
-        if self.journal is None:
+        if not self.enabled:
             return True
+        if self.journal is None:
+            return False  # unknown: keep it
         lesson = self.journal.lesson(folder.name)
         return lesson is not None and lesson.state == "verified"
 
@@ -211,8 +232,10 @@ class Uploader:
 
     def retry(self, lesson_id: str | None = None) -> dict[str, Any]:
         """``upload_retry``: failed lessons (or the one named) queued again, back-off reset."""
-        if self.journal is None:
+        if not self.enabled:
             return {"enabled": False, "queued": []}
+        if self.journal is None:
+            raise LookupError(f"the upload journal cannot be opened: {self._journal_error}")
         requeued = []
         for lesson in self.journal.lessons(("failed", "queued")):
             if lesson_id and lesson.lesson_id != lesson_id:
@@ -234,8 +257,11 @@ class Uploader:
     # -- status ---------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        if self.journal is None:
+        if not self.enabled:
             return {"enabled": False}
+        if self.journal is None:
+            return {"enabled": True, "state": "waiting", "paused": None, "current": None,
+                    "last_error": self._failure}
         totals = self.journal.totals()
         with self._lock:
             progress, failure = self._progress, self._failure
@@ -313,7 +339,22 @@ class Uploader:
 
     def _step(self) -> float:
         """One unit of work; returns how long to wait before the next."""
-        assert self.journal is not None
+        if self.journal is None:
+            self.journal = self._open_journal()
+            if self.journal is None:
+                return self._failed(None, self._state_disk(
+                    sqlite3.OperationalError(self._journal_error)))
+            self._queue_left_behind(self._left_behind())
+        with self._lock:
+            held, self._held = self._held, []
+        while held:  # lessons the journal could not take (disk full): first, in order
+            try:
+                self.enqueue(*held[0])
+                held.pop(0)
+            except sqlite3.Error as exc:
+                with self._lock:
+                    self._held[:0] = held
+                return self._failed(None, self._state_disk(exc))
         why = self._why_paused(fresh=True)
         if why is not None:
             self._set_state("paused", why)
@@ -339,9 +380,7 @@ class Uploader:
         except S3Error as exc:
             return self._failed(lesson, self._explain(exc))
         except sqlite3.Error as exc:
-            return self._failed(lesson, Failure(
-                "state_disk", f"cannot write the upload journal {self.journal.path}: {exc}",
-                "free space in the state directory (df -h); the upload resumes by itself"))
+            return self._failed(lesson, self._state_disk(exc))
         self._backoff.reset()
         with self._lock:
             self._failure = None
@@ -480,7 +519,9 @@ class Uploader:
             self._progress = _Progress(obj.lesson_id, obj.key, obj.bytes, time.monotonic(),
                                        client.bytes_sent)
         if obj.upload_id is None and self._matches(client.head_object(obj.key), obj, expect):
-            self.journal.object_verified(obj.lesson_id, obj.seq, expect)  # sent before a kill
+            log.info("upload: %s found complete in the store (sent before an interruption)",
+                     obj.key)
+            self.journal.object_verified(obj.lesson_id, obj.seq, expect)
             return
         if obj.bytes <= part_size:
             body = bodies[0] if data is None else None
@@ -522,9 +563,8 @@ class Uploader:
                         have[p.number] = p.etag
                 for n, etag in have.items():
                     self.journal.part_done(upload_id, n, etag, bodies[n - 1].size)
-                if have:
-                    log.info("upload: %s: resuming, the store has %d of %d part(s)", obj.key,
-                             len(have), len(bodies))
+                log.info("upload: %s: resuming, the store has %d of %d part(s)", obj.key,
+                         len(have), len(bodies))
         if upload_id is None:
             upload_id = client.create_multipart(obj.key, meta, ctype)
             self.journal.set_upload_id(obj.lesson_id, obj.seq, upload_id)
@@ -624,6 +664,11 @@ class Uploader:
                 self.aborted_total += 1
                 log.info("upload: aborted an abandoned multipart upload of %s", key)
         self._cleaned = True
+
+    def _state_disk(self, exc: sqlite3.Error) -> Failure:
+        return Failure("state_disk", f"cannot write the upload journal "
+                       f"{getattr(self.journal, 'path', '')}: {exc}", "free space in the state "
+                       "directory (df -h); the upload resumes by itself where it stopped")
 
     def _explain(self, exc: S3Error) -> Failure:
         where = f"{self.cfg.endpoint.rstrip('/')}/{self.cfg.bucket}"
