@@ -4,7 +4,7 @@ Why not boto3 or the MinIO SDK: measured in bench/upload.py (docs/upload.md), im
 ~40 MB to the daemon's RSS (its target is 35 MB in all) and the MinIO SDK ~20 MB (urllib3,
 certifi, pycryptodome, argon2); this client adds under 1 MB and spends less CPU per byte. It
 speaks what every S3-compatible store (MinIO, Ceph RGW, SeaweedFS, the cloud services) accepts:
-path-style URLs, SigV4 with a signed payload hash, Content-MD5 on every body.
+path-style URLs, SigV4, a signed Content-MD5 on every body (bodies as ``UNSIGNED-PAYLOAD``).
 
 Bodies are streamed from the file in blocks (never a whole part in memory), through a
 :class:`~agent.throttle.TokenBucket` and a ``keep_going`` check between blocks, so a cap is
@@ -34,6 +34,7 @@ from urllib.parse import quote, urlsplit
 from agent.throttle import TokenBucket
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED = "UNSIGNED-PAYLOAD"
 BLOCK = 64 * 1024
 MAX_ANSWER = 1 << 20  # bytes of a store's answer we read at most (XML listings, errors)
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -72,13 +73,12 @@ class Part:
 
 @dataclass(frozen=True)
 class Body:
-    """A byte range of a file, with its digests (computed beforehand, in a first read)."""
+    """A byte range of a file, with its MD5 (computed beforehand, in a first read)."""
 
     path: Path
     offset: int
     size: int
     md5: bytes
-    sha256: str
 
     def blocks(self) -> Iterator[bytes]:
         with open(self.path, "rb") as f:
@@ -92,22 +92,20 @@ class Body:
                 yield chunk
 
 
-def digest_range(f: BinaryIO, size: int, whole: hashlib._Hash | None = None,
-                 ) -> tuple[bytes, str]:
-    """MD5 (raw) and SHA-256 (hex) of the next ``size`` bytes of ``f``; ``whole`` (the file's
-    own SHA-256) is fed the same bytes on the way."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+def digest_range(f: BinaryIO, size: int, whole: hashlib._Hash | None = None) -> bytes:
+    """MD5 (raw) of the next ``size`` bytes of ``f``; ``whole`` (the file's own SHA-256) is fed
+    the same bytes on the way."""
+    md5 = hashlib.md5(usedforsecurity=False)
     left = size
     while left > 0:
         chunk = f.read(min(1 << 20, left))
         if not chunk:
             raise S3Error(0, "file_changed", "file is shorter than expected")
         md5.update(chunk)
-        sha.update(chunk)
         if whole is not None:
             whole.update(chunk)
         left -= len(chunk)
-    return md5.digest(), sha.hexdigest()
+    return md5.digest()
 
 
 class S3Client:
@@ -258,7 +256,10 @@ class S3Client:
               limit: int | None = MAX_ANSWER) -> Answer:
         path = "/" + quote(self.bucket, safe="") + ("/" + quote(key, safe="/~") if key else "")
         if body is not None:
-            size, payload_hash, md5 = body.size, body.sha256, body.md5
+            # The body's integrity rests on Content-MD5 (signed, checked by the store, echoed
+            # as the ETag): a SHA-256 payload hash on top cost a third hash pass here and one
+            # in the store (bench/upload.py: docs/upload.md).
+            size, payload_hash, md5 = body.size, UNSIGNED, body.md5
         elif data is not None:
             size, payload_hash = len(data), hashlib.sha256(data).hexdigest()
             md5 = hashlib.md5(data, usedforsecurity=False).digest()

@@ -6,8 +6,9 @@ oldest lesson first:
 
 1. every segment is read once to compute its SHA-256 (which must equal the evidence's) and each
    part's MD5 and SHA-256; then sent, a segment up to ``part_size_mb`` with one PUT, a larger one
-   as a multipart upload. Each body carries Content-MD5 (the store refuses a damaged part) and its
-   signed SHA-256; the evidence's SHA-256 is stored with the object (``x-amz-meta-sha256``);
+   as a multipart upload. Each body carries Content-MD5, signed (the store refuses a damaged
+   part and echoes the MD5 as its ETag); the evidence's SHA-256 is stored with the object
+   (``x-amz-meta-sha256``);
 2. after a restart, a multipart upload is resumed with ListParts: a part the store has with our
    MD5 is never sent again;
 3. after completion a HEAD checks size, ETag (the part MD5s as the store computed them) and the
@@ -589,8 +590,8 @@ class Uploader:
         evidence (only the evidence's first ``bytes`` bytes are sent: a segment a killed worker
         was still finishing may have grown since)."""
         if data is not None:
-            md5 = hashlib.md5(data, usedforsecurity=False).digest()
-            return [Body(Path(obj.path), 0, len(data), md5, hashlib.sha256(data).hexdigest())]
+            return [Body(Path(obj.path), 0, len(data), hashlib.md5(data, usedforsecurity=False)
+                         .digest())]
         path = Path(obj.path)
         try:
             size = path.stat().st_size
@@ -604,8 +605,7 @@ class Uploader:
                 offset = 0
                 while offset < obj.bytes or not bodies:
                     n = min(part_size, obj.bytes - offset)
-                    md5, sha = digest_range(f, n, whole)
-                    bodies.append(Body(path, offset, n, md5, sha))
+                    bodies.append(Body(path, offset, n, digest_range(f, n, whole)))
                     offset += n
         except FileNotFoundError:
             raise Failure("local_file", f"{path} is missing", "check the recording disk; the "
