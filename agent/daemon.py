@@ -33,7 +33,7 @@ from agent.media.peek import Peeker
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event
-from agent.sdnotify import notify, watchdog_period
+from agent.sdnotify import notify, under_systemd, watchdog_period
 from agent.secretfiles import exposed
 from agent.signing import CommandGuard, SeenIds, make_guard
 from agent.status import warnings
@@ -49,10 +49,14 @@ from agent.telemetry.peripherals import PeripheralWatch
 from agent.telemetry.scheduler import Scheduler
 from agent.telemetry.system import system_collectors
 from agent.telemetry.usage import UsageTracker
+from agent.threadnames import name_native_threads
 from agent.throttle import TokenBucket
 from agent.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
+
+#: How often the main loop refreshes systemd's STATUS= line when no watchdog asks for more.
+STATUS_EVERY_S = 30.0
 
 
 class Agent:
@@ -285,6 +289,7 @@ class Agent:
         self.planner.start()  # before the lesson manager ticks (see Planner.start)
         self.uploads.start()  # lists recordings left behind before a lesson can start
         self.lessons.start()
+        name_native_threads()
         log.info("agent %s started: device %s, school %s, broker %s:%d, status on %s",
                  __version__, self.cfg.device.id, self.cfg.device.school, self.cfg.mqtt.host,
                  self.cfg.mqtt.port, self.cfg.status.listen)
@@ -344,6 +349,7 @@ class Agent:
         if telemetry_changed:
             self.scheduler = self._make_scheduler(new)
             self.scheduler.start()
+        name_native_threads()
         self.board.cfg = new
         self.raise_event(event("config_reloaded", "info", "configuration reloaded",
                                config_hash=new.hash))
@@ -415,7 +421,9 @@ def run(cfg: config.Config, config_path: str) -> int:
     agent.start()
     notify(f"READY=1\nSTATUS=publishing to {cfg.mqtt.host}:{cfg.mqtt.port}")
     period = watchdog_period()
-    tick = min(period or 5.0, 5.0)
+    # Wake only for what is due: the watchdog ping (half of WatchdogSec) and, under systemd, the
+    # STATUS= line; outside systemd, nothing but signals (issue 12: a 5 s tick for nothing).
+    tick = min(period or STATUS_EVERY_S, STATUS_EVERY_S) if under_systemd() else None
     while True:
         try:
             signum = signals.get(timeout=tick)

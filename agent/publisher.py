@@ -1,11 +1,16 @@
 """The MQTT publisher: drains the outbox to the broker, in order, deleting only on PUBACK.
 
-Threads and why:
-- paho's own network thread (``loop_start``) reads and writes the socket. Our callbacks there only
-  put a tuple on a queue: no locks of ours, no SQLite, no sleeping (paho traps 6, 7, 9).
-- One publisher thread of ours owns the connection life cycle and the outbox cursor: it connects,
-  publishes up to ``max_inflight`` records, turns PUBACKs into deletions, and reconnects with
-  exponential back-off and full jitter. SQLite waits happen here, never in paho's thread.
+One thread, and why: the publisher thread owns the connection life cycle, the outbox cursor and
+the socket. It drives paho through paho's external-loop API (``loop_read``, ``loop_write``,
+``loop_misc``) from one ``select`` on the broker socket and a wake-up socket, with a timeout that
+is the next real deadline (keepalive, CONNACK timeout, acknowledgement flush, reconnect). paho's
+own thread (``loop_start``) woke every second by itself whatever there was to do, and the two
+threads took turns on the GIL during a drain (docs/benchmarks.md, issue 12). It connects,
+publishes up to ``max_inflight`` records, turns PUBACKs into deletions, and reconnects with
+exponential back-off and full jitter. paho's callbacks still only put a tuple on a queue that the
+same thread handles after paho returns: nothing runs inside paho's locks (an exception in a
+callback cannot hang the network loop). Other threads (appends, replies, command acks) put on the
+queue and write one byte to the wake-up socket.
 
 Each connection gets a fresh paho client with ``reconnect_on_failure=False``: paho's in-memory
 session would otherwise resend old messages under new ids after a reconnect (traps 2 and 3), and
@@ -28,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
+import socket
 import ssl
 import threading
 import time
@@ -113,12 +120,18 @@ class PublisherStats:
     acked_total: int = 0
     publish_failures_total: int = 0
     inflight: int = 0
-    next_attempt_in_s: float | None = None
+    next_attempt_at: float | None = None  # time.monotonic() of the next connection attempt
     commands_subscribed: bool = False
     commands_received_total: int = 0
     replies_sent_total: int = 0
     replies_dropped_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def next_attempt_in_s(self) -> float | None:
+        """Seconds until the next connection attempt (None while connected or connecting)."""
+        at = self.next_attempt_at
+        return None if at is None else max(0.0, at - time.monotonic())
 
 
 class Publisher:
@@ -144,6 +157,10 @@ class Publisher:
         self._topic_base = f"{cfg.topic_prefix}/{envelope.school}/{envelope.device}"
         self._session_path = Path(state_dir) / "mqtt.session"
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        # Other threads write a byte here after putting an event, to end the select() early.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
@@ -183,13 +200,19 @@ class Publisher:
 
     def notify(self) -> None:
         """Tell the publisher that the outbox has new records (called after each append)."""
-        self._events.put(("wake",))
+        self._post(("wake",))
+
+    def _post(self, ev: tuple[Any, ...]) -> None:
+        """From another thread: queue ``ev`` and wake the publisher thread's select()."""
+        self._events.put(ev)
+        with contextlib.suppress(OSError):  # full (a wake is already pending) or closed
+            self._wake_w.send(b"\0")
 
     def reply(self, payload: bytes, response_topic: str | None = None,
               correlation: bytes | None = None) -> None:
         """Publish a command reply (QoS 1, not retained) on ``{base}/reply`` and, if given, on the
         request's MQTT 5 response topic. Thread-safe: only enqueues; sent while connected."""
-        self._events.put(("reply", payload, response_topic, correlation))
+        self._post(("reply", payload, response_topic, correlation))
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -198,7 +221,7 @@ class Publisher:
         """Drain what we can within ``flush_s``, publish a graceful offline state, disconnect."""
         self._flush_deadline = time.monotonic() + flush_s
         self._stop.set()
-        self._events.put(("wake",))
+        self._post(("wake",))
         if self._thread is not None:
             self._thread.join(timeout=flush_s + 10)
 
@@ -226,15 +249,17 @@ class Publisher:
         now = time.monotonic()
         if self._client is None:
             if now >= self._next_attempt and not self._stop.is_set():
+                self.stats.next_attempt_at = None
                 self._connect()
                 return
-            self.stats.next_attempt_in_s = max(0.0, self._next_attempt - now)
-            self._handle_events(timeout=min(0.5, max(0.01, self._next_attempt - now)))
+            self.stats.next_attempt_at = self._next_attempt
+            self._handle_events(timeout=max(0.01, self._next_attempt - now))
             return
-        # Block until something happens (a wake from an append, a PUBACK, a reply): polling the
-        # outbox 20 times a second was 80% of the agent's idle CPU. Wake at 50 ms only while
-        # acknowledgements wait to be deleted; the 2 s tick covers the CONNACK timeout.
-        self._handle_events(timeout=0.05 if self.outbox.pending_acks else 2.0)
+        # Block until something happens (a wake from an append, a PUBACK, a reply) or the next
+        # deadline: polling the outbox 20 times a second was 80% of the agent's idle CPU, and a
+        # fixed tick is a wake-up for nothing. 50 ms only while acknowledgements wait to be
+        # deleted.
+        self._handle_events(timeout=0.05 if self.outbox.pending_acks else self._idle_timeout(now))
         if self._ready:
             if now - self._state_sent >= self.cfg.state_refresh_s:
                 self._publish_online()
@@ -245,6 +270,17 @@ class Publisher:
             self.outbox.pending_acks >= _ACK_FLUSH_N or now - self._last_ack_flush >= _ACK_FLUSH_S
         ):
             self._flush_acks()
+
+    def _idle_timeout(self, now: float) -> float:
+        """Seconds until something is due with nothing else happening: the CONNACK timeout
+        while connecting, the stop's flush deadline, else paho's keepalive (ping due, or the
+        ping's answer overdue)."""
+        if not self._got_connack:
+            return max(0.01, self._connect_started + self.cfg.keepalive_s - now)
+        due = _keepalive_due(self._client)
+        if self._stop.is_set():
+            due = min(due, self._flush_deadline - now)
+        return max(0.01, due)
 
     def _flush_acks(self) -> None:
         self._last_ack_flush = time.monotonic()
@@ -354,7 +390,6 @@ class Publisher:
         self.stats.session = session
         self.stats.protocol = proto
         self._connect_started = time.monotonic()
-        client.loop_start()
 
     def _connect_failed(self, why: str) -> None:
         self.stats.connect_failures_total += 1
@@ -385,9 +420,12 @@ class Publisher:
             self._reply_inflight.clear()
             self._trim_replies()
         if client is not None:
+            sock = client.socket()
             with contextlib.suppress(Exception):  # the socket may already be gone
-                client.disconnect()
-            client.loop_stop()
+                client.disconnect()  # written at once: no loop thread
+            if sock is not None:  # a DISCONNECT stuck behind a full send buffer: close anyway
+                with contextlib.suppress(OSError):
+                    sock.close()
         try:
             self._flush_acks()
         except Exception as exc:
@@ -397,20 +435,43 @@ class Publisher:
         if not self._stop.is_set():
             self._connect_failed(why)
 
-    # -- events from paho's thread -------------------------------------------------------------
+    # -- the network loop and its events -----------------------------------------------------
 
     def _handle_events(self, timeout: float) -> None:
-        try:
-            ev = self._events.get(timeout=timeout)
-        except queue.Empty:
-            self._check_connect_timeout()
-            return
+        """Wait up to ``timeout`` for the socket or a wake-up, let paho read, write and keep the
+        connection alive, then handle every queued event (paho's callbacks only queue them)."""
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if self._events.empty():
+            rlist: list[Any] = [self._wake_r]
+            wlist: list[Any] = []
+            if sock is not None:
+                rlist.append(sock)
+                if client is not None and client.want_write():
+                    wlist.append(sock)
+                if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
+                    timeout = 0.0
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            except (OSError, ValueError):  # the socket was closed under us: paho will say so
+                readable, writable = [], []
+            if self._wake_r in readable:
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+            if client is not None and sock is not None:
+                if sock in readable or getattr(sock, "pending", lambda: 0)():
+                    client.loop_read()
+                if sock in writable and client.socket() is not None:
+                    client.loop_write()
+        if client is not None and client.socket() is not None:
+            client.loop_misc()  # keepalive: PINGREQ when due, a dead link closed
         while True:
-            self._handle(ev)
             try:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 break
+            self._handle(ev)
         self._check_connect_timeout()
 
     def _check_connect_timeout(self) -> None:
@@ -459,7 +520,7 @@ class Publisher:
         self.stats.last_error = self.stats.last_error_ts = None  # connected: nothing is wrong now
         self.stats.connected = True
         self.stats.connected_since = time.time()
-        self.stats.next_attempt_in_s = None
+        self.stats.next_attempt_at = None
         log.info("publisher: connected to %s (MQTT %s, session %d%s)", self.stats.broker,
                  self.stats.protocol, self.stats.session,
                  ", broker session resumed" if session_present else "")
@@ -532,7 +593,7 @@ class Publisher:
         self.stats.commands_received_total += 1
 
         def ack() -> None:  # from the worker thread, after the reply: our thread sends it
-            self._events.put(("ack", conn_id, mid, qos))
+            self._post(("ack", conn_id, mid, qos))
 
         reply_to = ReplyTo(_response_topic(props), _correlation(props), ack)
         try:
@@ -669,12 +730,13 @@ class Publisher:
                 self._state_payload("offline", self.stats.session, "shutdown"),
                 qos=1, retain=True,
             )
-            try:
-                info.wait_for_publish(timeout=2.0)
-                self._handle_events(timeout=0.05)
-            except (RuntimeError, ValueError):
-                pass
+            deadline = time.monotonic() + 2.0  # wait for its PUBACK: we run the loop
+            while (self._client is not None and not info.is_published()
+                   and (left := deadline - time.monotonic()) > 0):
+                self._handle_events(timeout=min(left, 0.5))
         self._drop_connection("agent stopping")
+        self._wake_r.close()
+        self._wake_w.close()
         log.info("publisher: stopped (%d records still queued)", self.outbox.stats().depth)
 
 
@@ -683,10 +745,33 @@ def wire_keepalive(cfg: MqttConfig) -> int:
 
     paho notices a dead link only after a full keepalive of silence *and* a second one waiting
     for the PINGRESP, so with the configured value a black-holed link went unnoticed for up to
-    2x keepalive_s (measured 6.5-8.8 s at 5 s). Halving it bounds detection by keepalive_s plus
-    paho's 1 s loop tick, and the broker publishes our will after 0.75x keepalive_s.
+    2x keepalive_s (measured 6.5-8.8 s at 5 s). Halving it bounds detection by keepalive_s (our
+    loop wakes at paho's keepalive deadlines), and the broker publishes our will after 0.75x
+    keepalive_s.
     """
     return max(1, cfg.keepalive_s // 2)
+
+
+def _keepalive_due(client: mqtt.Client | None) -> float:
+    """Seconds until paho's keepalive wants ``loop_misc``: a PINGREQ after a keepalive without
+    traffic either way, or the connection closed when a PINGRESP is a keepalive late. Read from
+    paho's own timestamps (``time.monotonic`` in paho 2); a paho without them gets a quarter of
+    the keepalive, which still pings well before the broker's 1.5x limit."""
+    if client is None:
+        return 1.0
+    keepalive = float(getattr(client, "_keepalive", 0) or 0)
+    if keepalive <= 0:
+        return 3600.0
+    try:
+        out, got, ping = (float(getattr(client, a)) for a in
+                          ("_last_msg_out", "_last_bytes_received", "_ping_t"))
+    except (AttributeError, TypeError, ValueError):
+        return keepalive / 4
+    now = mqtt.time_func()
+    due = min(out, got) + keepalive - now
+    if ping > 0:
+        due = min(due, ping + keepalive - now)
+    return due + 0.01  # just past it: paho compares with >=
 
 
 def _response_topic(props: Any) -> str | None:

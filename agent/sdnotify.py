@@ -26,6 +26,11 @@ def notify(message: str) -> bool:
         return False
 
 
+def under_systemd() -> bool:
+    """Whether a notification would reach anyone (systemd set NOTIFY_SOCKET)."""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 def watchdog_period() -> float | None:
     """Seconds between watchdog pings (half of WatchdogSec), or None when no watchdog is set."""
     usec = os.environ.get("WATCHDOG_USEC")

@@ -266,5 +266,47 @@ def ffmpeg_path(choice: str) -> str:
 def machine_line() -> str:
     """Load averages and process count: benchmarks here share the machine with others."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
-    return f"machine: load {load}, {procs} processes, {os.cpu_count()} CPUs"
+    return f"machine: load {load}, {process_count()} processes, {os.cpu_count()} CPUs"
+
+
+# --- bringing the machine to a process count --------------------------------------------------
+
+
+def process_count() -> int:
+    """Processes (not threads) on this machine, as /proc lists them."""
+    return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+class IdleProcesses:
+    """Idle processes (``sleep``) started to bring the machine to a process count, as a classroom
+    PC has (desktop, browser tabs, vendor services); only the ones started here are stopped."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def reach(self, target: int) -> int:
+        """Start (or stop our own) idle processes until /proc lists about ``target``; returns
+        the count reached. Other users' processes come and go, so it is approximate."""
+        have = process_count()
+        if have < target:
+            log(f"starting {target - have} idle processes ({have} -> {target})")
+        for _ in range(target - have):
+            self.procs.append(subprocess.Popen(
+                ["sleep", "infinity"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        while have > target and self.procs:
+            self._stop(self.procs.pop())
+            have -= 1
+        return process_count()
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+    def stop(self) -> None:
+        if self.procs:
+            log(f"stopping the {len(self.procs)} idle processes started here")
+        while self.procs:
+            self._stop(self.procs.pop())

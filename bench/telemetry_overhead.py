@@ -9,13 +9,22 @@ children, from /proc/PID/stat), RSS (VmRSS at the end, VmHWM = peak since start)
 sends: MQTT messages and bytes (topic + payload + PUBLISH header, counted by a subscriber) and,
 from ``ss -tin``, the TCP payload bytes of each client's connection.
 
-Usage: python bench/telemetry_overhead.py [--minutes 5] [--interval 10]
+``--processes 350,1000`` measures once per process count: the machine is brought to that many
+processes by starting idle ones (``sleep``; the ones it starts are stopped at the end), and the
+count is read from /proc through the window (a shared machine's own processes come and go), so
+the table says at what count each figure was really measured. ``--repeat N`` runs every count N
+times and reports the spread; the load average is printed beside every run.
+
+Usage: python bench/telemetry_overhead.py [--minutes 5] [--interval 10] [--processes 350,1000]
+       [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -26,6 +35,7 @@ from pathlib import Path
 
 from _benchlib import (
     ROOT,
+    IdleProcesses,
     cpu_seconds,
     descendants,
     ensure_apt,
@@ -33,6 +43,7 @@ from _benchlib import (
     log,
     memory,
     mosquitto,
+    process_count,
     scratch_dir,
     sigterm_as_interrupt,
     stop_process,
@@ -44,9 +55,12 @@ GLANCES_VENV = ROOT / "bench" / ".peers" / "glances"
 # Checked here: Glances 4.5.8's MQTT export runs on paho-mqtt 2 (CallbackAPIVersion.VERSION2).
 GLANCES_PINS = {"glances": "4.5.8", "paho-mqtt": "2.2.0", "certifi": None, "defusedxml": None}
 
-TARGET_VS_GLANCES = 0.25
-TARGET_VS_COLLECTD = 2.0
-TARGET_RSS_MB = 35.0
+# Issue 12: a Python agent as cheap as the C collector, on a classroom PC's process count.
+TARGET_VS_GLANCES = 0.15
+TARGET_VS_COLLECTD = 1.0
+TARGET_RSS_MB = 30.0
+#: Agent CPU may grow by at most this share from the lowest to the highest process count.
+TARGET_GROWTH = 0.10
 
 COVERAGE = {
     "agent": "cpu (total, per core, load), memory+swap, disks (physical mounts usage, per-disk "
@@ -276,6 +290,18 @@ def check_alive(peers: list[Peer], work: Path) -> None:
             raise RuntimeError(f"{p.name} exited with {p.proc.returncode}:\n{tail}")
 
 
+@dataclass
+class RunResult:
+    """One measured run at one process count: CPU s/h and RSS per peer, and the conditions."""
+
+    target: int
+    procs: list[int]
+    load: list[float]
+    cpu_h: dict[str, float]
+    rss_mb: dict[str, float]
+    ok: bool
+
+
 def report(peers: list[Peer], window: float, interval: float, counter: Counter) -> bool:
     n_int = window / interval
     by = {p.name: p for p in peers}
@@ -337,8 +363,16 @@ def main() -> int:
     ap.add_argument("--peers", default="agent,glances,collectd", help="which peers to run")
     ap.add_argument("--glances-topics", default="per-plugin", choices=["per-plugin", "per-metric"],
                     help="Glances' topic_structure (per-plugin is closest to ours)")
+    ap.add_argument("--processes", default="",
+                    help="comma-separated process counts to measure at (idle processes are "
+                         "started to reach each); default: as the machine is")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per process count")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
+    try:
+        counts = [int(x) for x in args.processes.split(",") if x.strip()] or [0]
+    except ValueError:
+        ap.error(f"--processes wants comma-separated integers, got {args.processes!r}")
     names = [x.strip() for x in args.peers.split(",") if x.strip()]
     unknown = set(names) - set(COVERAGE)
     if unknown:
@@ -351,18 +385,74 @@ def main() -> int:
     ensure_apt(apt)
     glances = ensure_glances() if "glances" in names else None
 
+    idle = IdleProcesses()
+    results: list[RunResult] = []
     try:
-        with scratch_dir("telemetry-overhead-", args.keep) as work, mosquitto(work) as port:
-            ok = run(work, port, names, glances, args.interval, warmup, window,
-                     args.glances_topics)
+        for n in range(max(1, args.repeat)):
+            for target in counts:
+                if target:
+                    idle.reach(target)
+                log(f"run {n + 1}/{args.repeat} at {process_count()} processes "
+                    f"(target {target or 'as is'}), load average {_load()}")
+                with scratch_dir("telemetry-overhead-", args.keep) as work, \
+                        mosquitto(work) as port:
+                    results.append(run(work, port, names, glances, args.interval, warmup,
+                                       window, args.glances_topics, target))
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    return 0 if ok else 1
+    finally:
+        idle.stop()
+    return 0 if summary(results, args.interval) else 1
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def summary(results: list[RunResult], interval: float) -> bool:
+    """The issue's table: one row per run, then the spread and the targets over all runs."""
+    ok = all(r.ok for r in results)
+    print()
+    print(f"Summary at {interval:g} s intervals (CPU s/h over each run's window; processes = "
+          "min-max counted in /proc during the window; load = 1-min load average at start/end)")
+    print("| run | processes | load | agent CPU s/h | Glances | collectd | agent/Glances "
+          f"(<= {TARGET_VS_GLANCES:g}) | agent/collectd (<= {TARGET_VS_COLLECTD:g}) | "
+          f"agent RSS (<= {TARGET_RSS_MB:g} MB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        a, g, c = (r.cpu_h.get(k) for k in ("agent", "glances", "collectd"))
+        print(f"| ~{r.target or 'as is'} | {min(r.procs)}-{max(r.procs)} | "
+              f"{r.load[0]:.2f}/{r.load[-1]:.2f} | {_f(a)} | {_f(g)} | {_f(c)} | "
+              f"{_ratio(a, g)} | {_ratio(a, c)} | {_f(r.rss_mb.get('agent'))} MB |")
+    by_target: dict[int, list[float]] = {}
+    for r in results:
+        if "agent" in r.cpu_h:
+            by_target.setdefault(r.target, []).append(r.cpu_h["agent"])
+    for target, xs in by_target.items():
+        if len(xs) > 1:
+            print(f"agent at ~{target or 'as is'} processes: median {statistics.median(xs):.2f}"
+                  f" CPU s/h, spread {min(xs):.2f}-{max(xs):.2f} over {len(xs)} runs")
+    if len(by_target) > 1:
+        lo, hi = min(by_target), max(by_target)
+        growth = statistics.median(by_target[hi]) / statistics.median(by_target[lo]) - 1
+        hit = growth <= TARGET_GROWTH
+        ok &= hit
+        print(f"agent CPU growth {lo} -> {hi} processes: {growth:+.0%} (medians; target <= "
+              f"{TARGET_GROWTH:+.0%}): {'met' if hit else 'MISSED'}")
+    return ok
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}"
 
 
 def run(work: Path, port: int, names: list[str], glances: Path | None, interval: float,
-        warmup: float, window: float, structure: str) -> bool:
+        warmup: float, window: float, structure: str, target: int) -> RunResult:
     """Start the peers on the broker at ``port``, measure, report; stops them whatever happens."""
     confs, status_port = write_configs(work, port, interval, structure)
     argv = {
@@ -394,6 +484,7 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
             watch_memory(peers)
             time.sleep(1)
         sample_all(peers, port, counter, start=True)
+        procs, load = [process_count()], [os.getloadavg()[0]]
         t0 = time.monotonic()
         log(f"measuring for {window:g} s")
         every = interval * max(1, round(30 / interval))
@@ -401,6 +492,7 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
         while (now := time.monotonic()) < t0 + window:
             check_alive(peers, work)
             watch_memory(peers)
+            procs.append(process_count())
             if now >= next_progress:
                 next_progress += every
                 msgs = counter.snapshot()
@@ -409,12 +501,20 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
                     assert p.proc is not None
                     cpu = cpu_seconds(p.proc.pid) - p.cpu0
                     parts.append(f"{p.name} cpu {cpu:.2f}s msgs {msgs[p.name][0] - p.msgs0[0]}")
-                log(f"t={now - t0:5.0f}s  " + "; ".join(parts))
+                log(f"t={now - t0:5.0f}s  " + "; ".join(parts)
+                    + f"; {procs[-1]} processes, load {_load()}")
             time.sleep(min(1.0, max(0.0, t0 + window - now)))
         sample_all(peers, port, counter, start=False)
         measured = time.monotonic() - t0
+        load.append(os.getloadavg()[0])
         watch_memory(peers)
-        return report(peers, measured, interval, counter)
+        ok = report(peers, measured, interval, counter)
+        print(f"processes during the window: {min(procs)}-{max(procs)} "
+              f"(mean {statistics.fmean(procs):.0f}); load average {load[0]:.2f} at the start, "
+              f"{load[-1]:.2f} at the end")
+        return RunResult(target, procs, load,
+                         {p.name: (p.cpu1 - p.cpu0) / measured * 3600 for p in peers},
+                         {p.name: max(p.rss_kb, p.hwm_kb) / 1024 for p in peers}, ok)
     finally:
         for p in peers:
             stop_process(p.proc, p.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import socket
@@ -28,6 +29,7 @@ from agent.records import rfc3339
 from agent.telemetry.inventory import collect_inventory, parse_os_release
 from agent.telemetry.netquality import NetworkQualityCollector
 from agent.telemetry.peripherals import PeripheralWatch
+from agent.telemetry.procs import Catalog, open_connector
 from agent.telemetry.system import (
     CpuCollector,
     DiskCollector,
@@ -353,6 +355,64 @@ def test_usage_counts_running_and_active(
     assert again["apps"]["sleeper"]["running_s"] == 0.0
     assert again["apps"]["busy"]["running_s"] > 0
     assert again["period"]["start"] == data["period"]["end"]
+
+
+def test_usage_counts_an_app_that_runs_between_two_samples(
+    tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """Issue 12: a program that starts and ends between two samples counts for the time it ran
+    (start from the kernel's creation time, end from its pidfd), not zero as a sampling scan
+    gave. Two runs that overlap count once; a process that is still running counts too."""
+    sock, why = open_connector()
+    if sock is None:
+        pytest.skip(f"this kernel does not report process starts to us: {why}")
+    sock.close()
+    short = tmp_path / "cashort"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", short)
+    tracker = UsageTracker(tmp_path, {"short": ["cashort"], "absent": ["no-such-app-*"]})
+    tracker.start()
+    try:
+        assert tracker.source.startswith("process connector"), tracker.source
+        tracker.sample()  # baseline
+        t0 = time.monotonic()
+        first = subprocess.Popen([str(short), "1.5"])
+        second = subprocess.Popen([str(short), "1.2"])  # overlaps the first: counted once
+        assert first.wait(10) == 0 and second.wait(10) == 0
+        ran = time.monotonic() - t0
+        tracker.sample()
+        apps = tracker.take()["apps"]
+    finally:
+        tracker.stop()
+    assert 1.4 <= apps["short"]["running_s"] <= ran + 0.05, (apps, ran)
+    assert apps["short"]["active_s"] == 0.0, "sleep uses no CPU: running, not active"
+    assert apps["absent"]["running_s"] == 0.0
+
+
+def test_process_events_need_no_privilege() -> None:
+    """The systemd unit grants no capability (CapabilityBoundingSet= empty): on Linux >= 6.6 an
+    unprivileged user can still follow program starts (AF_NETLINK stays allowed in the unit)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    code = ("from agent.telemetry.procs import open_connector\n"
+            "s, why = open_connector()\nprint(why)\n")
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         "--bounding-set=-all", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, cwd=Path(agent.__file__).parents[1],
+        check=False)
+    kernel = tuple(int(x) for x in platform.release().split(".")[:2] if x.isdigit())
+    if kernel < (6, 6):
+        assert "CAP_NET_ADMIN" in out.stdout, out
+    else:
+        assert out.stdout.startswith("process connector"), (out.stdout, out.stderr)
+
+
+def test_catalog_matches_names_cut_by_the_kernel() -> None:
+    cat = Catalog({"meet": ["tencent-meeting-app*"], "wps": ["wps"]})
+    assert cat.match("tencent-meetin", lambda: None) == ()  # 14 characters: not cut, no match
+    assert cat.match("tencent-meeting", lambda: None) == ("meet",)  # 15: maybe cut
+    assert cat.match("WPS", lambda: None) == ("wps",)
+    assert cat.match("sh", lambda: "wps") == ("wps",)  # the executable's basename
 
 
 def test_usage_first_sample_is_only_a_baseline(

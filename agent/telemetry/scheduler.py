@@ -80,6 +80,8 @@ class Scheduler:
         self.last_tick: float | None = None
 
     def start(self) -> None:
+        if self.usage is not None:
+            self.usage.start()  # program starts between samples, where the kernel tells them
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._thread.start()
 
@@ -87,6 +89,8 @@ class Scheduler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.usage is not None:
+            self.usage.stop()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -2,16 +2,14 @@
 
 This is the "collected as it goes" (伴随式) usage data the county plans ask for. It reads only
 process names and executable basenames, never command lines, window titles, focus or keystrokes,
-and counts sessions instead of naming users.
+and counts sessions instead of naming users. Which processes belong to which app comes from
+:mod:`agent.telemetry.procs` (an incremental /proc table, and the kernel's process events where
+it allows them).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import logging
-import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import psutil
 from agent.boot import Boot
 from agent.records import rfc3339
 from agent.statefile import atomic_write_json, load_state
+from agent.telemetry.procs import Catalog, ExecEvents, ProcessTable, open_connector
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,6 @@ class _Period:
     active_s: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _Proc:
-    """A process we have matched once; matching is cached for its lifetime (pid + create_time)."""
-
-    apps: tuple[str, ...]
-    cpu_s: float
-
-
 class UsageTracker:
     """Counts, per catalogued app, seconds running and seconds active; tracks power-on intervals.
 
@@ -61,9 +52,12 @@ class UsageTracker:
 
     Definitions, at the resolution of one sample interval:
 
-    * *running*: at least one matching process is alive at ``sample()``; it is credited the
-      monotonic time since the previous sample (capped by the youngest-possible start: a process
-      created 3 s ago earns at most 3 s). The first sample only sets the baseline.
+    * *running*: the time, within each sample interval, during which at least one matching
+      process was alive: from its creation (or the previous sample) to its exit (or this
+      sample). Where the kernel reports program starts (:mod:`agent.telemetry.procs`), a program
+      that starts and ends between two samples counts, with its exit time from a pidfd;
+      otherwise a process is seen only at samples and one found gone earns nothing for that
+      last interval. The first sample only sets the baseline.
     * *active*: while running, the matching processes together used CPU time of at least
       ``ACTIVE_CPU_SHARE`` (1 %) of one core over the elapsed time. We do not read window focus
       or titles, so an app left open and idle counts as running but not active.
@@ -79,11 +73,7 @@ class UsageTracker:
 
     def __init__(self, state_dir: Path, apps: dict[str, list[str]]) -> None:
         self._path = Path(state_dir) / STATE_FILE
-        self._apps = {
-            app: re.compile("|".join(fnmatch.translate(p.lower()) for p in pats))
-            for app, pats in apps.items()
-            if pats
-        }
+        self._catalog = Catalog(apps)
         self._app_names = sorted(apps)
         self._lock = threading.Lock()
         self._boot = Boot.current()
@@ -91,9 +81,31 @@ class UsageTracker:
         self._boot_id = self._boot.id
         self._pending: list[tuple[float, float]] = []
         self._load()
-        self._procs: dict[tuple[int, float], _Proc] = {}
+        self._table = ProcessTable(self._catalog)
+        self._events: ExecEvents | None = None
+        self.source = "/proc at each sample"
         self._prev_mono: float | None = None
         self._period = _Period()
+
+    def start(self) -> None:
+        """Follow program starts between samples where the kernel allows it (no-op otherwise:
+        the samples alone then see what runs, as before)."""
+        if not self._catalog.apps or self._events is not None:
+            return
+        sock, why = open_connector()
+        if sock is None:
+            log.info("usage: %s; applications are seen at each sample (every "
+                     "telemetry.usage_sample_s), a shorter run can be missed", why)
+            return
+        self._events = ExecEvents(sock, self._table, self._lock)
+        self._events.start()
+        self.source = why
+        log.info("usage: following program starts through the kernel's %s", why)
+
+    def stop(self) -> None:
+        events, self._events = self._events, None
+        if events is not None:
+            events.stop()
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -125,46 +137,23 @@ class UsageTracker:
 
     # --- sampling ---------------------------------------------------------------------------
 
-    def _match(self, proc: psutil.Process) -> tuple[str, ...]:
-        names: list[str] = []
-        with contextlib.suppress(psutil.Error, OSError):
-            names.append(proc.name().lower())
-        with contextlib.suppress(psutil.Error, OSError):
-            exe = proc.exe()
-            if exe:
-                names.append(os.path.basename(exe).lower())
-        return tuple(app for app, rx in self._apps.items() if any(rx.match(n) for n in names))
-
-    def _scan(self, since_wall: float | None) -> tuple[dict[str, float], dict[str, float]]:
-        """One pass over the processes: per app, CPU seconds used since the last scan and the
-        creation time of its oldest process."""
-        procs: dict[tuple[int, float], _Proc] = {}
-        cpu_used: dict[str, float] = {}
-        oldest: dict[str, float] = {}
-        for proc in psutil.process_iter(["create_time", "cpu_times"]):
-            info = proc.info
-            ctime, times = info.get("create_time"), info.get("cpu_times")
-            if ctime is None:
-                continue
-            key = (proc.pid, ctime)
-            cpu_s = (times.user + times.system) if times is not None else 0.0
-            known = self._procs.get(key)
-            apps = known.apps if known is not None else self._match(proc)
-            if not apps:
-                procs[key] = _Proc((), 0.0)
-                continue
-            procs[key] = _Proc(apps, cpu_s)
-            if known is not None:
-                delta = max(cpu_s - known.cpu_s, 0.0)
-            elif since_wall is not None and ctime >= since_wall:
-                delta = cpu_s  # born since the last scan: all its CPU time is new
-            else:
-                delta = 0.0  # first sight of an older process: baseline only
-            for app in apps:
-                cpu_used[app] = cpu_used.get(app, 0.0) + delta
-                oldest[app] = min(oldest.get(app, ctime), ctime)
-        self._procs = procs
-        return cpu_used, oldest
+    def _credit(self, since: float, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Per app, seconds with at least one process alive in ``[since, now]`` and the CPU
+        seconds its processes used in it; starts the next interval's CPU baselines."""
+        spans: dict[str, list[tuple[float, float]]] = {}
+        cpu: dict[str, float] = {}
+        table = self._table
+        for t in [*table.live.values(), *table.ended]:
+            end = now if t.pid in table.live and table.live[t.pid] is t else t.end
+            a, b = max(t.start, since), min(since if end is None else end, now)
+            used = max(t.cpu_s - t.cpu_base, 0.0)
+            t.cpu_base = t.cpu_s
+            for app in t.apps:
+                cpu[app] = cpu.get(app, 0.0) + used
+                if b > a:
+                    spans.setdefault(app, []).append((a, b))
+        table.ended.clear()
+        return {app: _covered(s) for app, s in spans.items()}, cpu
 
     def _sessions(self) -> tuple[int, int]:
         try:
@@ -180,11 +169,12 @@ class UsageTracker:
             mono, wall = time.monotonic(), time.time()
             elapsed = mono - self._prev_mono if self._prev_mono is not None else None
             since_wall = wall - elapsed if elapsed is not None else None
-            cpu_used, oldest = self._scan(since_wall)
+            if self._catalog.apps:
+                self._table.refresh(since_wall)
+            running, cpu_used = self._credit(wall if since_wall is None else since_wall, wall)
             p = self._period
             if elapsed is not None and elapsed > 0:
-                for app, first in oldest.items():
-                    ran = min(elapsed, max(wall - first, 0.0))
+                for app, ran in running.items():
                     p.running_s[app] = p.running_s.get(app, 0.0) + ran
                     if cpu_used.get(app, 0.0) >= ACTIVE_CPU_SHARE * elapsed:
                         p.active_s[app] = p.active_s.get(app, 0.0) + ran
@@ -222,3 +212,13 @@ class UsageTracker:
                     for app in self._app_names
                 },
             }
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``spans``: two processes of one app alive at once count once."""
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
