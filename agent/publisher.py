@@ -266,8 +266,10 @@ class Publisher:
             self._send_replies()
             if self._more:
                 self._fill_window()
-        if self._ready and (
-            self.outbox.pending_acks >= _ACK_FLUSH_N or now - self._last_ack_flush >= _ACK_FLUSH_S
+        pending = self.outbox.pending_acks
+        if self._ready and pending and (
+            pending >= _ACK_FLUSH_N or now - self._last_ack_flush >= _ACK_FLUSH_S
+            or not self._inflight  # the last one came back: no reason to wait for more
         ):
             self._flush_acks()
 
@@ -442,28 +444,29 @@ class Publisher:
         connection alive, then handle every queued event (paho's callbacks only queue them)."""
         client = self._client
         sock = client.socket() if client is not None else None
-        if self._events.empty():
-            rlist: list[Any] = [self._wake_r]
-            wlist: list[Any] = []
-            if sock is not None:
-                rlist.append(sock)
-                if client is not None and client.want_write():
-                    wlist.append(sock)
-                if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
-                    timeout = 0.0
-            try:
-                readable, writable, _ = select.select(rlist, wlist, [], timeout)
-            except (OSError, ValueError):  # the socket was closed under us: paho will say so
-                readable, writable = [], []
-            if self._wake_r in readable:
-                with contextlib.suppress(OSError):
-                    while self._wake_r.recv(4096):
-                        pass
-            if client is not None and sock is not None:
-                if sock in readable or getattr(sock, "pending", lambda: 0)():
-                    client.loop_read()
-                if sock in writable and client.socket() is not None:
-                    client.loop_write()
+        rlist: list[Any] = [self._wake_r]
+        wlist: list[Any] = []
+        if not self._events.empty():
+            timeout = 0.0  # still look at the socket: a stream of wakes must not starve it
+        if sock is not None:
+            rlist.append(sock)
+            if client is not None and client.want_write():
+                wlist.append(sock)
+            if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
+                timeout = 0.0
+        try:
+            readable, writable, _ = select.select(rlist, wlist, [], timeout)
+        except (OSError, ValueError):  # the socket was closed under us: paho will say so
+            readable, writable = [], []
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+        if client is not None and sock is not None:
+            if sock in readable or getattr(sock, "pending", lambda: 0)():
+                client.loop_read()
+            if sock in writable and client.socket() is not None:
+                client.loop_write()
         if client is not None and client.socket() is not None:
             client.loop_misc()  # keepalive: PINGREQ when due, a dead link closed
         while True:

@@ -310,3 +310,45 @@ class IdleProcesses:
             log(f"stopping the {len(self.procs)} idle processes started here")
         while self.procs:
             self._stop(self.procs.pop())
+
+
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid``, summed by the thread's kernel name (``comm``)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                    name = fh.read().strip() if int(tid) != pid else "main"
+                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return out
+
+
+class ExecCounter:
+    """Counts program starts (exec) on the whole machine through the kernel's process connector:
+    the agent follows them for usage, so a machine that starts many programs (a shared build
+    machine) costs it CPU that a classroom PC does not. ``rate()`` is None when unavailable."""
+
+    def __init__(self) -> None:
+        from agent.telemetry.procs import open_connector
+
+        self.sock, self.why = open_connector()
+        self.count = 0
+        self._buf = bytearray(8192)
+
+    def drain(self) -> int:
+        while self.sock is not None:
+            try:
+                self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue  # ENOBUFS: some were dropped; the count is a lower bound
+            self.count += 1
+        return self.count
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()

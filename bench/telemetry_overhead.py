@@ -35,7 +35,9 @@ from pathlib import Path
 
 from _benchlib import (
     ROOT,
+    ExecCounter,
     IdleProcesses,
+    cpu_by_thread,
     cpu_seconds,
     descendants,
     ensure_apt,
@@ -65,10 +67,11 @@ TARGET_GROWTH = 0.10
 COVERAGE = {
     "agent": "cpu (total, per core, load), memory+swap, disks (physical mounts usage, per-disk "
              "I/O rates), network (per-NIC rates, errors, drops, link), sensors (temps, fans, "
-             "battery), host (uptime, processes, sessions), per-app usage scan of every process "
-             "(teaching apps running/active), peripherals (cameras, microphones, displays, USB), "
-             "network probe (TCP connect RTT to the broker), the agent's own health; QoS 1 from "
-             "a durable SQLite outbox (fsync per tick)",
+             "battery), host (uptime, processes, sessions), per-app usage (teaching apps "
+             "running/active: an incremental /proc table and the kernel's exec events), "
+             "peripherals (cameras, microphones, displays, USB), network probe (TCP connect RTT "
+             "to the broker), the agent's own health; QoS 1 from a durable SQLite outbox (fsync "
+             "per tick)",
     "glances": "Glances defaults: cpu, percpu, load, mem, memswap, fs, diskio, network, sensors, "
                "processcount, processlist (top processes), programlist, system, uptime, ip, "
                "irq, wifi, raid, smart, containers, ports, ...; one JSON per plugin (per-plugin "
@@ -193,6 +196,8 @@ class Peer:
     tcp1: tuple[int, int] | None = None
     msgs0: tuple[int, int] = (0, 0)
     msgs1: tuple[int, int] = (0, 0)
+    threads0: dict[str, float] = field(default_factory=dict)
+    threads1: dict[str, float] = field(default_factory=dict)
 
 
 def write_configs(
@@ -268,10 +273,11 @@ def sample_all(peers: list[Peer], port: int, counter: Counter, start: bool) -> N
         if tcp is not None:
             mine = [v for pid, v in tcp.items() if pid in pids]
             t = (sum(s for s, _ in mine), sum(r for _, r in mine)) if mine else None
+        threads = cpu_by_thread(p.proc.pid) if p.name == "agent" else {}
         if start:
-            p.cpu0, p.tcp0, p.msgs0 = cpu, t, msgs[p.name]
+            p.cpu0, p.tcp0, p.msgs0, p.threads0 = cpu, t, msgs[p.name], threads
         else:
-            p.cpu1, p.tcp1, p.msgs1 = cpu, t, msgs[p.name]
+            p.cpu1, p.tcp1, p.msgs1, p.threads1 = cpu, t, msgs[p.name], threads
 
 
 def watch_memory(peers: list[Peer]) -> None:
@@ -300,6 +306,8 @@ class RunResult:
     cpu_h: dict[str, float]
     rss_mb: dict[str, float]
     ok: bool
+    execs_per_s: float | None = None
+    agent_threads_h: dict[str, float] = field(default_factory=dict)
 
 
 def report(peers: list[Peer], window: float, interval: float, counter: Counter) -> bool:
@@ -415,16 +423,20 @@ def summary(results: list[RunResult], interval: float) -> bool:
     ok = all(r.ok for r in results)
     print()
     print(f"Summary at {interval:g} s intervals (CPU s/h over each run's window; processes = "
-          "min-max counted in /proc during the window; load = 1-min load average at start/end)")
-    print("| run | processes | load | agent CPU s/h | Glances | collectd | agent/Glances "
-          f"(<= {TARGET_VS_GLANCES:g}) | agent/collectd (<= {TARGET_VS_COLLECTD:g}) | "
-          f"agent RSS (<= {TARGET_RSS_MB:g} MB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "min-max counted in /proc during the window; load = 1-min load average at start/end; "
+          "exec/s = program starts on the whole machine, which the agent's usage-events thread "
+          "follows)")
+    print("| run | processes | load | exec/s | agent CPU s/h (of which usage-events) | Glances | "
+          f"collectd | agent/Glances (<= {TARGET_VS_GLANCES:g}) | agent/collectd "
+          f"(<= {TARGET_VS_COLLECTD:g}) | agent RSS (<= {TARGET_RSS_MB:g} MB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         a, g, c = (r.cpu_h.get(k) for k in ("agent", "glances", "collectd"))
+        ev = r.agent_threads_h.get("usage-events")
         print(f"| ~{r.target or 'as is'} | {min(r.procs)}-{max(r.procs)} | "
-              f"{r.load[0]:.2f}/{r.load[-1]:.2f} | {_f(a)} | {_f(g)} | {_f(c)} | "
-              f"{_ratio(a, g)} | {_ratio(a, c)} | {_f(r.rss_mb.get('agent'))} MB |")
+              f"{r.load[0]:.2f}/{r.load[-1]:.2f} | {_f(r.execs_per_s, 1)} | {_f(a)} "
+              f"({_f(ev)}) | {_f(g)} | {_f(c)} | {_ratio(a, g)} | {_ratio(a, c)} | "
+              f"{_f(r.rss_mb.get('agent'))} MB |")
     by_target: dict[int, list[float]] = {}
     for r in results:
         if "agent" in r.cpu_h:
@@ -443,8 +455,8 @@ def summary(results: list[RunResult], interval: float) -> bool:
     return ok
 
 
-def _f(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+def _f(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -483,9 +495,11 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
             check_alive(peers, work)
             watch_memory(peers)
             time.sleep(1)
+        execs = ExecCounter()
         sample_all(peers, port, counter, start=True)
         procs, load = [process_count()], [os.getloadavg()[0]]
         t0 = time.monotonic()
+        execs0 = execs.drain()
         log(f"measuring for {window:g} s")
         every = interval * max(1, round(30 / interval))
         next_progress = t0 + every
@@ -493,6 +507,7 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
             check_alive(peers, work)
             watch_memory(peers)
             procs.append(process_count())
+            execs.drain()
             if now >= next_progress:
                 next_progress += every
                 msgs = counter.snapshot()
@@ -504,6 +519,8 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
                 log(f"t={now - t0:5.0f}s  " + "; ".join(parts)
                     + f"; {procs[-1]} processes, load {_load()}")
             time.sleep(min(1.0, max(0.0, t0 + window - now)))
+        exec_rate = (execs.drain() - execs0) / (time.monotonic() - t0) if execs.sock else None
+        execs.close()
         sample_all(peers, port, counter, start=False)
         measured = time.monotonic() - t0
         load.append(os.getloadavg()[0])
@@ -511,10 +528,19 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
         ok = report(peers, measured, interval, counter)
         print(f"processes during the window: {min(procs)}-{max(procs)} "
               f"(mean {statistics.fmean(procs):.0f}); load average {load[0]:.2f} at the start, "
-              f"{load[-1]:.2f} at the end")
+              f"{load[-1]:.2f} at the end; program starts (exec) on the machine: "
+              + (f"{exec_rate:.1f}/s" if exec_rate is not None else f"unknown ({execs.why})"))
+        threads: dict[str, float] = {}
+        for p in peers:
+            if p.name == "agent":
+                threads = {k: (v - p.threads0.get(k, 0.0)) / measured * 3600
+                           for k, v in p.threads1.items()}
+                print("agent CPU s/h by thread: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])))
         return RunResult(target, procs, load,
                          {p.name: (p.cpu1 - p.cpu0) / measured * 3600 for p in peers},
-                         {p.name: max(p.rss_kb, p.hwm_kb) / 1024 for p in peers}, ok)
+                         {p.name: max(p.rss_kb, p.hwm_kb) / 1024 for p in peers}, ok,
+                         exec_rate, threads)
     finally:
         for p in peers:
             stop_process(p.proc, p.name)

@@ -180,13 +180,22 @@ class ProcessTable:
         for pid in pids - self._seen.keys():
             self.look(pid, born_after, now)
 
-    def look(self, pid: int, born_after: float | None, now: float) -> Tracked | None:
-        """Read a process not seen before (or that just exec'd) and track it if it matches."""
+    def look(self, pid: int, born_after: float | None, now: float,
+             exec_event: bool = False) -> Tracked | None:
+        """Read a process not seen before (or that just exec'd) and track it if it matches.
+
+        For an exec event only the name is read (every program start on the machine comes
+        here); one that does not match by name stays unseen, so the next sample reads it whole
+        (its executable too) if it is still running."""
         info = read_stat(pid)
         if info is None:
             return None
+        exe = (lambda: None) if exec_event else (lambda: exe_basename(pid))
+        apps = self.catalog.match(info.name, exe)
+        if exec_event and not apps and pid not in self.live:
+            self._seen.pop(pid, None)
+            return None
         self._seen[pid] = info.start_ticks
-        apps = self.catalog.match(info.name, lambda: exe_basename(pid))
         old = self.live.get(pid)
         if old is not None and old.apps != apps:
             self._gone(pid, now)  # exec'd into another program: that app ended now
@@ -298,6 +307,7 @@ class ExecEvents:
         self._wake_r, self._wake_w = os.pipe()
         self._poll.register(self._wake_r, select.EPOLLIN)
         self._pidfds: dict[int, int] = {}  # pidfd -> pid
+        self._buf = bytearray(8192)  # one netlink datagram (one event) per recv
         self._stopping = False
         self.overruns = 0  # times the kernel dropped events (socket buffer full)
         self.events = 0
@@ -380,9 +390,10 @@ class ExecEvents:
             self._drain(now)
 
     def _drain(self, now: float) -> None:
+        buf = self._buf
         while True:
             try:
-                data = self._sock.recv(65536)
+                size = self._sock.recv_into(buf)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -391,12 +402,12 @@ class ExecEvents:
                     continue
                 raise
             offset = 0
-            while offset + _EV_AT + _EVENT.size <= len(data):
-                length = _HDR.unpack_from(data, offset)[0]
-                what, _cpu, _ts, _pid, tgid = _EVENT.unpack_from(data, offset + _EV_AT)
+            while offset + _EV_AT + _EVENT.size <= size:
+                length = _HDR.unpack_from(buf, offset)[0]
+                what, _cpu, _ts, _pid, tgid = _EVENT.unpack_from(buf, offset + _EV_AT)
                 if what == _PROC_EVENT_EXEC:
                     self.events += 1
-                    self._table.look(tgid, born_after=0.0, now=now)
+                    self._table.look(tgid, born_after=0.0, now=now, exec_event=True)
                 if length <= 0:
                     break
                 offset += (length + 3) & ~3
