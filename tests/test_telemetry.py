@@ -29,13 +29,14 @@ from agent.records import rfc3339
 from agent.telemetry.inventory import collect_inventory, parse_os_release
 from agent.telemetry.netquality import NetworkQualityCollector
 from agent.telemetry.peripherals import PeripheralWatch
-from agent.telemetry.procs import Catalog, open_connector
+from agent.telemetry.procs import EXEC_BATCH_S, Catalog, open_connector
 from agent.telemetry.system import (
     CpuCollector,
     DiskCollector,
     HostCollector,
     MemoryCollector,
     NetworkCollector,
+    ProcessCounter,
     SensorsCollector,
     system_collectors,
 )
@@ -362,7 +363,8 @@ def test_usage_counts_an_app_that_runs_between_two_samples(
 ) -> None:
     """Issue 12: a program that starts and ends between two samples counts for the time it ran
     (start from the kernel's creation time, end from its pidfd), not zero as a sampling scan
-    gave. Two runs that overlap count once; a process that is still running counts too."""
+    gave, as long as it runs for at least EXEC_BATCH_S (the events are read in bursts at most
+    that often). Two runs that overlap count once."""
     sock, why = open_connector()
     if sock is None:
         pytest.skip(f"this kernel does not report process starts to us: {why}")
@@ -375,15 +377,16 @@ def test_usage_counts_an_app_that_runs_between_two_samples(
         assert tracker.source.startswith("process connector"), tracker.source
         tracker.sample()  # baseline
         t0 = time.monotonic()
-        first = subprocess.Popen([str(short), "1.5"])
-        second = subprocess.Popen([str(short), "1.2"])  # overlaps the first: counted once
+        life = EXEC_BATCH_S + 0.5
+        first = subprocess.Popen([str(short), f"{life:.1f}"])
+        second = subprocess.Popen([str(short), f"{life - 0.3:.1f}"])  # overlaps: counted once
         assert first.wait(10) == 0 and second.wait(10) == 0
         ran = time.monotonic() - t0
         tracker.sample()
         apps = tracker.take()["apps"]
     finally:
         tracker.stop()
-    assert 1.4 <= apps["short"]["running_s"] <= ran + 0.05, (apps, ran)
+    assert life - 0.1 <= apps["short"]["running_s"] <= ran + 0.05, (apps, ran)
     assert apps["short"]["active_s"] == 0.0, "sleep uses no CPU: running, not active"
     assert apps["absent"]["running_s"] == 0.0
 
@@ -405,6 +408,21 @@ def test_process_events_need_no_privilege() -> None:
         assert "CAP_NET_ADMIN" in out.stdout, out
     else:
         assert out.stdout.startswith("process connector"), (out.stdout, out.stderr)
+
+
+def test_process_count_from_the_link_count_of_proc() -> None:
+    """The host section's process count reads one stat() per tick, calibrated by a listing."""
+    counter = ProcessCounter(calibrate_s=3600)
+    first = counter.count()  # a listing
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(5)]
+    try:
+        listed = sum(1 for n in os.listdir("/proc") if n.isdigit())
+        assert abs(counter.count() - listed) <= 3, "other processes come and go meanwhile"
+        assert counter.count() >= first + 5 - 3
+    finally:
+        for c in children:
+            c.kill()
+            c.wait(5)
 
 
 def test_catalog_matches_names_cut_by_the_kernel() -> None:

@@ -40,9 +40,10 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _COMM_LEN = 15  # TASK_COMM_LEN - 1: longer names are cut by the kernel
 
 #: After handling a burst of exec events, wait this long before reading the next: a machine that
-#: starts programs all the time (a build) costs at most one wake-up a second for them, and a
-#: program that ran for less than this may be missed. Exits (pidfds) are handled at once.
-EXEC_BATCH_S = 1.0
+#: starts programs all the time (a build) costs at most one wake-up per this many seconds for
+#: them, and a program that ran for less than this may be missed. Exits (pidfds) are handled at
+#: once.
+EXEC_BATCH_S = 2.0
 
 
 @dataclass(slots=True)
