@@ -275,11 +275,13 @@ class Publisher:
 
     def _idle_timeout(self, now: float) -> float:
         """Seconds until something is due with nothing else happening: the CONNACK timeout
-        while connecting, the stop's flush deadline, else paho's keepalive (ping due, or the
-        ping's answer overdue)."""
+        while connecting, the stop's flush deadline, the state's refresh, else paho's keepalive
+        (ping due, or the ping's answer overdue)."""
         if not self._got_connack:
             return max(0.01, self._connect_started + self.cfg.keepalive_s - now)
         due = _keepalive_due(self._client)
+        if self._ready:  # the retained state's refresh (mqtt.state_refresh_s)
+            due = min(due, self._state_sent + self.cfg.state_refresh_s - now)
         if self._stop.is_set():
             due = min(due, self._flush_deadline - now)
         return max(0.01, due)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -124,3 +125,17 @@ def test_documented_event_types_are_the_schemas() -> None:
     assert enums, "no event type enum found in the schema"
     assert documented - enums == set(), "documented but not in the schema"
     assert enums - documented == set(), "in the schema but not documented"
+
+
+def test_the_online_state_is_republished_every_state_refresh_s(subscriber: Subscriber,
+                                                              agent_factory) -> None:
+    """For brokers that keep retained messages from wildcard subscriptions (RabbitMQ): the
+    state comes again on its own deadline, also with nothing else to send (metrics hourly)."""
+    agent_factory(mqtt={"state_refresh_s": 1, "keepalive_s": 60},
+                  telemetry={"interval_s": 3600}).start()
+    online = subscriber.wait_for(
+        lambda ms: len(s := [m for m in ms if m.topic == f"{PREFIX}/state"]) >= 3 and s, 20,
+        "the state published at connect and twice again")
+    gaps = [b.arrived - a.arrived for a, b in itertools.pairwise(online)]
+    assert all(0.7 < g < 3.0 for g in gaps), gaps
+    assert {m.payload["data"]["session"] for m in online} == {online[0].payload["data"]["session"]}
