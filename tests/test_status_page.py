@@ -77,6 +77,7 @@ def _bars_match(jpeg_b64: str) -> tuple[bool, list[Any]]:
     return ok, got
 
 
+@pytest.mark.slow
 def test_the_page_in_a_real_browser(tmp_path: Path, broker: Broker, browser: Any,
                                     mic: VirtualMicrophone) -> None:
     agent = AgentProcess(tmp_path / "agent", broker.port,

@@ -156,9 +156,19 @@ class Peeker:
             doc = {**doc, "taken_at": time.time()}
             with self._lock:
                 self._snapshot = (self.clock(), doc)
+            # Kept only to answer several clicks with one camera opening, then forgotten.
+            forget = threading.Timer(SNAPSHOT_EVERY_S, self._forget)
+            forget.daemon = True
+            forget.start()
             return doc
         finally:
             self._snap_busy.release()
+
+    def _forget(self) -> None:
+        with self._lock:
+            if self._snapshot is not None and self.clock() - self._snapshot[0] >= \
+                    SNAPSHOT_EVERY_S - 0.01:
+                self._snapshot = None
 
     def level(self) -> dict[str, Any]:
         """The microphone level now. Outside a lesson the first call starts a listening session

@@ -54,9 +54,17 @@ def _emit(out: Any, doc: dict[str, Any]) -> None:
 
 
 def _events(found: list[str]) -> Any:
-    def on_event(_event: str, _severity: str, message: str, details: dict[str, Any]) -> None:
-        found.append(str(details.get("reason") or message))
+    def on_event(event: str, _severity: str, message: str, details: dict[str, Any]) -> None:
+        if event.endswith("_lost"):
+            found.append(str(details.get("reason") or message))
     return on_event
+
+
+def _failed_to_open(src: Any) -> bool:
+    """The device refused to open (absent, busy, no permission): no use waiting for data. A
+    device that is only slow to open (PortAudio on a busy PC) is waited for up to OPEN_S."""
+    src.check()
+    return src.watch.reason.startswith("cannot open")
 
 
 def look(spec: VideoSpec, seconds: float, jpeg_width: int) -> dict[str, Any]:
@@ -73,7 +81,7 @@ def look(spec: VideoSpec, seconds: float, jpeg_width: int) -> dict[str, Any]:
         while time.monotonic() < deadline:
             frame = src.wait_newer(seq, max(0.0, min(0.5, deadline - time.monotonic())))
             if frame is None or frame.seq == seq:
-                if first is None and src.check():  # lost before the first frame: give up
+                if first is None and _failed_to_open(src):
                     break
                 continue
             seq = frame.seq
@@ -123,7 +131,7 @@ def listen(spec: AudioSpec, seconds: float, every_s: float, out: Any) -> dict[st
         while time.monotonic() < deadline:
             chunk = src.get(timeout=max(0.01, min(0.2, deadline - time.monotonic())))
             now = time.monotonic()
-            if chunk is None and not chunks and src.check():  # lost before any sound
+            if chunk is None and not chunks and _failed_to_open(src):
                 break
             if chunk is not None:
                 if not chunks:
