@@ -103,7 +103,7 @@ def test_the_page_in_a_real_browser(tmp_path: Path, broker: Broker, browser: Any
         ids = page.eval_on_selector_all("#subsystems article", "els => els.map(e => e.id)")
         assert ids == [f"subsystem-{x}" for x in (
             "agent", "broker", "outbox", "machine", "camera", "microphone", "lesson", "live",
-            "recording", "commands", "telemetry")]
+            "recording", "upload", "commands", "telemetry")]
         assert page.inner_text("#overall") in ("Healthy", "Needs attention")
 
         # The camera snapshot: the synthetic test pattern, decoded from what the page shows.
@@ -169,6 +169,17 @@ def test_the_page_in_a_real_browser(tmp_path: Path, broker: Broker, browser: Any
         agent.stop()
     log = agent.log_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_every_subsystem_of_the_catalogue_has_a_card() -> None:
+    """A warning whose subsystem had no card would never show on the page."""
+    import typing
+
+    from agent.status import page, warnings
+
+    cards = [sid for sid, _label in page.SUBSYSTEMS]
+    assert set(typing.get_args(warnings.Subsystem)) <= set(cards)
+    assert {t.subsystem for t in warnings.CATALOGUE.values()} <= set(cards)
 
 
 def test_the_page_headers_keep_it_to_itself(broker: Broker, agent_factory) -> None:

@@ -40,8 +40,8 @@ Snapshot = Callable[[], dict[str, Any]]
 SUBSYSTEMS = [("agent", N_("Agent")), ("broker", N_("Broker")), ("outbox", N_("Outbox")),
               ("machine", N_("Machine")), ("camera", N_("Camera")),
               ("microphone", N_("Microphone")), ("lesson", N_("Lesson")), ("live", N_("Live")),
-              ("recording", N_("Recording")), ("commands", N_("Commands")),
-              ("telemetry", N_("Telemetry"))]
+              ("recording", N_("Recording")), ("upload", N_("Upload")),
+              ("commands", N_("Commands")), ("telemetry", N_("Telemetry"))]
 _RANK = {"good": 0, "warning": 1, "fault": 2}
 MAX_EVENTS = 20
 
@@ -90,8 +90,8 @@ def view(s: dict[str, Any], lang: str, default_lang: str = "en") -> dict[str, An
         lines = _media_lines(sid, s, tr) if sid in ("camera", "microphone") else rows.get(sid, [])
         if sid == "live" and not lines:
             lines = [tr("nothing streamed between lessons")]
-        if sid == "recording" and not lines:
-            lines = [tr("nothing recorded between lessons")]
+        if sid == "recording":  # the FFmpeg that records belongs here too
+            lines = (lines or [tr("nothing recorded between lessons")]) + rows.get("ffmpeg", [])
         if sid == "telemetry" and not lines and not mine:
             lines = [tr("every class collected")]
         subsystems.append({
