@@ -9,9 +9,10 @@ sound. Latency = the time a decoded frame arrives here minus the time written in
 
 Two runs, one after the other, to the same receivers:
 - ``agent``: the real worker under MediaSupervisor with an RTMP, an SRT and a WHIP sink;
-- ``bare``: a Python feeder writing the same synthetic frames and sound (paced by the clock) into
-  one FFmpeg with the same encoder settings that pushes straight to the RTMP and the WHIP
-  receiver: the agent's own cost is the difference.
+- ``bare-rtmp``, ``bare-whip``: a Python feeder writing the same synthetic frames and sound
+  (paced by the clock) into one FFmpeg with the same encoder settings that pushes straight to
+  the RTMP or the WHIP receiver (one at a time, so each encodes once, as the agent does): the
+  agent's own cost is the difference.
 
 WHIP also reports the A/V offset at the receiver (each beep against the picture of its second,
 both on the receiver's clock) and what the receiver adds: from the first RTP packet of a frame to
@@ -125,7 +126,7 @@ class BareSender:
     worker's encoder settings, pushing straight to ``outputs`` (a list of argv tails)."""
 
     def __init__(self, exe: str, args: argparse.Namespace, width: int, height: int,
-                 output: list[str], whip: bool) -> None:
+                 output: list[str], whip: bool, audio: bool = True) -> None:
         from agent.media.synthetic import SyntheticAudio, SyntheticVideo
 
         self.video = SyntheticVideo(width, height, args.fps)
@@ -140,17 +141,22 @@ class BareSender:
                 "-probesize", "32", "-analyzeduration", "0", "-f", "rawvideo",
                 "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-framerate", str(args.fps),
                 "-thread_queue_size", "16", "-i", "pipe:0",
-                "-probesize", "32", "-analyzeduration", "0", "-f", "s16le", "-ar", "48000",
-                "-ch_layout", "stereo", "-thread_queue_size", "64", "-i", f"pipe:{audio_r}",
+                *(["-probesize", "32", "-analyzeduration", "0", "-f", "s16le", "-ar", "48000",
+                   "-ch_layout", "stereo", "-thread_queue_size", "64", "-i", f"pipe:{audio_r}"]
+                  if audio else []),
                 "-c:v", "libx264", "-preset", args.preset, "-tune", "zerolatency", *profile,
                 "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-                "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k", *acodec,
+                "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k",
+                *(acodec if audio else []),
                 *output]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=(audio_r,))
         os.close(audio_r)
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._video, daemon=True),
-                         threading.Thread(target=self._audio, daemon=True)]
+        self._threads = [threading.Thread(target=self._video, daemon=True)]
+        if audio:
+            self._threads.append(threading.Thread(target=self._audio, daemon=True))
+        else:
+            os.close(self.audio_w)
         self.t0 = time.monotonic() + 0.1
         for t in self._threads:
             t.start()
@@ -229,7 +235,8 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
                                       f"{args.srt_latency_ms * 1000}"], width)
     whip = WhipEndpoint(token=TOKEN, strip_width=width)
     whip.start()
-    receivers = [rtmp] + ([srt] if kind == "agent" else [])
+    receivers = {"agent": [rtmp, srt], "bare-rtmp": [rtmp], "agent-rtmp": [rtmp],
+                 "bare-rtmp-video": [rtmp]}.get(kind, [])
     for r in receivers:
         r.start()
     time.sleep(0.5)
@@ -237,7 +244,7 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
     sup = None
     summary = None
     try:
-        if kind == "agent":
+        if kind.startswith("agent"):
             token = tmp / "token"
             token.write_text(TOKEN)
             token.chmod(0o600)
@@ -246,11 +253,15 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
                                             f"{args.srt_latency_ms}"},
                      {"name": "whip", "url": whip.url, "protocol": "whip",
                       "token_file": str(token)}]
+            if kind != "agent":  # one sink, as a bare FFmpeg pushes to one receiver
+                sinks = [s for s in sinks if s["name"] == kind.split("-")[1]]
             sup = MediaSupervisor(lambda _line: None)
             sup.start(MediaSpec.from_json(json_spec(args, width, height, tmp / kind, sinks, exe)))
+        elif kind in ("bare-rtmp", "bare-rtmp-video"):
+            senders = [BareSender(exe, args, width, height, ["-f", "flv", rtmp_url], False,
+                                  audio=kind == "bare-rtmp")]
         else:
-            senders = [BareSender(exe, args, width, height, ["-f", "flv", rtmp_url], False),
-                       BareSender(exe, args, width, height, ["-authorization", TOKEN, "-f",
+            senders = [BareSender(exe, args, width, height, ["-authorization", TOKEN, "-f",
                                                               "whip", whip.url], True)]
         log(f"{kind}: warming up {args.warmup:g} s; {machine_line()}")
         time.sleep(args.warmup)
@@ -267,8 +278,10 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
             r.stop()
         whip.stop()
     session = whip.sessions[-1] if whip.sessions else None
-    return {"rtmp": rtmp.latencies_ms(since), "srt": srt.latencies_ms(since) if kind == "agent"
-            else [], "session": session, "since": since, "load": load, "summary": summary}
+    return {"rtmp": rtmp.latencies_ms(since) if rtmp in receivers else [],
+            "srt": srt.latencies_ms(since) if srt in receivers else [],
+            "session": session if kind in ("agent", "agent-whip", "bare-whip") else None,
+            "since": since, "load": load, "summary": summary}
 
 
 def main() -> int:
@@ -280,7 +293,9 @@ def main() -> int:
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     ap.add_argument("--srt-latency-ms", type=int, default=120)
-    ap.add_argument("--runs", default="agent,bare")
+    ap.add_argument("--runs", default="agent-rtmp,bare-rtmp,agent-whip,bare-whip",
+                    help="any of agent (all three sinks), agent-rtmp, agent-whip, bare-rtmp, "
+                         "bare-whip, bare-rtmp-video (no sound: what waiting for it costs)")
     add_ffmpeg_arg(ap)
     args = ap.parse_args()
     sigterm_as_interrupt()
@@ -300,7 +315,8 @@ def main() -> int:
     ok = True
     for kind, r in results.items():
         print(f"[{kind}] {r['load']}")
-        print(row(f"{kind} rtmp", r["rtmp"], expected))
+        if kind in ("agent", "agent-rtmp", "bare-rtmp", "bare-rtmp-video"):
+            print(row(f"{kind} rtmp", r["rtmp"], expected))
         if r["srt"]:
             print(row(f"{kind} srt", r["srt"], expected, f"(SRT latency {args.srt_latency_ms} ms)"))
         s = r["session"]
@@ -314,15 +330,17 @@ def main() -> int:
         if recv:
             extra += (f"receiver (first RTP packet -> decoded) p50 {statistics.median(recv):.0f}"
                       f" p95 {percentile(recv, 95):.0f} ms")
-        print(row(f"{kind} whip", whip_lat, expected, extra))
-        if kind == "agent":
-            if r["rtmp"] and percentile(r["rtmp"], 95) > TARGET_RTMP_P95_MS:
-                ok = False
-            if not whip_lat or percentile(whip_lat, 95) > TARGET_WHIP_P95_MS or not av or \
-                    max(abs(x) for x in av) > TARGET_WHIP_AV_MS:
-                ok = False
-            if r["summary"]:
-                print(f"  live seconds: {r['summary'].get('live_s')}")
+        if kind in ("agent", "agent-whip", "bare-whip"):
+            print(row(f"{kind} whip", whip_lat, expected, extra))
+        if kind in ("agent", "agent-rtmp") and (
+                not r["rtmp"] or percentile(r["rtmp"], 95) > TARGET_RTMP_P95_MS):
+            ok = False
+        if kind in ("agent", "agent-whip") and (
+                not whip_lat or percentile(whip_lat, 95) > TARGET_WHIP_P95_MS or not av
+                or max(abs(x) for x in av) > TARGET_WHIP_AV_MS):
+            ok = False
+        if kind.startswith("agent") and r["summary"]:
+            print(f"  live seconds: {r['summary'].get('live_s')}")
     print(f"targets: RTMP p95 <= {TARGET_RTMP_P95_MS:.0f} ms; WHIP p95 <= "
           f"{TARGET_WHIP_P95_MS:.0f} ms with A/V within +-{TARGET_WHIP_AV_MS:.0f} ms: "
           f"{'met' if ok else 'MISSED'}")

@@ -28,9 +28,12 @@ from pathlib import Path
 
 from _benchlib import (
     ROOT,
+    add_ffmpeg_arg,
     cpu_seconds,
+    ffmpeg_path,
     free_port,
     log,
+    machine_line,
     memory,
     sigterm_as_interrupt,
     stop_process,
@@ -82,6 +85,7 @@ def run_pipeline(args: argparse.Namespace, width: int, height: int, source: str,
                     "preset": args.preset, "gop_s": 2.0},
         "live": [{"name": "rtmp", "url": sink_url}] if sink_url else [],
         "recording": {"dir": str(folder / "pipeline"), "segment_s": 60.0},
+        "ffmpeg": ffmpeg_path(args.ffmpeg),
     }))
     started: list[dict] = []
     sup = MediaSupervisor(lambda line: started.append(line) if line["type"] == "started"
@@ -109,7 +113,8 @@ def bare_argv(args: argparse.Namespace, width: int, height: int, source: str,
     outputs = [f"[f=segment:segment_time=60:segment_format=mpegts]{folder}/bare-%05d.ts"]
     if sink_url:
         outputs.append(f"[f=flv]{sink_url}")
-    return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *video,
+    return [ffmpeg_path(args.ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            *video,
             "-re", "-f", "lavfi", "-i", "sine=f=440:r=48000", "-map", "0:v:0", "-map", "1:a:0",
             "-c:v", "libx264", "-preset", args.preset, "-tune", "zerolatency",
             "-pix_fmt", "yuv420p", "-r", str(args.fps), "-g", str(gop), "-keyint_min", str(gop),
@@ -152,6 +157,7 @@ def main() -> int:
     ap.add_argument("--sources", default="synthetic,udp")
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
+    add_ffmpeg_arg(ap)
     ap.add_argument("--sink", action="store_true",
                     help="also push one RTMP live sink (worker: its FLV output and remux "
                          "process; bare: a second tee output)")
@@ -175,9 +181,11 @@ def main() -> int:
                     log(f"{label}: bare ffmpeg")
                     bare = run_bare(args, width, height, source, folder, url)
                 rows.append((label, pipe, bare))
-                log(f"{label}: pipeline {pipe.cpu_pct:.1f}% vs bare {bare.cpu_pct:.1f}%")
+                log(f"{label}: pipeline {pipe.cpu_pct:.1f}% vs bare {bare.cpu_pct:.1f}%; "
+                    f"{machine_line()}")
     print(f"\nCPU, % of one core ({args.preset}, {args.bitrate} kbit/s, "
-          f"{args.seconds:.0f} s{', one RTMP sink' if args.sink else ''}):")
+          f"{args.seconds:.0f} s{', one RTMP sink' if args.sink else ''}, FFmpeg "
+          f"{args.ffmpeg}); {machine_line()}:")
     print(f"{'config':28} {'pipeline':>9} {'bare':>7} {'ratio':>6} {'RSS MB':>14}")
     ok = True
     for label, pipe, bare in rows:
