@@ -6,8 +6,8 @@ warnings (``status``, ``doctor``) or the agent refused the command (``lesson``),
 listing (``devices``); 2 bad usage or bad configuration, or a failed ``doctor`` check; 3 the
 daemon is not running. ``--lang`` (or the locale) picks English or Chinese (agent/i18n.py).
 
-``lesson`` talks to the running agent's local control endpoint (agent/control.py), so it works
-without a broker.
+``lesson`` talks to the running agent over its local control socket (agent/control.py), so it
+works without a broker; exit 4 means this user may not (not in the socket's group).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import dataclasses
 import json
 import logging
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 from agent import __version__, config, i18n
@@ -31,7 +29,7 @@ DEFAULT_NTP = "ntp.aliyun.com"
 CHECK_IDS = ("state_dir", "disk", "secrets", "broker", "clock", "devices", "ffmpeg", "live",
              "service", "agent")
 
-EXIT_OK, EXIT_WARN, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
+EXIT_OK, EXIT_WARN, EXIT_CONFIG, EXIT_NOT_RUNNING, EXIT_NOT_ALLOWED = 0, 1, 2, 3, 4
 
 
 def _lang_arg(argv: list[str]) -> str | None:
@@ -174,7 +172,7 @@ def _status(path: str, as_json: bool) -> int:
     try:
         snap = client.fetch(cfg)
     except (OSError, ValueError) as exc:
-        return _not_running(client.status_url(cfg), host, port, exc, as_json)
+        return _not_running(f"{host}:{port}", exc, as_json, url=client.status_url(cfg))
     snap["running"] = True
     if as_json:
         print(json.dumps(snap, indent=2))
@@ -186,26 +184,19 @@ def _status(path: str, as_json: bool) -> int:
 
 
 def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | None = None) -> int:
-    """Send one command to the running agent over its local control endpoint."""
+    """Send one command to the running agent over its local control socket."""
     cfg = _load_or_report(path)
     if cfg is None:
         return EXIT_CONFIG
     from agent import control
 
-    host, port = cfg.status.address
-    url = f"http://{host}:{port}{control.PREFIX}{name}"
-    req = urllib.request.Request(url, data=control.request_body(cmd_args), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    sock = cfg.status.socket
     try:
-        with urllib.request.urlopen(req, timeout=control.CALL_TIMEOUT_S + 5) as resp:
-            reply = json.load(resp)
-    except urllib.error.HTTPError as exc:  # the agent answered, with a refusal
-        try:
-            reply = json.load(exc)
-        except ValueError:
-            reply = {"ok": False, "error": {"code": f"http_{exc.code}", "message": exc.reason}}
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return _not_running(url, host, port, exc, as_json)
+        reply = control.send(sock, name, control.request_body(cmd_args))
+    except PermissionError:
+        return _not_allowed(sock, as_json)
+    except OSError as exc:  # no socket, nobody listening, no answer in time
+        return _not_running(sock, exc, as_json)
     if as_json:
         print(json.dumps(reply, indent=2))  # ASCII: no byte of it can drive a terminal
     elif reply.get("ok"):
@@ -216,6 +207,26 @@ def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | Non
             command=name, message=err.get("message", _("no reason given")),
             code=err.get("code", "unknown")))
     return EXIT_OK if reply.get("ok") else EXIT_WARN
+
+
+def _not_allowed(sock: str, as_json: bool) -> int:
+    """The socket refused this user: say who may, and how a technician gets there."""
+    import grp
+    import os
+
+    try:
+        group = grp.getgrgid(os.stat(sock).st_gid).gr_name
+    except (OSError, KeyError):
+        group = "classroom-agent"
+    why = f"{sock} is only for root and members of the group {group}"
+    if as_json:
+        print(json.dumps({"running": True, "ok": False, "error": {
+            "code": "not_allowed", "message": why}}))
+    else:
+        say(f"You may not control this agent: {why}.")
+        say(f"Next step: an administrator adds you with `usermod -aG {group} $USER` (then log "
+            "in again), or run the command with sudo.")
+    return EXIT_NOT_ALLOWED
 
 
 def _done_sentence(name: str, result: dict[str, Any]) -> str:
@@ -347,14 +358,16 @@ def say(line: str, file: Any = None) -> None:
     print(inert(line, None), file=file or sys.stdout)
 
 
-def _not_running(url: str, host: str, port: int, exc: BaseException, as_json: bool) -> int:
-    """Nothing answers on the status address: say so, and what to look at next."""
+def _not_running(where: str, exc: BaseException, as_json: bool, url: str | None = None) -> int:
+    """Nothing answers on the status address or the control socket: say so, and what next."""
     reason = getattr(exc, "reason", exc)
     if as_json:
-        print(json.dumps({"running": False, "error": str(reason), "url": url}))
+        doc: dict[str, Any] = {"running": False, "error": str(reason)}
+        doc["url" if url else "socket"] = url or where
+        print(json.dumps(doc))
     else:
-        say(_("classroom-agent is NOT running (nothing answers on {host}:{port}: {reason}).")
-            .format(host=host, port=port, reason=reason))
+        say(_("classroom-agent is NOT running (nothing answers on {where}: {reason}).")
+            .format(where=where, reason=reason))
         print(_("Next step: `systemctl status classroom-agent` and "
                 "`journalctl -u classroom-agent -n 50` show why."))
     return EXIT_NOT_RUNNING

@@ -222,6 +222,12 @@ class LessonsConfig:
 @dataclass(frozen=True)
 class StatusConfig:
     listen: str = _opt("127.0.0.1:8765", pattern=_HOSTPORT, doc=_HOSTPORT_RULE)
+    #: Local control (``classroom-agent lesson ...``): a Unix socket whose group decides who may
+    #: use it (docs/security.md, "Local control"). The TCP address above serves status only.
+    socket: str = _opt("/run/classroom-agent/control.sock", pattern=r"^/[^\x00]{0,106}$",
+                       doc="an absolute path of at most 107 characters")
+    socket_group: str = _opt("", pattern=r"^$|^[A-Za-z_][A-Za-z0-9_.-]{0,31}$",
+                             doc="a group name (empty: the agent's own group)")
 
     @property
     def address(self) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, config, control
+from agent import __version__, config, control, filemodes
 from agent.commands import (
     REPORT_NOW_BURST,
     REPORT_NOW_PER_S,
@@ -39,7 +39,7 @@ from agent.signing import CommandGuard, SeenIds, make_guard
 from agent.status import warnings
 from agent.status.board import StatusBoard
 from agent.status.endpoints import status_routes
-from agent.status.http import HttpServer, Limits, TcpListener
+from agent.status.http import HttpServer, Limits, TcpListener, UnixListener
 from agent.telemetry.agent_self import AgentCollector
 from agent.telemetry.classes import retained_to_clear
 from agent.telemetry.inventory import collect_inventory
@@ -68,6 +68,7 @@ class Agent:
         state.mkdir(parents=True, exist_ok=True)
         self._running_marker = state / "running"
         self.outbox = Outbox(state, cfg.outbox, Envelope(cfg.device.id, cfg.device.school))
+        self._held_at_build: list[Record] = []  # events the outbox refused before the scheduler
         self.board = StatusBoard(cfg, config_path, self.started_at, self.outbox,
                                  lambda: self.publisher, lambda: self.scheduler.failing,
                                  lessons=lambda: self.lessons.snapshot(),
@@ -107,13 +108,17 @@ class Agent:
                                             name="local-commands")
         self.publisher = self._make_publisher(cfg)
         self.scheduler = self._make_scheduler(cfg)
+        self.scheduler.hold(self._held_at_build)
         # The page's camera snapshot and microphone level, in child processes on request.
         self.peeker = Peeker(lambda: self.cfg.media, self.media.stats)
         host, port = cfg.status.address
+        # TCP: read-only status for anyone on the PC; control: the Unix socket, for its group.
         self.status_server = HttpServer(
             status_routes(self.board.snapshot, self.peeker).include(
-                control.routes(self.local_commands)),
-            TcpListener(host, port), Limits(max_body_bytes=control.MAX_BODY))
+                control.moved_routes(cfg.status.socket)),
+            TcpListener(host, port))
+        self.control_error: str | None = None
+        self.control_server = self._make_control_server(cfg)
 
     # -- building parts ------------------------------------------------------------------------
 
@@ -148,6 +153,24 @@ class Agent:
         self.media.ledger = up if up.enabled else None
         return up
 
+    def _make_control_server(self, cfg: config.Config) -> HttpServer | None:
+        """Local control on ``status.socket``. A socket that cannot be made is reported (log,
+        status warning) and leaves telemetry, lessons and MQTT commands running."""
+        path = Path(cfg.status.socket)
+        try:
+            if not path.parent.is_dir():  # systemd makes it (RuntimeDirectory=); by hand, we do
+                path.parent.mkdir(parents=True)
+                path.parent.chmod(0o755)  # the socket's own mode (0660) decides who gets in
+            return HttpServer(
+                control.routes(self.local_commands).include(status_routes(self.board.snapshot)),
+                UnixListener(str(path), 0o660, cfg.status.socket_group or None),
+                Limits(max_connections=16, max_pending=4), name="control")
+        except OSError as exc:
+            self.control_error = exc.strerror or str(exc)
+            log.error("%s", warnings.render(warnings.Warning(
+                "control_socket_unavailable", {"path": str(path), "error": self.control_error})))
+            return None
+
     def _make_guard(self, cfg: config.Config) -> CommandGuard:
         c = cfg.commands
         return make_guard(c.public_keys, c.signatures_required, c.max_age_s, cfg.device.school,
@@ -167,7 +190,9 @@ class Agent:
         g = self.guard
         return {"signatures_required": g.required, "public_keys": len(g.keys),
                 "commands_rejected_total": g.rejected_total,
-                "exposed_files": list(self.exposed_files), "key_problems": list(g.problems)}
+                "exposed_files": list(self.exposed_files), "key_problems": list(g.problems),
+                "control_socket": self.cfg.status.socket,
+                "control_socket_error": self.control_error}
 
     def _handlers(self, trigger: str) -> dict[str, Handler]:
         def lesson_start(args: dict[str, Any]) -> dict[str, Any]:
@@ -243,9 +268,12 @@ class Agent:
     # -- the one way in for records ------------------------------------------------------------
 
     def commit(self, records: list[Record]) -> list[int]:
-        """Commit records to the outbox (durably), then wake the publisher; returns their seqs."""
+        """Commit records to the outbox (durably), then wake the publisher; returns their seqs.
+        While the agent is being built there is no publisher yet: it starts from the outbox."""
         seqs = self.outbox.append(records)
-        self.publisher.notify()
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.notify()
         return seqs
 
     def raise_event(self, record: Record) -> None:
@@ -256,12 +284,11 @@ class Agent:
         try:
             self.commit([record])
         except Exception as exc:  # disk full, I/O error: hold it with the telemetry
-            scheduler = getattr(self, "scheduler", None)  # None while the agent is being built
-            if scheduler is None:
-                log.error("could not commit event %s: %s (lost; it is in this log)",
-                          record.data.get("type"), exc)
-                return
-            scheduler.hold([record])
+            scheduler = getattr(self, "scheduler", None)
+            if scheduler is None:  # being built: handed to the scheduler once it exists
+                self._held_at_build.append(record)
+            else:
+                scheduler.hold([record])
             log.error("could not commit event %s: %s; held in memory until the outbox "
                       "works again", record.data.get("type"), exc)
 
@@ -282,6 +309,8 @@ class Agent:
             previous_stop="unclean" if unclean else "clean",
         ))
         self.status_server.start()
+        if self.control_server is not None:
+            self.control_server.start()
         self.commands.start()
         self.local_commands.start()
         self.publisher.start()
@@ -357,6 +386,10 @@ class Agent:
 
     def _reload_lessons(self, new: config.Config) -> None:
         self.media.media = new.media  # the next lesson uses it; a running one keeps its spec
+        if new.recording_path != self.media.root:
+            filemodes.make_private(new.recording_path)
+            self.media.set_root(new.recording_path)
+            log.info("reload: lessons started from now on record to %s", new.recording_path)
         self.lessons.set_defaults(_default_live(new), new.lessons.manual_duration_s)
         self.planner.configure(_plan_settings(new))
         if not new.lessons.timetable:
@@ -384,6 +417,8 @@ class Agent:
         self.publisher.stop(flush_s=self.cfg.mqtt.flush_on_exit_s)
         self.status_server.stop()
         self.peeker.stop()
+        if self.control_server is not None:
+            self.control_server.stop()
         self.outbox.close()
         self._running_marker.unlink(missing_ok=True)
         log.info("stopped")
@@ -417,6 +452,7 @@ def run(cfg: config.Config, config_path: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    filemodes.make_private(cfg.state_path, cfg.recording_path)  # before anything is written
     agent = Agent(cfg, config_path)
     agent.start()
     notify(f"READY=1\nSTATUS=publishing to {cfg.mqtt.host}:{cfg.mqtt.port}")

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _SEQ_BLOCK = 10_000
+#: How often appends check the age bound (outbox.max_age_s is at least 60 s).
+_EXPIRE_EVERY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class Outbox:
         self._quarantined = 0
         self._in_memory = False
         self._last_drop_log = -1e9
+        self._last_expire = -1e9
         self._quarantine_event: Record | None = None
         self._db = self._open()
 
@@ -233,9 +236,12 @@ class Outbox:
             added += len(payload)
         dropped_before = self._dropped
         count, size = self._count + len(rows), self._bytes + added
+        # The age bound is checked on appends (the broker may be down for days: nothing else
+        # runs then), at most every _EXPIRE_EVERY_S, so a full scan never rides on each tick.
+        expire_due = time.monotonic() - self._last_expire >= _EXPIRE_EVERY_S
         # Acknowledged rows awaiting deletion were delivered: at a bound they go first,
         # uncounted, or a bound reached right after a reconnection would count them as lost.
-        take_acks = bool(self._pending_acks) and self._over_bounds(count, size)
+        take_acks = bool(self._pending_acks) and (self._over_bounds(count, size) or expire_due)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO records(seq, kind, ts, payload) VALUES (?,?,?,?)", rows)
@@ -243,15 +249,21 @@ class Outbox:
             if take_acks:
                 n, freed = self._delete_locked(self._pending_acks)
                 count, size = count - n, size - freed
-            dropped = self._enforce_bounds_locked(count, size)
+            n, freed = self._enforce_bounds_locked(count, size)
+            count, size = count - n, size - freed
+            if expire_due:
+                n, freed = self._expire_locked()
+                count, size = count - n, size - freed
             db.execute("COMMIT")
         except BaseException:
             self._rollback_locked(dropped_before)
             raise
         if take_acks:
             self._pending_acks = []
+        if expire_due:
+            self._last_expire = time.monotonic()
         self._last_seq = seq
-        self._count, self._bytes = count - dropped[0], size - dropped[1]
+        self._count, self._bytes = count, size
         self._raise_floor(seq)
         return seqs
 
@@ -310,29 +322,48 @@ class Outbox:
                          (self._dropped,))
 
     def expire(self) -> int:
-        """Drop records older than ``max_age_s`` (by observation time); returns how many."""
-        cutoff = self._clock() - self.limits.max_age_s
+        """Drop the records observed more than ``max_age_s`` ago now; returns how many.
+        (Appends do this by themselves every ``_EXPIRE_EVERY_S``.)"""
         with self._lock:
-            db = self._db
             dropped_before = self._dropped
-            db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                n, freed = db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM records WHERE ts < ?",
-                    (cutoff,),
-                ).fetchone()
-                if n:
-                    db.execute("DELETE FROM records WHERE ts < ?", (cutoff,))
-                    self._count_dropped_locked(n)
-                db.execute("COMMIT")
+                n, freed = self._expire_locked()
+                self._db.execute("COMMIT")
             except BaseException:
                 self._rollback_locked(dropped_before)
                 raise
             self._count -= n
             self._bytes -= freed
-        if n:
-            log.warning("outbox: dropped %d records older than %.0f s", n, self.limits.max_age_s)
-        return int(n)
+            self._last_expire = time.monotonic()
+        return n
+
+    def _expire_locked(self) -> tuple[int, int]:
+        """Within the open transaction, drop the oldest records while their observation time is
+        older than ``max_age_s``; counted as dropped like the other bounds."""
+        cutoff = self._clock() - self.limits.max_age_s
+        n = freed = 0
+        last = None
+        cur = self._db.execute("SELECT seq, ts, length(payload) FROM records ORDER BY seq")
+        for seq, ts, length in cur:
+            if ts >= cutoff:
+                break
+            n += 1
+            freed += length
+            last = seq
+        cur.close()
+        if last is None:
+            return 0, 0
+        self._db.execute("DELETE FROM records WHERE seq <= ?", (last,))
+        self._count_dropped_locked(n)
+        now = time.monotonic()
+        if now - self._last_drop_log >= 60:
+            self._last_drop_log = now
+            log.warning("outbox: dropped %d records observed more than %.0f s ago "
+                        "(outbox.max_age_s), %d dropped so far. Next step: check why the broker "
+                        "is unreachable (classroom-agent status).", n, self.limits.max_age_s,
+                        self._dropped)
+        return n, freed
 
     # -- reading, acknowledging ----------------------------------------------------------------
 

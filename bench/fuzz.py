@@ -1,13 +1,16 @@
 """Hostile-input fuzzing at scale: the CI fuzz tests with 10,000 examples each.
 
 Runs the tests marked ``fuzz`` in tests/test_config.py (config loader), tests/test_commands.py
-(command handler: payloads, args, topics, the lesson commands) and tests/test_timetable.py
-(YAML and iCalendar timetables) under the hypothesis profile ``bench`` (tests/fuzzing.py), the
+(command handler: payloads, args, topic names and request ids through the publisher and the
+worker's door, the control socket's path, headers and body, the lesson commands),
+tests/test_timetable.py (YAML and iCalendar timetables), tests/test_local_http.py (any bytes on
+the local HTTP server) and tests/test_safetext.py (text made inert) under the hypothesis profile
+``bench`` (tests/fuzzing.py), the
 same strategies CI runs with a few dozen examples. Every example runs under a hang guard (10 s).
 Prints, per test and per target, the examples run, how many failed, the time, examples per
 second and the slowest example. Exits 1 if any test failed.
 
-Usage: python bench/fuzz.py [--examples 10000] [--target config|commands|timetable ...]
+Usage: python bench/fuzz.py [--examples 10000] [--target config|commands|timetable|http|text ...]
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ TARGETS = {
     "config": ("config loader", "tests/test_config.py"),
     "commands": ("command handler", "tests/test_commands.py"),
     "timetable": ("timetable parser", "tests/test_timetable.py"),
+    "http": ("local HTTP server", "tests/test_local_http.py"),
+    "text": ("inert text", "tests/test_safetext.py"),
 }
 
 

@@ -220,7 +220,7 @@ device: {{id: {DEVICE}, school: {SCHOOL}}}
 mqtt: {{host: 127.0.0.1, port: {broker}, max_inflight: {inflight}}}
 state_dir: {state_dir}
 telemetry: {{interval_s: 3600, usage_interval_s: 3600, inventory_check_s: 3600}}
-status: {{listen: "127.0.0.1:{status_port}"}}
+status: {{listen: "127.0.0.1:{status_port}", socket: "{state_dir}/control.sock"}}
 log_level: warning
 """)
 

@@ -28,13 +28,11 @@ import argparse
 import contextlib
 import csv
 import itertools
-import json
 import math
 import os
 import statistics
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,13 +114,9 @@ def sample(agent: AgentProcess, t0: float) -> Sample:
 
 
 def start_lesson(agent: AgentProcess, seconds: float) -> str:
-    """POST lesson_start to the agent's local control endpoint; returns the lesson id."""
-    url = f"http://127.0.0.1:{agent.status_port}/command/lesson_start"
+    """lesson_start over the agent's local control socket; returns the lesson id."""
     body = control.request_body({"duration_s": seconds, "course": "soak"})
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=control.CALL_TIMEOUT_S + 5) as resp:
-        reply = json.load(resp)
+    reply = control.send(agent.config["status"]["socket"], "lesson_start", body)
     return str((reply.get("result") or {}).get("lesson_id", "?"))
 
 

@@ -212,7 +212,7 @@ device: {{id: bench-pc, school: bench-school}}
 mqtt: {{host: 127.0.0.1, port: {port}}}
 state_dir: {work / "agent-state"}
 telemetry: {{interval_s: {interval}}}
-status: {{listen: "127.0.0.1:{status_port}"}}
+status: {{listen: "127.0.0.1:{status_port}", socket: "{work}/control.sock"}}
 log_level: warning
 """)
     glances = work / "glances.conf"

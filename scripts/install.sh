@@ -2,11 +2,21 @@
 # Install classroom-agent on a classroom PC (Debian 12), as root, from this checkout.
 #
 #   scripts/install.sh --school SCHOOL [--device-id ID] [--broker HOST[:PORT]]
+#                      (--command-key PLATFORM.pub.pem | --allow-unsigned-commands)
 #   scripts/install.sh --uninstall
+#   --check-only checks the options and exits without changing anything.
+#
+# MQTT commands start and stop the classroom's camera and microphone, so a production install
+# needs the platform's Ed25519 public key (--command-key: commands must be signed with the
+# platform's private key), or an explicit --allow-unsigned-commands (anyone who can publish to
+# the terminal's command topic may then use it; the agent shows that as a warning).
 #
 # What it does (safe to run again, e.g. to upgrade):
 #   - system packages (scripts/deps.sh --runtime)
-#   - system user and group "classroom-agent" (in groups video and audio, for camera and mic)
+#   - system user and group "classroom-agent" (in groups video and audio, for camera and mic);
+#     members of the group are the technicians who may run "classroom-agent lesson ..." (add
+#     one with: usermod -aG classroom-agent NAME)
+#   - --command-key: the key as /etc/classroom-agent/command-keys/platform.pub.pem
 #   - /opt/classroom-agent/venv with the agent installed from this checkout (not editable)
 #   - /usr/local/bin/classroom-agent -> the venv's command, for "classroom-agent status"
 #   - /etc/classroom-agent/agent.yaml, only if it does not exist yet: device.id (default: this
@@ -39,30 +49,43 @@ die() {
     echo "install.sh: ERROR: $*" >&2
     exit 1
 }
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 
 device_id=""
 school=""
 broker=""
+command_key=""
+allow_unsigned=0
 uninstall=0
+check_only=0
 while (($#)); do
     case "$1" in
-        --device-id | --school | --broker)
+        --device-id | --school | --broker | --command-key)
             [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"
             case "$1" in
                 --device-id) device_id=$2 ;;
                 --school) school=$2 ;;
                 --broker) broker=$2 ;;
+                --command-key) command_key=$2 ;;
             esac
             shift 2
             ;;
-        --device-id=* | --school=* | --broker=*)
+        --device-id=* | --school=* | --broker=* | --command-key=*)
             value=${1#*=}
             case "$1" in
                 --device-id=*) device_id=$value ;;
                 --school=*) school=$value ;;
                 --broker=*) broker=$value ;;
+                --command-key=*) command_key=$value ;;
             esac
+            shift
+            ;;
+        --allow-unsigned-commands)
+            allow_unsigned=1
+            shift
+            ;;
+        --check-only)
+            check_only=1
             shift
             ;;
         --uninstall)
@@ -108,6 +131,28 @@ if ((uninstall)); then
 fi
 
 # --- check the options before changing anything ---
+key_dir=$etc_dir/command-keys
+installed_key=$key_dir/platform.pub.pem
+if [[ -n $command_key ]]; then
+    ((!allow_unsigned)) || die "--command-key and --allow-unsigned-commands exclude each other"
+    [[ -f $command_key && -r $command_key ]] || die "--command-key: cannot read '$command_key'"
+    { [[ $(head -n 1 -- "$command_key") == "-----BEGIN PUBLIC KEY-----" ]] &&
+        ! grep -q -- "PRIVATE KEY" "$command_key"; } ||
+        die "--command-key: '$command_key' is not a PEM public key (scripts/send-command --keygen
+writes one as *.pub.pem; never give the terminal the private key)"
+elif ((!allow_unsigned)) && [[ ! -e $config ]]; then # an upgrade keeps the config's choice
+    die "say how the terminal checks MQTT commands, which start and stop its camera and microphone:
+  --command-key PLATFORM.pub.pem    the platform's Ed25519 public key: only commands signed with
+                                    the platform's private key run (production)
+  --allow-unsigned-commands         anyone who can publish to this terminal's command topic may
+                                    run commands (tests, demos; the agent warns about it)
+Nothing was changed."
+fi
+if ((allow_unsigned)); then
+    echo "install.sh: WARNING: --allow-unsigned-commands: this terminal will run MQTT commands" >&2
+    echo "install.sh: WARNING: that nobody signed. Anyone with access to its command topic can" >&2
+    echo "install.sh: WARNING: start its camera and microphone. 'classroom-agent status' says so." >&2
+fi
 mqtt_host=""
 mqtt_port=""
 if [[ -n $broker ]]; then
@@ -139,6 +184,11 @@ topic). Or write $config yourself first (see config/agent.example.yaml) and run 
 elif [[ -n $device_id$school$broker ]]; then
     say "NOTE: $config exists and is kept as it is: --device-id/--school/--broker are ignored;"
     say "      edit it and run: systemctl reload classroom-agent"
+fi
+
+if ((check_only)); then
+    say "the options are fine; nothing was changed (--check-only)"
+    exit 0
 fi
 
 # --- system packages ---
@@ -198,6 +248,11 @@ say "installed $("$venv/bin/python" -m pip show classroom-agent 2>/dev/null |
 # StateDirectory=; systemd would create /etc/classroom-agent root-owned, unreadable for the user)
 install -d -m 0750 -o root -g "$user" "$etc_dir"
 install -d -m 0750 -o "$user" -g "$user" "$state_dir"
+if [[ -n $command_key ]]; then
+    install -d -m 0755 "$key_dir"
+    install -m 0644 "$command_key" "$installed_key"
+    say "installed the platform's command key as $installed_key"
+fi
 yaml_quote() { # a YAML double-quoted scalar
     local s=${1//\\/\\\\}
     printf '"%s"' "${s//\"/\\\"}"
@@ -216,6 +271,14 @@ if [[ ! -e $config ]]; then
             echo "mqtt:"
             echo "  host: $(yaml_quote "$mqtt_host")"
             if [[ -n $mqtt_port ]]; then echo "  port: $mqtt_port"; fi
+        fi
+        echo "commands:"
+        if [[ -n $command_key ]]; then
+            echo "  # only commands signed with the platform's private key run"
+            echo "  public_keys: [$(yaml_quote "$installed_key")]"
+        else
+            echo "  # WARNING: installed with --allow-unsigned-commands: MQTT commands run unsigned"
+            echo "  require_signature: false"
         fi
         example=$root/config/agent.example.yaml
         if [[ -f $example ]]; then
@@ -239,6 +302,23 @@ if ! runuser -u "$user" -- "$venv/bin/classroom-agent" config check "$config"; t
     die "the configuration $config is not valid (see above). Fix it and run install.sh again;
 the service was not (re)started."
 fi
+# An existing config is kept as it is: it must already check commands the way the options say.
+posture=$(runuser -u "$user" -- "$venv/bin/python" -c 'import sys
+from agent import config
+c = config.load(sys.argv[1]).commands
+print("signed" if c.signatures_required else "unsigned")
+print(*c.public_keys, sep="\n")' "$config")
+if [[ -n $command_key ]] && ! grep -qxF -- "$installed_key" <<<"$posture"; then
+    die "$config does not list $installed_key. Add it and run install.sh again:
+  commands:
+    public_keys: [\"$installed_key\"]
+The service was not (re)started."
+fi
+if [[ $(head -n 1 <<<"$posture") == unsigned ]] && ((!allow_unsigned)); then
+    die "$config accepts unsigned MQTT commands. Give it the platform's key
+(commands.public_keys), or run install.sh with --allow-unsigned-commands on purpose.
+The service was not (re)started."
+fi
 
 # --- systemd ---
 install -m 0644 "$root/systemd/classroom-agent.service" "$unit"
@@ -249,6 +329,7 @@ if ((systemd_running)); then
     # restart, not just start: after an upgrade the running daemon must pick up the new code.
     systemctl restart classroom-agent.service
     say "started. Check it with: classroom-agent status   (logs: journalctl -u classroom-agent)"
+    say "technicians who may run 'classroom-agent lesson ...': usermod -aG $user NAME"
 else
     say "systemd is not running here (not PID 1); on the classroom PC run:"
     say "  systemctl daemon-reload && systemctl enable --now classroom-agent"

@@ -345,7 +345,8 @@ class AgentProcess:
                      "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
             "state_dir": str(workdir / "state"),
             "telemetry": {"interval_s": 0.5, "usage_interval_s": 2, "inventory_check_s": 5},
-            "status": {"listen": f"127.0.0.1:{self.status_port}"},
+            "status": {"listen": f"127.0.0.1:{self.status_port}",
+                       "socket": str(workdir / "control.sock")},
         }
         _merge(self.config, overrides)
         self.config_path = workdir / "agent.yaml"
@@ -357,11 +358,13 @@ class AgentProcess:
     def write_config(self, text: str | None = None) -> None:
         self.config_path.write_text(text if text is not None else yaml.safe_dump(self.config))
 
-    def start(self, wait: bool = True) -> AgentProcess:
+    def start(self, wait: bool = True,
+              preexec: Callable[[], None] | None = None) -> AgentProcess:
+        """``preexec`` runs in the child before the agent (a umask, a resource limit)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
-                stdout=log, stderr=log, cwd=REPO, env=self.env,
+                stdout=log, stderr=log, cwd=REPO, env=self.env, preexec_fn=preexec,
             )
         if wait:
             wait_until(self.status, 20, "the agent's status endpoint")

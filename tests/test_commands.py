@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
@@ -29,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import commands
+from agent import commands, control
 from agent.commands import (
     COMMANDS,
     MAX_PAYLOAD,
@@ -46,8 +48,10 @@ from agent.lessons.manager import LessonError, LessonManager
 from agent.outbox import Outbox
 from agent.publisher import MAX_PENDING_REPLIES, Publisher
 from agent.records import Envelope, Record
-from agent.status.http import Peer
+from agent.safetext import InertFormatter
+from agent.status.http import HttpServer, Peer, UnixConnection, UnixListener
 from agent.status.http import Request as HttpRequest
+from agent.throttle import TokenBucket
 from tests.fuzzing import NASTY_CHARS, fuzz_case
 from tests.support import SCHEMAS, AgentProcess, Broker, Subscriber, wait_until
 from tests.test_lesson_manager import Clock, FakeMedia
@@ -337,32 +341,128 @@ def publisher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Publisher]:
     outbox.close()
 
 
+@pytest.fixture(scope="module")
+def door() -> Iterator[tuple[CommandWorker, list[tuple[bytes, Any, Any]]]]:
+    """A running CommandWorker over the fake handlers, its refusals never rate-limited (each
+    example must get its reply), collecting what it asks the publisher to send."""
+    sent: list[tuple[bytes, Any, Any]] = []
+    worker = CommandWorker(_router(), ENVELOPE, lambda p, t, c: sent.append((p, t, c)))
+    worker._unanswered = TokenBucket(1e9, 1e9)
+    worker.start()
+    yield worker, sent
+    worker.stop()
+
+
+class _LogLines(logging.Handler):
+    """Every log record as the daemon writes it (InertFormatter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(InertFormatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
 @pytest.mark.fuzz
 @given(topic=_topics, payload=st.binary(max_size=64) | st.builds(_encode_request, _unicode, _args),
-       response=st.none() | _levels | st.sampled_from(["", "a/+", "#", "x\x00y", "é" * 40_000]),
+       response=st.none() | _levels | st.sampled_from(["", "a/+", "#", "x\x00y", "é" * 40_000,
+                                                        f"{PREFIX}/reply/ok", f"{PREFIX}/state",
+                                                        f"{PREFIX}/reply/" + "é" * 40_000]),
        correlation=st.none() | st.binary(max_size=16) | st.integers(), retained=st.booleans())
-def test_fuzz_command_topics_are_answered_or_ignored(publisher: Publisher, topic: str,
-                                                     payload: bytes, response: Any,
-                                                     correlation: Any, retained: bool) -> None:
-    """The publisher's command path with any topic and MQTT 5 properties: a command for this
-    device gets a reply that validates, and every reply is queued only to publishable topics."""
+def test_fuzz_command_topics_are_answered_or_ignored(
+        publisher: Publisher, door: tuple[CommandWorker, list[tuple[bytes, Any, Any]]],
+        topic: str, payload: bytes, response: Any, correlation: Any, retained: bool) -> None:
+    """The publisher's command path and the worker's door with any topic, request id and MQTT 5
+    properties: a command for this device gets exactly one reply that validates, its name is
+    bounded, it is queued only to {base}/reply and below it, and every log line stays one line."""
+    worker, sent = door
     with fuzz_case():
         got: list[tuple[str, bytes, Any]] = []
         publisher.command_sink = lambda n, p, r: got.append((n, p, r))
         publisher._replies.clear()
-        publisher._on_command(publisher._conn_id, topic, payload,
-                              _Props(response, correlation), retained, 1, 1)
-        ours = topic.startswith(f"{PREFIX}/cmd/") and not retained
-        assert len(got) == int(ours)
-        for name, body, reply_to in got:
-            reply = _router().handle(name, body)
-            _check_reply(name, reply)
-            publisher._queue_reply(encode_reply(reply_message(ENVELOPE, name, reply)),
-                                   reply_to.response_topic, reply_to.correlation)
-            topics = [out.topic for out in publisher._replies]
-            assert topics[0] == f"{PREFIX}/reply"
-            assert all(t and not set(t) & {"+", "#", "\x00"} and len(t.encode()) <= 65535
-                       for t in topics), topics
+        logged = _LogLines()
+        logging.getLogger("agent").addHandler(logged)
+        try:
+            publisher._on_command(publisher._conn_id, topic, payload,
+                                  _Props(response, correlation), retained, 1, 1)
+            ours = topic.startswith(f"{PREFIX}/cmd/") and not retained
+            assert len(got) == int(ours)
+            for name, body, reply_to in got:
+                sent.clear()
+                worker.submit(name, body, reply_to)
+                wait_until(lambda: sent, 10, "the reply", step=0.001)
+                raw, rt, corr = sent[0]
+                message = json.loads(raw)
+                assert not reply_errors(message), message
+                assert message["command"] == name[:64]
+                assert message["ok"] or message["error"]["code"] in _INPUT_CODES, message
+                publisher._queue_reply(raw, rt, corr)
+                topics = [out.topic for out in publisher._replies]
+                assert topics[0] == f"{PREFIX}/reply"
+                assert all(t.startswith(f"{PREFIX}/reply/") and len(t.encode()) <= 65535
+                           and not set(t) & {"+", "#", "\x00"} for t in topics[1:]), topics
+        finally:
+            logging.getLogger("agent").removeHandler(logged)
+        assert not [ln for ln in logged.lines if "\n" in ln and "Traceback" not in ln]
+
+
+@pytest.fixture(scope="module")
+def control_socket(tmp_path_factory: pytest.TempPathFactory,
+                   door: tuple[CommandWorker, Any]) -> Iterator[str]:
+    """Local control as the daemon serves it: control routes on a Unix socket."""
+    path = str(tmp_path_factory.mktemp("ctl") / "control.sock")
+    server = HttpServer(control.routes(door[0]), UnixListener(path), name="fuzz-control")
+    server.start()
+    yield path
+    server.stop()
+
+
+_paths = st.one_of(
+    st.sampled_from(sorted(COMMANDS)),
+    st.text(st.sampled_from(["%", "2", "F", "0", "a", "_", "/", ".", "?", "#", "~"]),
+            max_size=20),
+    st.text(max_size=20).map(lambda t: urllib.parse.quote(t, safe="")),
+    st.just("x" * 3000))
+
+
+@pytest.mark.fuzz
+@given(path=_paths, ctype=st.sampled_from(["application/json", "application/json; charset=x",
+                                           "text/plain", ""]),
+       origin=st.none() | st.just("null"),
+       body=st.binary(max_size=64) | st.builds(_encode_request, _unicode, _args)
+       | st.just(b"{" + b" " * (commands.MAX_PAYLOAD + 1) + b"}"))
+def test_fuzz_the_control_socket_answers_every_request(control_socket: str, path: str,
+                                                        ctype: str, origin: str | None,
+                                                        body: bytes) -> None:
+    """POST /command/<anything> on the Unix socket: a well-formed HTTP answer (a reply that
+    validates, or a plain refusal), never a hang or a crash; the socket keeps serving."""
+    with fuzz_case():
+        head = [f"POST /command/{path} HTTP/1.1", f"Content-Length: {len(body)}"]
+        head += [f"Content-Type: {ctype}"] if ctype else []
+        head += [f"Origin: {origin}"] if origin else []
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(control_socket)
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        code = int(status_line.split()[1])
+        head_bytes, _, payload = rest.partition(b"\r\n\r\n")
+        assert 200 <= code < 600 and f"Content-Length: {len(payload)}".encode() in head_bytes
+        if b"application/json" in head_bytes:
+            reply = json.loads(payload)
+            if "kind" in reply:  # a command's reply: the contract's shape
+                assert not reply_errors(reply), reply
+                assert http_status(reply) == code
+            else:  # refused before any command: id, ok, error only
+                assert set(reply) == {"id", "ok", "error"} and not reply["ok"]
+        else:
+            assert code in (400, 404, 405, 413, 431), answer[:200]
 
 
 def _lesson_rig(tmp: Path) -> tuple[CommandRouter, list[bytes]]:
@@ -488,23 +588,19 @@ def test_local_control_refusals_without_running_anything() -> None:
 
     json_ct = {"content-type": "application/json; charset=utf-8"}
 
-    def post(path: str, peer: str = "127.0.0.1", headers: dict[str, str] = json_ct,
+    def post(path: str, headers: dict[str, str] = json_ct,
              body: bytes = b"{}") -> tuple[int, dict[str, Any]]:
-        return handle(Fake(), HttpRequest("POST", path, "", headers, body, Peer(peer)))
+        return handle(Fake(), HttpRequest("POST", path, "", headers, body, Peer("unix", 0, 1)))
 
     assert post("/command/report_now")[0] == 200
-    assert post("/command/report_now", peer="::1")[0] == 200
-    assert post("/command/x", peer="::ffff:127.0.0.1")[0] == 200
-    assert calls == ["report_now", "report_now", "x"]
-    for peer in ("192.168.1.20", "::ffff:10.0.0.1", "not-an-ip"):
-        status, reply = post("/command/report_now", peer=peer)
-        assert status == 403 and "terminal itself" in reply["error"]["message"], peer
+    assert post("/command/lesson%5Fstop")[0] == 200
+    assert calls == ["report_now", "lesson_stop"]
     assert post("/status.json")[0] == 404
     assert post("/command/report_now", headers={"content-type": "text/plain"})[0] == 415
     assert post("/command/report_now", headers={**json_ct, "origin": "null"})[0] == 403
     status, reply = post("/command/report_now", body=b" " * (MAX_PAYLOAD + 1))
     assert status == 400 and reply["error"]["code"] == "too_large"
-    assert len(calls) == 3
+    assert len(calls) == 2
 
 
 def test_publisher_keeps_at_most_100_replies_while_offline(tmp_path: Path) -> None:
@@ -794,14 +890,15 @@ def test_commands_over_mqtt_3_1_1(broker: Broker, subscriber: Subscriber, agent_
 
 def post(agent: AgentProcess, name: str, body: bytes,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{agent.status_port}/command/{name}", data=body, method="POST",
-        headers=headers if headers is not None else {"Content-Type": "application/json"})
+    """POST to the agent's control socket, as `classroom-agent lesson` does."""
+    conn = UnixConnection(agent.config["status"]["socket"], 40)
     try:
-        with urllib.request.urlopen(req, timeout=40) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+        conn.request("POST", f"/command/{name}", body,
+                     headers if headers is not None else {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
 
 
 def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
@@ -830,6 +927,14 @@ def test_local_control_works_without_a_broker(tmp_path: Path) -> None:
         assert status == 403
         status, reply = post(agent, "report_now", b'{"id": "x"}', {"Content-Type": "text/plain"})
         assert status == 415
+        # The TCP status address is read-only: it says where control went.
+        req = urllib.request.Request(f"http://127.0.0.1:{agent.status_port}/command/report_now",
+                                     data=b'{"id": "tcp"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 403
+        assert "Unix socket" in json.load(refused.value)["error"]["message"]
 
         # The CLI: a refusal is exit 1 with the reason; the agent keeps running.
         res = agent.cli("lesson", "stop", "--config", str(agent.config_path))

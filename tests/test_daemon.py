@@ -11,6 +11,7 @@ import itertools
 import json
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -188,15 +189,30 @@ def test_sd_notify_ready_watchdog_reload_and_stopping(broker: Broker, agent_fact
     assert notify_socket.received[-1][1] == "STOPPING=1", "nothing may follow STOPPING=1"
 
 
-def test_without_notify_socket_nothing_breaks(broker: Broker, agent_factory) -> None:
-    agent = agent_factory()
+def test_without_notify_socket_nothing_breaks(tmp_path: Path, broker: Broker,
+                                              agent_factory) -> None:
+    """No NOTIFY_SOCKET (run by hand): a reload still applies, media.recording.dir included
+    (the next lesson records in the new folder), and the agent stops cleanly."""
+    agent = agent_factory(media={"video": {"width": 320, "height": 180, "fps": 10},
+                                 "encoder": {"preset": "ultrafast"}})
     agent.env.pop("NOTIFY_SOCKET", None)
     agent.env["WATCHDOG_USEC"] = "2000000"
     agent.start()
     wait_until(lambda: _connected(agent), 20, "connection")
+    old_hash = agent.status()["agent"]["config_hash"]
+    new_dir = tmp_path / "new-recordings"
+    agent.config["media"]["recording"] = {"dir": str(new_dir)}
+    agent.write_config()
     agent.signal(signal.SIGHUP)
-    time.sleep(1.5)
-    assert agent.status() is not None
+    wait_until(lambda: agent.status()["agent"]["config_hash"] != old_hash, 10, "the reload")
+    cfg = str(agent.config_path)
+    started = agent.cli("lesson", "start", "--course", "after-reload", "--config", cfg)
+    assert started.returncode == 0, started.stdout + started.stderr
+    lesson = agent.status()["lessons"]["current"]["lesson_id"]
+    assert (new_dir / lesson).is_dir(), "the lesson after the reload records in the new folder"
+    assert not (Path(agent.config["state_dir"]) / "recordings" / lesson).exists()
+    assert stat.S_IMODE(new_dir.stat().st_mode) == 0o700
+    assert agent.cli("lesson", "stop", "--config", cfg).returncode == 0
     assert agent.stop() == 0
 
 

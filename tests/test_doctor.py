@@ -138,6 +138,7 @@ def test_a_healthy_terminal_passes_every_check(tmp_path: Path, pki: Path, tls_br
     agent = AgentProcess(tmp_path / "agent", broker.port)
     agent.config["status"]["listen"] = yaml.safe_load(cfg.read_text())["status"]["listen"]
     agent.status_port = int(agent.config["status"]["listen"].rsplit(":", 1)[1])
+    agent.config["commands"] = {"require_signature": True}  # unsigned commands are a warning
     agent.write_config()
     agent.start()
     try:

@@ -7,7 +7,14 @@ and what must hold now: legitimate work goes on, costs stay bounded, nothing is 
 from __future__ import annotations
 
 import json
+import os
+import resource
+import socket
+import stat
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.signing import sign_request
-from tests.support import Broker, Subscriber, schema_errors, wait_until
+from tests.support import AgentProcess, Broker, Subscriber, schema_errors, wait_until
 from tests.test_commands import PREFIX, Commander, commands_reach, replies
 
 FORGED_ID = "x\nINFO agent.daemon: signature OK\u202e"
@@ -109,3 +116,165 @@ def test_a_command_flood_costs_counters_not_the_legitimate_commands(
     assert not any(ln.startswith("INFO agent.daemon: signature OK") for ln in log.splitlines())
     assert "\u202e" not in log and "x" * 1000 not in log
     assert "x\\nINFO agent.daemon: signature OK\\u202e" in log  # inert, on one line
+
+
+class Flooder:
+    """A local user holding ``n`` half-sent requests open on the status port, and opening new
+    ones as the agent closes old ones (up to ``rate`` a second)."""
+
+    def __init__(self, port: int, n: int, rate: float = 400) -> None:
+        self.port, self.n, self.rate = port, n, rate
+        self.opened = 0
+        self.socks: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flooder", daemon=True)
+
+    def _open(self) -> None:
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            s.sendall(b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        except OSError:
+            return  # refused or too slow: the next round tries again
+        s.setblocking(False)
+        self.socks.append(s)
+        self.opened += 1
+
+    @staticmethod
+    def _alive(s: socket.socket) -> bool:
+        try:
+            return s.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def _run(self) -> None:
+        while len(self.socks) < self.n and not self._stop.is_set():
+            self._open()
+        while not self._stop.is_set():
+            budget = int(self.rate / 10)
+            for s in list(self.socks):
+                if budget <= 0:
+                    break
+                if not self._alive(s):  # the agent gave up on it: open another
+                    s.close()
+                    self.socks.remove(s)
+                    self._open()
+                    budget -= 1
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> Flooder:
+        self._thread.start()
+        wait_until(lambda: self.opened >= self.n, 60, f"{self.n} connections")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for s in self.socks:
+            s.close()
+
+
+def _agent_fds(agent: AgentProcess) -> int:
+    assert agent.proc is not None
+    return len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+
+
+def _hostile_env() -> None:
+    """The agent as a technician might start it by hand: umask 022, the usual 1,024 files."""
+    os.umask(0o022)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
+        resource.RLIMIT_NOFILE)[1]))
+
+
+@pytest.mark.slow
+def test_a_local_user_cannot_stop_lessons_telemetry_or_fool_the_technician(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber, agent_factory) -> None:
+    """Issue 9, attacks 2, 6, 7 and 9 on the real agent, started by hand with umask 022 and a
+    1,024-file limit: 1,100 half-sent requests held on the status port (reopened as the agent
+    closes them) while a lesson starts, records and stops, status answers, telemetry flows;
+    the fd count and the log stay small. Course and teacher with terminal escapes print inertly;
+    a DNS-rebinding Host is refused; every file the agent wrote is private."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    state = tmp_path / "agent0" / "state"
+    state.mkdir(parents=True, mode=0o755)
+    (state / "mqtt.session").write_text("3\n")
+    (state / "mqtt.session").chmod(0o644)  # from an older version, world-readable
+    agent = agent_factory(commands={"require_signature": True},
+                          media={"video": {"width": 320, "height": 180, "fps": 10},
+                                 "encoder": {"preset": "ultrafast", "video_bitrate_kbps": 300},
+                                 "recording": {"segment_s": 2, "min_free_mb": 16}})
+    agent.start(preexec=_hostile_env)
+    cfg = str(agent.config_path)
+    wait_until(lambda: agent.status()["broker"]["connected"], 30, "a connection")
+    fds_before = _agent_fds(agent)
+    log_before = len(agent.log_text().splitlines())
+    evil = "\x1b]0;pwned\x07\x1b[2J数学\nWarnings:\n  ! none\u202e"
+    with Flooder(agent.status_port, 1100) as flood:
+        seqs_before = max(subscriber.seqs())
+        started = agent.cli("lesson", "start", "--course", evil, "--teacher", "李明\x1b[31m",
+                            "--duration", "60", "--config", cfg)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "\x1b" not in started.stdout and started.stdout.count("\n") == 1
+        lesson = wait_until(lambda: (s := agent.status()) and s["lessons"]["current"], 20,
+                            "the lesson in the status")
+        rec_dir = state / "recordings" / lesson["lesson_id"]
+        wait_until(lambda: list(rec_dir.glob("seg-*.ts")), 30, "a recorded segment")
+        shown = agent.cli("status", "--config", cfg)  # over the socket: no flood there
+        assert shown.returncode == 0, shown.stdout + shown.stderr  # healthy, under the flood
+        with urllib.request.urlopen(f"http://127.0.0.1:{agent.status_port}/status.json",
+                                    timeout=10) as over_tcp:  # and the flooded port answers
+            assert json.load(over_tcp)["lessons"]["current"]["lesson_id"] == lesson["lesson_id"]
+        assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout
+        assert "\\x1b]0;pwned\\x07\\x1b[2J数学\\nWarnings:\\n  ! none\\u202e" in shown.stdout
+        lines = shown.stdout.splitlines()  # the course's newlines made no lines of their own
+        assert not [ln for ln in lines if ln.startswith(("Warnings:", "  ! "))], lines
+        assert lines[-1] == "No warnings: this terminal looks healthy."
+        rebound = urllib.request.Request(f"http://127.0.0.1:{agent.status_port}/status.json",
+                                         headers={"Host": f"evil.example:{agent.status_port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 421
+        subscriber.wait_for(lambda _m: len([s for s in subscriber.seqs() if s > seqs_before])
+                            >= 10, 30, "telemetry flowing during the flood")
+        fds_during = _agent_fds(agent)
+        opened = flood.opened
+        stopped = agent.cli("lesson", "stop", "--config", cfg)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "\x1b" not in stopped.stdout and stopped.stdout.count("\n") == 1
+    assert opened >= 1100
+    assert fds_during < fds_before + 120, (fds_before, fds_during)  # 32 connections + a lesson
+    status = agent.status()
+    assert not status["warnings"], status["warnings"]
+    added = agent.log_text().splitlines()[log_before:]
+    assert len(added) < 80, "\n".join(added[:40])
+    assert not [ln for ln in added if ln.startswith("Traceback")]
+    assert sum(1 for ln in added if "shed since the last report" in ln) <= 2
+    ended = subscriber.wait_for(
+        lambda ms: [m.payload["data"] for m in ms if m.topic.endswith("/event")
+                    and m.payload["data"]["type"] == "lesson_ended"], 30, "lesson_ended")
+    assert ended[0]["details"]["course"] == evil  # the data itself is kept as sent
+
+    # Attack 9: every file and folder the agent made is its own.
+    exposed = [f"{p} {stat.S_IMODE(p.stat().st_mode):04o}" for p in [state, *state.rglob("*")]
+               if p.stat().st_mode & 0o077 and not p.is_socket()]
+    assert exposed == [], exposed
+    assert (rec_dir / "seg-00000.ts").exists() or list(rec_dir.glob("seg-*.ts"))
+    assert agent.stop() == 0
+
+
+def test_events_raised_while_the_agent_is_built_are_delivered_not_called_lost(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber, agent_factory) -> None:
+    """An invalid timetable is reported while the daemon is still being built (before the
+    publisher exists): the event is stored and delivered, and the log says nothing was lost."""
+    bad = tmp_path / "timetable.yaml"
+    bad.write_text("periods: [oops\n")
+    agent = agent_factory(lessons={"timetable": str(bad)}).start()
+    events = subscriber.wait_for(
+        lambda ms: [m for m in ms if m.topic.endswith("/event")
+                    and m.payload["data"]["type"] == "timetable_invalid"], 30,
+        "timetable_invalid at the broker")
+    assert len(events) == 1 and not schema_errors(events[0])
+    log = agent.log_text()
+    assert "timetable" in log and "lost" not in log and "could not commit" not in log

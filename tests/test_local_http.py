@@ -48,14 +48,14 @@ def _routes(gate: threading.Event | None = None) -> Routes:
         raise RuntimeError("handler bug")
 
     return (Routes().get("/", lambda _r: Response.text("home\n")).get("/slow", slow)
-            .post("/echo/", echo).get("/echo", echo).get("/boom", boom))
+            .post("/echo/", echo, max_body=1024).get("/echo", echo).get("/boom", boom))
 
 
 @contextlib.contextmanager
 def serving(limits: Limits | None = None, gate: threading.Event | None = None,
             listener: TcpListener | UnixListener | None = None) -> Iterator[HttpServer]:
     server = HttpServer(_routes(gate), listener or TcpListener("127.0.0.1", 0),
-                        limits or Limits(max_body_bytes=1024), name="test-http")
+                        limits or Limits(), name="test-http")
     server.start()
     try:
         yield server
@@ -135,6 +135,7 @@ def test_the_host_header_must_be_an_address_or_localhost(host: str | None, code:
 @pytest.mark.parametrize("raw, code", [
     (b"GET / HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
     (b"POST /echo/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n", 413),
+    (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx", 405),
     (b"POST /echo/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999\r\n\r\n", 400),
     (b"POST /echo/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", 400),
     (b"POST /echo/ HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -150,7 +151,7 @@ def test_the_host_header_must_be_an_address_or_localhost(host: str | None, code:
 def test_malformed_and_oversized_requests_are_refused(raw: bytes, code: int) -> None:
     with serving() as server:
         assert status_of(exchange(server, raw)) == code
-        assert server.stats.refused_total == 1
+        assert server.stats.refused_total == (code not in (404, 405))  # a wrong path is no attack
         assert status_of(get(server, "/")) == 200
 
 
@@ -249,7 +250,7 @@ def _fuzz_server() -> HttpServer:
     server = _FUZZ_SERVER.get("s")
     if server is None:
         server = HttpServer(_routes(), TcpListener("127.0.0.1", 0),
-                            Limits(max_body_bytes=1024, request_timeout_s=0.5), name="fuzz-http")
+                            Limits(request_timeout_s=0.5), name="fuzz-http")
         server.start()
         _FUZZ_SERVER["s"] = server
     return server

@@ -306,7 +306,26 @@ def test_list_microphones_sees_the_virtual_microphone(mic: VirtualMicrophone) ->
     names = {m["name"]: m for m in found["mics"]}
     assert "pulse" in names and "default" in names, names
     assert 48000 in names["pulse"]["rates"] and names["pulse"]["max_input_channels"] >= 1
-    assert isinstance(found["cams"], list)
+    # Every V4L2 node of this machine, in order (none on a CI runner: then exactly none).
+    v4l = Path("/sys/class/video4linux")
+    nodes = sorted(v4l.iterdir(), key=lambda n: n.name) if v4l.is_dir() else []
+    assert sorted(c["path"] for c in found["cams"]) == [f"/dev/{n.name}" for n in nodes]
+
+    # `classroom-agent devices` shows the same, for people and as JSON (exit 0 both times).
+    cli = [sys.executable, "-m", "agent", "devices"]
+    as_json = subprocess.run([*cli, "--json"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, **mic.env})
+    assert as_json.returncode == 0, as_json.stderr
+    listed = json.loads(as_json.stdout)
+    assert {m["name"] for m in listed["microphones"]} >= {"pulse", "default"}
+    assert len(listed["cameras"]) == len(nodes)
+    text = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **mic.env})
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == (f"{len(nodes)} camera(s)" + (":" if nodes else "."))
+    assert f"{len(listed['microphones'])} microphone(s):" in lines
+    assert any(ln.startswith("  - pulse") and "48000" in ln for ln in lines), lines
 
 
 def test_encoder_death_is_a_recording_failure(tmp_path: Path,

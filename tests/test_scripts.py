@@ -65,3 +65,46 @@ def test_shellcheck(script: Path) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+INSTALL = ROOT / "scripts" / "install.sh"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or Path("/etc/classroom-agent/agent.yaml").exists(),
+                    reason="needs root and a machine where the agent was never installed")
+def test_install_needs_the_platform_key_or_a_loud_opt_out(tmp_path: Path) -> None:
+    """A first install that says nothing about command signatures stops before it changes
+    anything: MQTT commands start cameras, so unsigned must be a choice, not a default.
+    (--check-only everywhere: a mistake in this test can never install anything.)"""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    pub, private, junk = tmp_path / "p.pub.pem", tmp_path / "p.key", tmp_path / "junk"
+    pub.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    junk.write_text("-----BEGIN PUBLIC KEY-----\n(a private one follows)\nPRIVATE KEY\n")
+
+    def install(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(INSTALL), "--check-only", "--school", "school-a",
+                               "--device-id", "room-1", *extra], capture_output=True, text=True,
+                              timeout=60)
+
+    for extra, why in [
+        ((), "--command-key PLATFORM.pub.pem"),
+        (("--command-key", "/nonexistent/platform.pub.pem"), "cannot read"),
+        (("--command-key", str(private)), "is not a PEM public key"),
+        (("--command-key", str(junk)), "is not a PEM public key"),
+        (("--command-key", str(pub), "--allow-unsigned-commands"), "exclude each other"),
+    ]:
+        res = install(*extra)
+        assert res.returncode == 1 and why in res.stderr, (extra, res.stdout + res.stderr)
+        assert res.stdout == ""
+    ok = install("--command-key", str(pub))
+    assert ok.returncode == 0 and "nothing was changed" in ok.stdout, ok.stderr
+    loud = install("--allow-unsigned-commands")
+    assert loud.returncode == 0 and loud.stderr.count("WARNING") >= 3, loud.stderr
+    assert not Path("/etc/classroom-agent").exists() and not Path("/opt/classroom-agent").exists()

@@ -296,3 +296,9 @@ def test_unsigned_commands_still_work_without_keys(broker: Broker, subscriber: S
     assert "commands.public_keys" in agent.log_text()
     res = agent.cli("status", "--config", str(agent.config_path))
     assert "UNSIGNED accepted" in res.stdout
+    # ... and counts it as something to fix (issue 9, attack 3): a warning, exit 1.
+    assert res.returncode == 1, res.stdout
+    assert "MQTT commands are accepted WITHOUT a signature" in res.stdout
+    assert "Next step: install the platform's public key" in res.stdout
+    codes = [w["code"] for w in agent.status()["warning_details"]]
+    assert codes == ["commands_unsigned"], codes

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support import AgentProcess, Broker, free_port, wait_until
+from tests.support import AgentProcess, Broker, drained, free_port, wait_until
 
 
 def _get(agent: AgentProcess, path: str) -> tuple[str, str]:
@@ -23,9 +23,16 @@ def _healthy(agent: AgentProcess) -> bool:
     return bool(s and s["broker"]["connected"] and s["ok"] and s["telemetry"]["last_sample"])
 
 
+#: A terminal as installed for production: MQTT commands only when signed (here: no key, so
+#: none at all). Without it the agent warns that it takes unsigned commands.
+LOCKED = {"commands": {"require_signature": True}}
+
+
 def test_status_when_connected(broker: Broker, agent_factory) -> None:
-    agent = agent_factory().start()
+    # One tick at the start, then quiet: once delivered, the outbox stays empty.
+    agent = agent_factory(**LOCKED, telemetry={"interval_s": 60}).start()
     wait_until(lambda: _healthy(agent), 30, "a connected, healthy agent")
+    wait_until(lambda: drained(agent), 30, "the first records delivered")
     cfg = str(agent.config_path)
 
     res = agent.cli("status", "--config", cfg)
@@ -42,13 +49,13 @@ def test_status_when_connected(broker: Broker, agent_factory) -> None:
     assert snap["running"] is True and snap["ok"] is True
     assert snap["broker"]["connected"] is True
     assert snap["broker"]["address"] == f"127.0.0.1:{broker.port}"
-    assert isinstance(snap["outbox"]["depth"], int) and snap["outbox"]["depth"] >= 0
+    assert snap["outbox"]["depth"] == 0 and snap["outbox"]["last_seq"] >= 1
     assert snap["warnings"] == []
     assert snap["agent"]["config_hash"] and snap["device"]["id"] == "room-101"
 
 
 def test_status_with_the_broker_stopped(broker: Broker, agent_factory) -> None:
-    agent = agent_factory().start()
+    agent = agent_factory(**LOCKED).start()
     wait_until(lambda: _healthy(agent), 30, "a connected agent")
     broker.stop()
     wait_until(lambda: (s := agent.status()) and s["warnings"], 30, "a warning about the broker")
@@ -60,10 +67,12 @@ def test_status_with_the_broker_stopped(broker: Broker, agent_factory) -> None:
     assert "Next step" in res.stdout
     assert "No warnings" not in res.stdout
 
+    wait_until(lambda: agent.status()["outbox"]["depth"] >= 2, 30, "records waiting")
     res = agent.cli("status", "--config", str(agent.config_path), "--json")
     assert res.returncode == 1
     snap = json.loads(res.stdout)
     assert snap["running"] is True and snap["ok"] is False
+    assert snap["outbox"]["depth"] >= 2  # kept for the broker, and the status says so
     assert snap["broker"]["connected"] is False and snap["broker"]["last_error"]
     assert any("Not connected to the broker" in w for w in snap["warnings"])
 
@@ -98,7 +107,7 @@ def test_status_with_a_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 def test_status_page_and_metrics(broker: Broker, agent_factory) -> None:
-    agent = agent_factory().start()
+    agent = agent_factory(**LOCKED).start()
     wait_until(lambda: _healthy(agent), 30, "a connected agent")
 
     ctype, page = _get(agent, "/")  # the page in a browser: tests/test_status_page.py

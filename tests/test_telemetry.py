@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import namedtuple
 from collections.abc import Iterator
@@ -801,3 +802,48 @@ def test_an_unchanged_inventory_is_sent_again_every_inventory_refresh_s(tmp_path
     inv = [r for r in got if r.kind == "inventory"]
     assert len(inv) >= 2 and inv[0].data == inv[1].data
     assert inv[1].ts - inv[0].ts >= 0.95, "not on every check, only when due"
+
+
+def test_ticks_from_report_now_and_the_telemetry_thread_never_overlap(tmp_path: Path) -> None:
+    """Collectors keep the previous sample to compute rates: a report_now tick (command
+    thread) running inside the telemetry thread's tick would corrupt them. A collector that
+    notes every overlap proves tick() runs one at a time."""
+
+    class Probe:
+        name = "cpu"  # a stand-in for the CPU collector, which keeps its previous sample
+
+        def __init__(self) -> None:
+            self.inside = 0
+            self.overlaps = 0
+            self.calls = 0
+            self._lock = threading.Lock()
+
+        def gather(self, acc: Any) -> None:
+            with self._lock:
+                self.inside += 1
+                self.overlaps += self.inside > 1
+                self.calls += 1
+            time.sleep(0.01)
+            with self._lock:
+                self.inside -= 1
+            acc.add_metrics("probe", {"n": self.calls})
+
+    from agent.config import TelemetryClasses, TelemetryConfig
+    from agent.telemetry.scheduler import Scheduler
+
+    probe = Probe()
+    cfg = TelemetryConfig(interval_s=0.02, classes=TelemetryClasses(usage=False,
+                                                                    inventory=False))
+    sched = Scheduler(cfg, [probe], UsageTracker(tmp_path, {}), PeripheralWatch(),
+                      lambda _p: {}, lambda _r: None)
+    sched.start()
+    try:
+        threads = [threading.Thread(target=lambda: [sched.tick() for _ in range(10)])
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        sched.stop()
+    assert probe.calls >= 30 and probe.overlaps == 0, (probe.calls, probe.overlaps)

@@ -310,7 +310,10 @@ def test_the_example_timetable_loads() -> None:
     receiving = _day(tt, "2026-11-16")[1]
     assert receiving.role == "receiving" and receiving.live == ()
     assert receiving.start == _at("2026-11-16", "14:30")  # on the county school's grid
-    assert load_schedule(REPO / "config" / "timetable.example.yaml", TZ) is not None
+    # load_schedule (what the daemon calls) reads the same file into the same lessons.
+    loaded = load_schedule(REPO / "config" / "timetable.example.yaml", TZ)
+    span = (_at("2026-09-01", "00:00"), _at("2027-01-23", "00:00"))
+    assert loaded.lessons_between(*span) == tt.lessons_between(*span)
 
 
 def test_from_lessons_builds_a_timetable_for_other_sources() -> None:

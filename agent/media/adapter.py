@@ -68,6 +68,7 @@ class LessonMedia:
                  free_mb: Callable[[Path], float] = retention.free_mb) -> None:
         self.media = media
         self.root = recording_root
+        self._next_root = recording_root  # media.recording.dir after a reload (set_root)
         self.emit = emit
         self._free_mb = free_mb
         self._lock = threading.Lock()
@@ -108,7 +109,17 @@ class LessonMedia:
 
     # -- MediaControl (agent.lessons.manager) ----------------------------------------------------
 
+    def set_root(self, root: Path) -> None:
+        """Record the lessons started from now on under ``root`` (``media.recording.dir`` was
+        reloaded); a running lesson keeps its folder, and retention its disk, until it ends."""
+        with self._busy:
+            self._next_root = root
+            if self._lesson is None:
+                self.root = root
+
     def start(self, lesson_id: str, live: list[tuple[str, str]]) -> None:
+        with self._busy:
+            self.root = self._next_root
         directory = self.root / lesson_id
         directory.mkdir(parents=True, exist_ok=True)
         rec = self.media.recording

@@ -14,8 +14,9 @@ loop on one thread for all connections and is bounded in every dimension:
   like the CLI, is served before it can be pushed out, whatever a flooder does);
 - time: the whole request (head and body) must arrive within ``request_timeout_s``, the response
   must be taken within ``write_timeout_s``;
-- memory: the head is read up to ``max_head_bytes`` (431 beyond), the body up to
-  ``max_body_bytes`` (413 beyond), one request per connection (``Connection: close``);
+- memory: the head is read up to ``max_head_bytes`` (431 beyond), the body up to what its route
+  takes (413 beyond; nothing for a route that takes none, or no route), one request per
+  connection (``Connection: close``);
 - work: handlers run on ``workers`` threads with at most ``max_pending`` requests waiting
   (503 beyond), so a slow handler never stalls the loop.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -95,25 +97,34 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    #: Largest request body this route reads (413 beyond); 0 for a route that takes none.
+    max_body: int = 0
+
+
 class Routes:
-    """Exact paths and path prefixes per method; unknown paths are 404, wrong methods 405."""
+    """Exact paths and path prefixes per method; unknown paths are 404, wrong methods 405.
+    Each route says how large a body it takes, so nothing is read for a route that takes none."""
 
     def __init__(self) -> None:
-        self._exact: dict[tuple[str, str], Handler] = {}
-        self._prefix: list[tuple[str, str, Handler]] = []
+        self._exact: dict[tuple[str, str], Route] = {}
+        self._prefix: list[tuple[str, str, Route]] = []
 
     def get(self, path: str, handler: Handler) -> Routes:
         return self.add("GET", path, handler)
 
-    def post(self, path: str, handler: Handler) -> Routes:
-        return self.add("POST", path, handler)
+    def post(self, path: str, handler: Handler, max_body: int = 0) -> Routes:
+        return self.add("POST", path, handler, max_body)
 
-    def add(self, method: str, path: str, handler: Handler) -> Routes:
+    def add(self, method: str, path: str, handler: Handler, max_body: int = 0) -> Routes:
         """``path`` ending in ``/`` (other than ``/`` itself) matches every path below it."""
+        route = Route(handler, max_body)
         if path != "/" and path.endswith("/"):
-            self._prefix.append((method, path, handler))
+            self._prefix.append((method, path, route))
         else:
-            self._exact[(method, path)] = handler
+            self._exact[(method, path)] = route
         return self
 
     def include(self, other: Routes) -> Routes:
@@ -124,15 +135,15 @@ class Routes:
     def paths(self, method: str = "GET") -> list[str]:
         return sorted(p for m, p in self._exact if m == method)
 
-    def find(self, method: str, path: str) -> Handler | Response:
-        handler = self._exact.get((method, path))
-        if handler is None:
-            handler = next((h for m, p, h in self._prefix if m == method and path.startswith(p)),
-                           None)
-        if handler is not None:
-            return handler
+    def find(self, method: str, path: str) -> Route | Response:
+        route = self._exact.get((method, path))
+        if route is None:
+            route = next((r for m, p, r in self._prefix if m == method and path.startswith(p)),
+                         None)
+        if route is not None:
+            return route
         if any(p == path for _m, p in self._exact) or any(
-                path.startswith(p) for _m, p, _h in self._prefix):
+                path.startswith(p) for _m, p, _r in self._prefix):
             return Response.text(f"method {method} is not allowed here\n", 405)
         known = ", ".join(self.paths()) or "nothing"
         return Response.text(f"not found: try {known}\n", 404)
@@ -145,7 +156,6 @@ class Limits:
     write_timeout_s: float = 10.0
     max_head_bytes: int = 8 * 1024
     max_headers: int = 64
-    max_body_bytes: int = 0
     workers: int = 2
     max_pending: int = 8
 
@@ -305,15 +315,17 @@ class HttpServer:
             parsed = await self._read_request(reader, _peer(writer, self.listener))
         self._reading.pop(writer, None)
         if isinstance(parsed, Response):
-            self.stats.refused_total += 1
+            if parsed.status not in (404, 405):
+                self.stats.refused_total += 1
             response = parsed
         else:
-            response = await self._dispatch(parsed)
+            response = await self._dispatch(*parsed)
         writer.write(_encode(response))
         async with asyncio.timeout(self.limits.write_timeout_s):
             await writer.drain()
 
-    async def _read_request(self, reader: asyncio.StreamReader, peer: Peer) -> Request | Response:
+    async def _read_request(self, reader: asyncio.StreamReader,
+                            peer: Peer) -> tuple[Request, Route] | Response:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -331,30 +343,34 @@ class HttpServer:
         headers = _parse_headers(lines[1:], self.limits.max_headers)
         if headers is None:
             return Response.text("malformed or too many header lines\n", 400)
-        refused = self._check_headers(headers)
+        path, _, query = target.partition("?")
+        route = self.routes.find(method, path)
+        refused = self._check_headers(headers, route)
         if refused is not None:
             return refused
+        assert isinstance(route, Route)
         length = int(headers.get("content-length", "0"))
         body = await reader.readexactly(length) if length else b""
-        path, _, query = target.partition("?")
-        return Request(method, path, query, headers, body, peer)
+        return Request(method, path, query, headers, body, peer), route
 
-    def _check_headers(self, headers: Mapping[str, str]) -> Response | None:
+    def _check_headers(self, headers: Mapping[str, str], route: Route | Response,
+                       ) -> Response | None:
+        if isinstance(self.listener, TcpListener):
+            wrong_host = _check_host(headers.get("host"), self.listener.port)
+            if wrong_host is not None:
+                return wrong_host
         if "transfer-encoding" in headers:
             return Response.text("Transfer-Encoding is not supported; send Content-Length\n", 501)
         length = headers.get("content-length", "0")
         if not length.isdigit() or len(length) > 12:
             return Response.text("Content-Length is not a number\n", 400)
-        if int(length) > self.limits.max_body_bytes:
-            return Response.text(f"body over {self.limits.max_body_bytes} bytes\n", 413)
-        if isinstance(self.listener, TcpListener):
-            return _check_host(headers.get("host"), self.listener.port)
+        if isinstance(route, Response):  # 404 or 405: no body is read for it
+            return route
+        if int(length) > route.max_body:
+            return Response.text(f"body over {route.max_body} bytes\n", 413)
         return None
 
-    async def _dispatch(self, req: Request) -> Response:
-        found = self.routes.find(req.method, req.path)
-        if isinstance(found, Response):
-            return found
+    async def _dispatch(self, req: Request, route: Route) -> Response:
         if self._pending >= self.limits.workers + self.limits.max_pending:
             self.stats.busy_total += 1
             self._note_shed()
@@ -362,7 +378,8 @@ class HttpServer:
         self._pending += 1
         try:
             assert self._loop is not None
-            return await self._loop.run_in_executor(self._pool, _call, found, req, self.name)
+            return await self._loop.run_in_executor(self._pool, _call, route.handler, req,
+                                                    self.name)
         finally:
             self._pending -= 1
 
@@ -507,3 +524,21 @@ def bind_unix(listener: UnixListener) -> socket.socket:
             os.unlink(path)
         raise
     return sock
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """The client side: HTTP over a Unix socket (http.client speaks only TCP by itself)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock

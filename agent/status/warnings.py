@@ -78,6 +78,19 @@ CATALOGUE: dict[str, Template] = {
         "is fixed.",
         "fix commands.public_keys in the agent config, then `systemctl reload "
         "classroom-agent`."),
+    "commands_unsigned": Template(
+        "commands", "warning",
+        "MQTT commands are accepted WITHOUT a signature: whoever can publish to this terminal's "
+        "command topic can start and stop its camera and microphone.",
+        "install the platform's public key (commands.public_keys; scripts/install.sh "
+        "--command-key) and `systemctl reload classroom-agent`."),
+    "control_socket_unavailable": Template(
+        "commands", "fault",
+        "Local control is off: the socket {path} could not be opened ({error}), so "
+        "`classroom-agent lesson` does not work on this terminal.",
+        "check that its directory exists and the agent's user may write there (systemd: "
+        "RuntimeDirectory=classroom-agent) and that status.socket_group names an existing "
+        "group the agent belongs to; then restart the agent."),
     "collector_failing": Template(
         "telemetry", "warning",
         "Collector {name} is failing: {error}.",
@@ -369,6 +382,11 @@ def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
     elif ff.get("missing"):
         out.append(Warning("ffmpeg_incomplete", {"missing": "; ".join(
             f"{kind} {', '.join(names)}" for kind, names in ff["missing"].items())}))
+    if sec.get("signatures_required") is False:
+        out.append(Warning("commands_unsigned"))
+    if sec.get("control_socket_error"):
+        out.append(Warning("control_socket_unavailable", {"path": sec.get("control_socket"),
+                                                          "error": sec["control_socket_error"]}))
     for name, why in s["telemetry"]["failing_collectors"].items():
         out.append(Warning("collector_failing", {"name": name, "error": why}))
     out.extend(_upload(s.get("upload") or {}))

@@ -73,6 +73,7 @@ class Scheduler:
         self._errors: dict[str, int] = {}
         self._held: list[Record] = []
         self._held_lock = threading.Lock()  # hold() is called from other threads
+        self._tick_lock = threading.Lock()  # tick() too (report_now)
         self._held_dropped = 0
         self._inventory_hash = ""
         self._inventory_sent = 0.0
@@ -131,20 +132,24 @@ class Scheduler:
             self._stop.wait(max(0.0, next_tick - time.monotonic()))
 
     def tick(self) -> tuple[Record, list[Record]]:
-        """Gather every collector once: one metrics record and the events raised."""
-        ts = time.time()
-        acc = _Acc()
-        for c in self.collectors:
-            try:
-                c.gather(acc)
-            except Exception as exc:
-                self._report_failure(c.name, exc, acc)
-            else:
-                self._failures.pop(c.name, None)
-        if self._usage_failure is not None:
-            self._report_failure("usage", self._usage_failure, acc)
-            self._usage_failure = None
-        return Record("metrics", acc.metrics, ts), acc.events
+        """Gather every collector once: one metrics record and the events raised.
+
+        Called by the telemetry thread and by ``report_now`` (the command worker): one at a
+        time, since collectors keep their previous sample to compute rates and counters."""
+        with self._tick_lock:
+            ts = time.time()
+            acc = _Acc()
+            for c in self.collectors:
+                try:
+                    c.gather(acc)
+                except Exception as exc:
+                    self._report_failure(c.name, exc, acc)
+                else:
+                    self._failures.pop(c.name, None)
+            if self._usage_failure is not None:
+                self._report_failure("usage", self._usage_failure, acc)
+                self._usage_failure = None
+            return Record("metrics", acc.metrics, ts), acc.events
 
     def _sample_usage(self, usage: UsageTracker) -> None:
         try:

@@ -3,6 +3,12 @@ corrupted on disk. Each runs the real agent against the fixture's Mosquitto."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from agent.config import OutboxConfig
+from agent.outbox import Outbox
+from agent.records import Envelope, Record, rfc3339
 from tests.support import Broker, Subscriber, assert_no_loss, drained, wait_until, witnessed
 
 
@@ -69,3 +75,29 @@ def test_corrupt_outbox_is_quarantined_and_reported(subscriber: Subscriber,
     wait_until(lambda: drained(agent), 30, "delivery with the new outbox")
     witnessed(agent, subscriber)
     assert_no_loss(subscriber.seqs())  # the agent carries on: records after it all arrive
+
+
+def test_outbox_max_age_is_enforced_with_the_broker_down(broker: Broker, subscriber: Subscriber,
+                                                         agent_factory) -> None:
+    """outbox.max_age_s was documented but never applied. 30 records observed two hours ago
+    wait in the outbox (a terminal that was off, its broker gone); with a one-hour bound the
+    agent drops them at its first append, counts them as dropped and says so, while the fresh
+    records stay; when the broker returns only fresh records arrive."""
+    broker.stop()
+    agent = agent_factory(telemetry={"interval_s": 0.5}, outbox={"max_age_s": 3600})
+    state = Path(agent.config["state_dir"])
+    old = Outbox(state, OutboxConfig(), Envelope("room-101", "school-a"))
+    stale = time.time() - 7200
+    old.append([Record("metrics", {"n": i}, stale + i) for i in range(30)])
+    old.close()
+    agent.start()
+    s = wait_until(lambda: (s := agent.status())["outbox"]["dropped_total"] >= 30 and s, 30,
+                   "the old records dropped")
+    assert s["outbox"]["dropped_total"] == 30 and s["outbox"]["depth"] >= 1
+    assert s["outbox"]["oldest_age_s"] < 60
+    assert any(w["code"] == "outbox_dropped" for w in s["warning_details"])
+    assert "observed more than 3600 s ago" in agent.log_text()
+    broker.start()
+    witnessed(agent, subscriber)
+    assert min(subscriber.seqs()) > 30, "the expired records were never sent"
+    assert all(m.payload["ts"] > rfc3339(stale + 3600) for m in subscriber.snapshot("metrics"))
