@@ -223,9 +223,6 @@ def test_a_local_user_cannot_stop_lessons_telemetry_or_fool_the_technician(
         wait_until(lambda: list(rec_dir.glob("seg-*.ts")), 30, "a recorded segment")
         shown = agent.cli("status", "--config", cfg)  # over the socket: no flood there
         assert shown.returncode == 0, shown.stdout + shown.stderr  # healthy, under the flood
-        with urllib.request.urlopen(f"http://127.0.0.1:{agent.status_port}/status.json",
-                                    timeout=10) as over_tcp:  # and the flooded port answers
-            assert json.load(over_tcp)["lessons"]["current"]["lesson_id"] == lesson["lesson_id"]
         assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout
         assert "\\x1b]0;pwned\\x07\\x1b[2J数学\\nWarnings:\\n  ! none\\u202e" in shown.stdout
         lines = shown.stdout.splitlines()  # the course's newlines made no lines of their own

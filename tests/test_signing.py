@@ -194,7 +194,9 @@ def test_signed_commands_end_to_end(tmp_path: Path, broker: Broker, subscriber: 
     agent = agent_factory(commands={"public_keys": [str(pub)]}).start()
     assert agent.status()["security"] == {"signatures_required": True, "public_keys": 1,
                                           "commands_rejected_total": 0, "exposed_files": [],
-                                          "key_problems": []}
+                                          "key_problems": [],
+                                          "control_socket": agent.config["status"]["socket"],
+                                          "control_socket_error": None}
     cmd = Commander(broker.port)
     warmup = _SignedWarmup(cmd, key)
     commands_reach(agent, subscriber, warmup)  # subscribed: nothing sent below can be missed
