@@ -218,14 +218,15 @@ def _not_allowed(sock: str, as_json: bool) -> int:
         group = grp.getgrgid(os.stat(sock).st_gid).gr_name
     except (OSError, KeyError):
         group = "classroom-agent"
-    why = f"{sock} is only for root and members of the group {group}"
     if as_json:
         print(json.dumps({"running": True, "ok": False, "error": {
-            "code": "not_allowed", "message": why}}))
+            "code": "not_allowed",
+            "message": f"{sock} is only for root and members of the group {group}"}}))
     else:
-        say(f"You may not control this agent: {why}.")
-        say(f"Next step: an administrator adds you with `usermod -aG {group} $USER` (then log "
-            "in again), or run the command with sudo.")
+        say(_("You may not control this agent: {socket} is only for root and members of the "
+              "group {group}.").format(socket=sock, group=group))
+        say(_("Next step: an administrator adds you with `usermod -aG {group} $USER` (then log "
+              "in again), or run the command with sudo.").format(group=group))
     return EXIT_NOT_ALLOWED
 
 

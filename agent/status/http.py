@@ -151,7 +151,9 @@ class Routes:
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 32
+    #: Wide enough that a client sending its request at once is read before that many newer
+    #: connections push it out, small enough for the fd budget (the default limit is 1,024).
+    max_connections: int = 128
     request_timeout_s: float = 5.0
     write_timeout_s: float = 10.0
     max_head_bytes: int = 8 * 1024
@@ -194,6 +196,8 @@ Listener = TcpListener | UnixListener
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 _TARGET = re.compile(r"^/[\x21-\x7e]{0,2047}$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+#: Connections accepted per loop iteration at most.
+_ACCEPT_BATCH = 16
 #: How often the server logs that it is shedding connections (the counts are in the stats).
 _FLOOD_LOG_S = 60.0
 
@@ -262,10 +266,14 @@ class HttpServer:
         self._stopping = asyncio.Event()
         # The StreamReader limit bounds what readuntil() buffers while looking for the head's end.
         limit = self.limits.max_head_bytes
+        # backlog here is how many connections asyncio accepts in one go: the fds a burst can
+        # hold before the cap closes the excess (the kernel's own queue costs the agent none).
         if isinstance(self.listener, UnixListener):
-            server = await asyncio.start_unix_server(self._serve, sock=self._sock, limit=limit)
+            server = await asyncio.start_unix_server(self._serve, sock=self._sock, limit=limit,
+                                                     backlog=_ACCEPT_BATCH)
         else:
-            server = await asyncio.start_server(self._serve, sock=self._sock, limit=limit)
+            server = await asyncio.start_server(self._serve, sock=self._sock, limit=limit,
+                                                backlog=_ACCEPT_BATCH)
         self._ready.set()
         async with server:
             await self._stopping.wait()
