@@ -363,8 +363,8 @@ class Agent:
         if new.commands != old.commands:
             self.guard.flush()
             self.guard = self._make_guard(new)
-        if new.upload != old.upload:
-            self.uploads.stop()
+        if new.upload != old.upload or new.recording_path != old.recording_path:
+            self.uploads.stop()  # it follows the recordings to their new folder
             self.uploads = self._make_uploader(new)
             self.uploads.start()
         telemetry_changed = new.telemetry != old.telemetry or new.mqtt != old.mqtt

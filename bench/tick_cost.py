@@ -99,7 +99,7 @@ device: {{id: tick-dev, school: tick-school}}
 mqtt: {{host: 127.0.0.1, port: {port}}}
 state_dir: {state}
 telemetry: {{interval_s: {interval}}}
-status: {{listen: "127.0.0.1:{status_port}"}}
+status: {{listen: "127.0.0.1:{status_port}", socket: "{state}/control.sock"}}
 log_level: error
 """)
     with open(tmp / "agent.log", "ab") as fh:

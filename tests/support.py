@@ -410,6 +410,13 @@ class AgentProcess:
                 pids += [int(p) for p in (task / "children").read_text().split()]
         return pids
 
+    def command(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One local-control command over the agent's Unix socket (as `classroom-agent lesson`
+        sends it); the agent's reply."""
+        from agent import control
+
+        return control.send(self.config["status"]["socket"], name, control.request_body(args))
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -55,15 +55,7 @@ def _events(sub: Subscriber, type_: str) -> list[dict[str, Any]]:
 
 
 def local(agent: Any, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = json.dumps({"id": f"t-{time.monotonic_ns()}", "args": args or {}}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{agent.status_port}/command/{name}",
-                                 data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return json.load(exc)
+    return agent.command(name, args)  # local control: the agent's Unix socket
 
 
 def stored_sha256(store: SeaweedFS, key: str) -> str:
