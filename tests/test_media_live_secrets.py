@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from agent.media import ffmpeg as ffmpeg_mod
-from agent.media.senders import Refused, RtmpSender, SrtSender, WhipSender, split_srt_secrets
+from agent.media.senders import (
+    Refused,
+    RtmpSender,
+    SecretDir,
+    SrtSender,
+    WhipSender,
+    remove_secret_dirs,
+    split_srt_secrets,
+)
 from agent.media.sinks import LiveSink
 from tests.media_support import WorkerProcess
 from tests.receivers import RtmpReceiver, SrtReceiver, probe
@@ -116,6 +124,11 @@ def test_srt_passphrase_through_a_preset_file(tmp_path: Path) -> None:
     srt.stop(15)
     assert modes[0] == 0o700 and modes[1:] == [0o600], [oct(m) for m in modes]
     assert not folder.exists(), "the secret directory is removed at the end"
+    # A worker killed before it could clean up: the supervisor removes what it left.
+    left = SecretDir()
+    left.write("x.ffpreset", "passphrase=y\n")
+    assert left.path is not None and remove_secret_dirs(os.getpid()) == 1
+    assert not left.path.exists()
     assert not scan.hits, scan.hits
     assert any("-fpre" in c for c in scan.seen), "the scan saw the sink's FFmpeg"
     assert probe(srt.files[0]).video_frames > 3 * FPS

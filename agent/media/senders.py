@@ -104,15 +104,27 @@ def split_srt_secrets(url: str) -> tuple[str, dict[str, str]]:
     return (f"{base}?{'&'.join(kept)}" if kept else base), hidden
 
 
+SECRET_DIR_PREFIX = "classroom-agent-secrets-"
+
+
+def remove_secret_dirs(pid: int) -> int:
+    """Remove what a crashed worker (``pid``) left of its secret directories; how many."""
+    found = list(Path(tempfile.gettempdir()).glob(f"{SECRET_DIR_PREFIX}{pid}-*"))
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(found)
+
+
 class SecretDir:
-    """A private directory (0700) for this process's secret files (0600); removed on close."""
+    """A private directory (0700) for this process's secret files (0600); removed on close,
+    and by the supervisor when the worker crashed (named after the worker's pid)."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
 
     def write(self, name: str, text: str) -> Path:
-        if self.path is None:
-            self.path = Path(tempfile.mkdtemp(prefix="classroom-agent-"))  # mode 0700
+        if self.path is None:  # mkdtemp: mode 0700
+            self.path = Path(tempfile.mkdtemp(prefix=f"{SECRET_DIR_PREFIX}{os.getpid()}-"))
         path = self.path / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from agent.backoff import Backoff
 from agent.media.checksum import sha256_file
+from agent.media.senders import remove_secret_dirs
 from agent.urls import scrub
 
 if TYPE_CHECKING:
@@ -224,6 +225,8 @@ class MediaSupervisor:
                     pipe.close()
         if run.proc.returncode != 0:
             self._reap_group(run.proc.pid)
+            if remove_secret_dirs(run.proc.pid):  # its SRT preset files (sinks never closed)
+                log.info("removed the secret files media worker %d left", run.proc.pid)
 
     def _note(self, run: _Run, line: dict) -> None:
         kind = line.get("type")
