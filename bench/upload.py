@@ -4,7 +4,8 @@ what it does to a live lesson on a shared 4 Mbit/s link.
 Three parts (each can be run alone):
 
 ``--libraries``  The same files (``--mb`` MB in 20 MiB segments) uploaded at the same part size
-    (8 MiB, one request at a time) by: our S3 client bare (``agent/upload/s3.py``: hash, then
+    (8 MiB, one request at a time, each process at nice 10 like the uploader) by: our S3 client
+    bare (``agent/upload/s3.py``: hash, then
     multipart), the agent's uploader (the same client plus journal, ListParts bookkeeping,
     HEAD verification and the HLS playlist), boto3 and the MinIO SDK. Each runs in a fresh
     process: RSS added by importing the library and making a client (after ``agent.daemon`` is
@@ -12,8 +13,9 @@ Three parts (each can be run alone):
     uploader >= 0.9x the bare client's throughput.
 
 ``--live``  A live lesson (the real media worker, synthetic 640x360@25, 1200 kbit/s, RTMP)
-    streams through a rate-limited TCP link of our own (a token-bucket proxy, ``--link-kbps``
-    4000, shared by every connection through it, as a school's uplink is) while the uploader
+    streams through a rate-limited TCP link of our own (a proxy: one FIFO queue of 256 KiB for
+    every connection's upstream bytes, drained by a token bucket at ``--link-kbps`` 4000, as a
+    school's uplink with its router's buffer) while the uploader
     sends a lesson's recording through the same link: paused (the default: not during a
     lesson), capped (``upload.max_kbps`` 1500) and uncapped. The receiver decodes each frame's
     time strip: frames that arrived, and capture-to-receiver latency p50/p95/max.
@@ -89,6 +91,10 @@ def child(method: str, endpoint: str, bucket: str, access: str, secret: str, fil
     import psutil
 
     import agent.daemon  # noqa: F401  the daemon's own imports come first, as in the agent
+
+    # The uploader's thread runs at nice 10 (agent/upload/uploader.py); on a busy machine that
+    # alone halves its share of the CPU. Every method gets the same priority.
+    os.nice(10)
 
     proc = psutil.Process()
     rss0 = proc.memory_info().rss
@@ -236,19 +242,29 @@ def libraries(args: argparse.Namespace, store: Any, work: Path) -> bool:
 # -- the live lesson over a shared, rate-limited link ------------------------------------------
 
 class Link:
-    """A token-bucket TCP proxy: every connection's upstream bytes share ``kbps`` (a school's
-    uplink); the downstream is not limited. Listens on one port per target."""
+    """A school's uplink on loopback: a TCP proxy whose upstream bytes, from every connection
+    through it, wait in ONE first-in-first-out queue of ``buffer_kb`` (a router's buffer) and
+    leave it at ``kbps`` (a token bucket). A bulk upload that fills the queue delays the live
+    stream's packets behind it, as on a real link; the downstream is not limited. Listens on one
+    port per target; counts the bytes it forwarded per target."""
 
-    def __init__(self, kbps: int) -> None:
+    def __init__(self, kbps: int, buffer_kb: int = 256) -> None:
+        import queue
+
         from agent.throttle import TokenBucket
 
-        self.bucket = TokenBucket(kbps * 1000 / 8, 16 * 1024)
+        self.bucket = TokenBucket(kbps * 1000 / 8, 8 * 1024)
+        self._queue: queue.Queue[tuple[socket.socket, bytes, int]] = queue.Queue()
+        self._room = threading.Semaphore(buffer_kb)  # KiB of queue left
+        self.sent: dict[int, int] = {}
         self._stop = False
         self._socks: list[socket.socket] = []
+        threading.Thread(target=self._drain, daemon=True).start()
 
     def forward(self, target_port: int) -> int:
         srv = socket.create_server(("127.0.0.1", 0))
         self._socks.append(srv)
+        self.sent[target_port] = 0
         threading.Thread(target=self._accept, args=(srv, target_port), daemon=True).start()
         return int(srv.getsockname()[1])
 
@@ -263,17 +279,42 @@ class Link:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._socks.append(s)
-            threading.Thread(target=self._pump, args=(conn, up, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, conn, False), daemon=True).start()
+            threading.Thread(target=self._upstream, args=(conn, up, target), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(up, conn), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, limited: bool) -> None:
+    def _upstream(self, src: socket.socket, dst: socket.socket, target: int) -> None:
+        while True:
+            try:
+                data = src.recv(1024)
+            except OSError:
+                data = b""
+            if not data:
+                self._queue.put((dst, b"", target))  # the FIN, in its turn
+                return
+            self._room.acquire()  # the router's buffer is full: TCP backs off
+            self._queue.put((dst, data, target))
+
+    def _drain(self) -> None:
+        while not self._stop:
+            dst, data, target = self._queue.get()
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                continue
+            self.bucket.take(len(data))
+            self._room.release()
+            try:
+                dst.sendall(data)
+                self.sent[target] += len(data)
+            except OSError:
+                pass
+
+    def _downstream(self, src: socket.socket, dst: socket.socket) -> None:
         while True:
             try:
                 data = src.recv(8192)
                 if not data:
                     break
-                if limited:
-                    self.bucket.take(len(data))
                 dst.sendall(data)
             except OSError:
                 break
@@ -338,7 +379,7 @@ def live(args: argparse.Namespace, store: Any, work: Path) -> bool:
         for phase, during, cap in (("none", True, None), ("paused", False, 0),
                                    ("capped 1500", True, 1500), ("uncapped", True, 0)):
             up = None
-            sent0 = 0
+            sent0, live0 = link.sent[store.s3_port], link.sent[rtmp_port]
             if cap is not None:
                 lesson = work / "rec" / f"live-{phase.replace(' ', '-')}"
                 segs = make_files(lesson, args.live_mb)
@@ -354,7 +395,8 @@ def live(args: argparse.Namespace, store: Any, work: Path) -> bool:
             since = time.time()
             time.sleep(args.seconds)
             lat = receiver.latencies_ms(since)
-            sent = (up.snapshot()["bytes_sent_total"] - sent0) if up is not None else 0
+            sent = link.sent[store.s3_port] - sent0  # what crossed the link, not what was queued
+            live_sent = link.sent[rtmp_port] - live0
             if up is not None:
                 up.stop()
             frames = len(lat)
@@ -363,7 +405,8 @@ def live(args: argparse.Namespace, store: Any, work: Path) -> bool:
                    "dropped_pct": max(0.0, 100 * (1 - frames / expected)),
                    "p50": statistics.median(lat) if lat else None,
                    "p95": percentile(lat, 95) if lat else None, "max": max(lat) if lat else None,
-                   "upload_kbps": sent * 8 / 1000 / args.seconds}
+                   "upload_kbps": sent * 8 / 1000 / args.seconds,
+                   "live_kbps": live_sent * 8 / 1000 / args.seconds}
             results.append(row)
             log(f"{phase}: {frames}/{expected:.0f} frames, p50 {row['p50']}, p95 {row['p95']}, "
                 f"upload {row['upload_kbps']:.0f} kbit/s")
@@ -373,15 +416,17 @@ def live(args: argparse.Namespace, store: Any, work: Path) -> bool:
         receiver.stop()
         link.close()
     print(f"\nLive lesson (640x360@25, 1200+64 kbit/s RTMP) and upload through one "
-          f"{args.link_kbps} kbit/s link, {args.seconds:.0f} s per phase ({machine()})")
+          f"{args.link_kbps} kbit/s link (one FIFO, 256 KiB buffer), {args.seconds:.0f} s per "
+          f"phase ({machine()})")
     print(f"{'upload':12} {'frames':>13} {'lost %':>7} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'max ms':>8} {'upload kbit/s':>14}")
+          f"{'max ms':>8} {'live kbit/s':>12} {'upload kbit/s':>14}")
     for r in results:
         def f(x: float | None) -> str:
             return "-" if x is None else f"{x:.0f}"
 
         print(f"{r['phase']:12} {r['frames']:>6}/{r['expected']:<6.0f} {r['dropped_pct']:7.1f} "
-              f"{f(r['p50']):>8} {f(r['p95']):>8} {f(r['max']):>8} {r['upload_kbps']:14.0f}")
+              f"{f(r['p50']):>8} {f(r['p95']):>8} {f(r['max']):>8} {r['live_kbps']:12.0f} "
+              f"{r['upload_kbps']:14.0f}")
     return True
 
 

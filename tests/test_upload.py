@@ -269,3 +269,17 @@ def test_a_segment_that_no_longer_matches_its_evidence_is_kept_not_uploaded(
     assert not up.uploaded(h.tmp / "rec" / "l1")
     with pytest.raises(S3Error):
         store.client().get_object(f"school-b/{h.device}/l1/seg-00000.ts")
+
+
+def test_a_multipart_segment_that_does_not_match_is_aborted_never_completed(
+        harness, store) -> None:
+    h = harness(part_size_mb=5)
+    segs = make_lesson(h.tmp / "rec", "l1", [6 * 1_048_576])
+    segs[0]["sha256"] = "0" * 64  # the evidence says another file
+    up = h.start()
+    up.enqueue("l1", segs, {})
+    failed = wait_until(lambda: h.of("recording_upload_failed"), 30, "the failure event")[0]
+    assert failed["details"]["cause"] == "checksum_mismatch"
+    c = store.client()
+    assert c.head_object(f"school-b/{h.device}/l1/seg-00000.ts") is None
+    assert c.list_multipart(f"school-b/{h.device}/") == []

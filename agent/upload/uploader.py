@@ -4,9 +4,10 @@ A thread of the daemon (the S3 client is our own and adds under 1 MB, docs/uploa
 CPU priority than the rest of the daemon. It works through the journal (agent/upload/journal.py)
 oldest lesson first:
 
-1. every segment is read once to compute its SHA-256 (which must equal the evidence's) and each
-   part's MD5 and SHA-256; then sent, a segment up to ``part_size_mb`` with one PUT, a larger one
-   as a multipart upload. Each body carries Content-MD5, signed (the store refuses a damaged
+1. every segment is read once for each part's MD5, then sent: a segment up to ``part_size_mb``
+   with one PUT (its SHA-256 checked against the evidence's first), a larger one as a multipart
+   upload whose SHA-256 is computed as the parts are sent and checked before it is completed
+   (a mismatch aborts it). Each body carries Content-MD5, signed (the store refuses a damaged
    part and echoes the MD5 as its ETag); the evidence's SHA-256 is stored with the object
    (``x-amz-meta-sha256``);
 2. after a restart, a multipart upload is resumed with ListParts: a part the store has with our
@@ -34,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -569,15 +570,23 @@ class Uploader:
         if upload_id is None:
             upload_id = client.create_multipart(obj.key, meta, ctype)
             self.journal.set_upload_id(obj.lesson_id, obj.seq, upload_id)
+        whole = hashlib.sha256()  # of the parts in order: sent ones as they go, the rest read
         for n, body in enumerate(bodies, 1):
             if n in have:
+                for chunk in body.blocks():
+                    whole.update(chunk)
                 continue
-            etag = client.upload_part(obj.key, upload_id, n, body, self._keep_going)
+            etag = client.upload_part(obj.key, upload_id, n, replace(body, tap=whole.update),
+                                      self._keep_going)
             if etag and etag != body.md5.hex():
                 raise Failure("verify_failed", f"{obj.key} part {n}: the store's ETag {etag} "
                               f"is not the part's MD5 {body.md5.hex()}",
                               "none: the part is sent again")
             self.journal.part_done(upload_id, n, body.md5.hex(), body.size)
+        if whole.hexdigest() != obj.sha256:  # never complete what the evidence does not say
+            client.abort_multipart(obj.key, upload_id)
+            self.journal.set_upload_id(obj.lesson_id, obj.seq, None)
+            raise _mismatch(Path(obj.path))
         try:
             client.complete_multipart(obj.key, upload_id,
                                       [(n, b.md5.hex()) for n, b in enumerate(bodies, 1)])
@@ -593,13 +602,14 @@ class Uploader:
             return [Body(Path(obj.path), 0, len(data), hashlib.md5(data, usedforsecurity=False)
                          .digest())]
         path = Path(obj.path)
+        single = obj.bytes <= part_size  # its SHA-256 is checked before it is sent
         try:
             size = path.stat().st_size
             if size < obj.bytes:
                 raise Failure("local_file", f"{path} has {size} bytes, its evidence says "
                               f"{obj.bytes}", "check the recording disk; the recording "
                               "cannot be uploaded as recorded", permanent=True)
-            whole = hashlib.sha256()
+            whole = hashlib.sha256() if single else None
             bodies = []
             with open(path, "rb") as f:
                 offset = 0
@@ -613,11 +623,8 @@ class Uploader:
         except OSError as exc:
             raise Failure("local_file", f"cannot read {path}: {exc}",
                           "check the recording disk (dmesg)") from None
-        if whole.hexdigest() != obj.sha256:
-            raise Failure("checksum_mismatch", f"{path} no longer matches its evidence's "
-                          "SHA-256 (changed or damaged on disk)", "check the recording disk "
-                          "(dmesg, smartctl); the recording is kept, not uploaded",
-                          permanent=True)
+        if whole is not None and whole.hexdigest() != obj.sha256:
+            raise _mismatch(path)
         return bodies
 
     @staticmethod
@@ -743,6 +750,12 @@ class Uploader:
             self._emit(event(type_, severity, message, **details))  # type: ignore[arg-type]
         except Exception:
             log.exception("upload: could not raise %s", type_)
+
+
+def _mismatch(path: Path) -> Failure:
+    return Failure("checksum_mismatch", f"{path} no longer matches its evidence's SHA-256 "
+                   "(changed or damaged on disk)", "check the recording disk (dmesg, "
+                   "smartctl); the recording is kept, not uploaded", permanent=True)
 
 
 def _etag_of(md5s: list[bytes], multipart: bool) -> str:
