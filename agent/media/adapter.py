@@ -38,7 +38,6 @@ from agent.urls import live_kinds
 
 log = logging.getLogger(__name__)
 
-PROBE_WAIT_S = 60.0  # four trial encodes at most, each bounded (agent/media/hwenc.py)
 
 
 class Ledger(Protocol):
@@ -79,7 +78,7 @@ class LessonMedia:
         self._guard_thread: threading.Thread | None = None
         self.supervisor = MediaSupervisor(self._on_line)
         self._ffmpeg: dict[str, Any] | None = None
-        self._encoder = hwenc.Choice("libx264", "not chosen yet")
+        self._encoder = hwenc.Choice("libx264", "the encoder trial had not finished")
         self._probed = threading.Event()
         #: With upload on: retention keeps what is not uploaded yet (set by the daemon).
         self.ledger: Ledger | None = None
@@ -123,8 +122,10 @@ class LessonMedia:
         directory = self.root / lesson_id
         directory.mkdir(parents=True, exist_ok=True)
         rec = self.media.recording
-        self._probed.wait(PROBE_WAIT_S)  # a lesson at boot waits for the encoder's trial
-        enc = self._encoder
+        # Never wait for the trial: a lesson resumed at boot starts at once (on libx264 if the
+        # trial has not finished; the reason says so).
+        enc = self._encoder if self._probed.is_set() else hwenc.Choice(
+            "libx264", "the encoder trial had not finished when the lesson started")
         lesson = _Lesson(lesson_id, MediaSpec.from_config(
             self.media, lesson_id, directory, self._sinks(live), ffmpeg_locate(self.media.ffmpeg),
             (enc.codec, enc.reason, enc.device)),
