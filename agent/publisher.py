@@ -74,6 +74,8 @@ SESSION_EXPIRY_S = 3600
 MAX_INBOUND_PACKET = 256 * 1024
 #: Reply messages kept while disconnected (a reply with a response topic counts twice).
 MAX_PENDING_REPLIES = 100
+#: MQTT 5 PUBACK reason code: the broker took the message and has no subscriber for it.
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 CommandSink = Callable[[str, bytes, Any], None]
 
@@ -164,6 +166,11 @@ class Publisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # Records the broker took with no subscriber for them are sent again after this one
+        # (not reset by a connect, only by a record that reached someone).
+        self._nobody = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self._hold_until: float | None = None
+        self._resend_from: int | None = None
         self._protocol = ProtocolChoice(cfg, Path(state_dir))
         self._use_v5 = self._protocol.v5  # of the current connection
         self.stats = PublisherStats(broker=f"{cfg.host}:{cfg.port}")
@@ -284,6 +291,8 @@ class Publisher:
             due = min(due, self._state_sent + self.cfg.state_refresh_s - now)
         if self._stop.is_set():
             due = min(due, self._flush_deadline - now)
+        if self._hold_until is not None:
+            due = min(due, self._hold_until - now)
         return max(0.01, due)
 
     def _flush_acks(self) -> None:
@@ -417,7 +426,8 @@ class Publisher:
         self.stats.commands_subscribed = False
         self._inflight.clear()
         self._ahead.clear()
-        self._cursor = 0
+        self._cursor = 0  # the next connection resends from the oldest record kept
+        self._hold_until = self._resend_from = None
         self._sub_mid = None
         if self._reply_inflight:  # not acknowledged: send again on the next connection
             self._replies.extendleft(reversed(list(self._reply_inflight.values())))
@@ -697,15 +707,52 @@ class Publisher:
                       self._topic_base)
             self._drop_connection(why)  # resend from here after a back-off, keeping order
             return
+        if getattr(reason, "value", None) == NO_MATCHING_SUBSCRIBERS:
+            self._hold(seq)
+            return
+        self._nobody.reset()
         self.stats.acked_total += 1
         self.stats.last_puback = time.time()
         self.outbox.ack((seq,))
 
     # -- publishing ----------------------------------------------------------------------------
 
+    def _hold(self, seq: int) -> None:
+        """The broker took record ``seq`` but had no subscriber for it (MQTT 5 "No matching
+        subscribers"): nobody will ever receive it. Seen when a broker restarts without the
+        platform's shared subscription (Mosquitto 2.0 does not restore one from its persistence
+        file) until the collectors subscribe again. Keep the record, stop sending, and resend
+        from it after a back-off, in order, as after a refused PUBACK."""
+        self._resend_from = seq if self._resend_from is None else min(self._resend_from, seq)
+        if self._hold_until is not None:
+            return
+        delay = self._nobody.next_delay()
+        self._hold_until = time.monotonic() + delay
+        self._ahead.clear()
+        log.warning("publisher: the broker has no subscriber for record seq %d (MQTT 5 'No "
+                    "matching subscribers'): keeping it and the records after it, sending them "
+                    "again in %.1f s. Next step: check that the platform's collectors are "
+                    "running and subscribed.", seq, delay)
+
+    def _held(self) -> bool:
+        """Whether sending waits after a "No matching subscribers"; when the wait is over,
+        rewind to the first record nobody received."""
+        if self._hold_until is None:
+            return False
+        if time.monotonic() < self._hold_until:
+            return True
+        start, self._hold_until, self._resend_from = self._resend_from, None, None
+        self._flush_acks()  # what did reach a subscriber meanwhile is not sent again
+        self._ahead.clear()
+        if start is not None:
+            self._cursor = min(self._cursor, start - 1)
+        return False
+
     def _fill_window(self) -> None:
         client = self._client
         assert client is not None
+        if self._held():
+            return
         while len(self._inflight) < self.cfg.max_inflight:
             if not self._ahead:
                 self._ahead.extend(self.outbox.fetch_after(self._cursor, _PREFETCH))
