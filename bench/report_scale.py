@@ -35,9 +35,9 @@ SELECT school, device, row_number() OVER (PARTITION BY school, device ORDER BY d
        s.reason, CASE WHEN s.status = 'online' THEN boot + interval '30 s'
                       ELSE boot + interval '9 h 40 min' END, boot, '0.1.0', now()
 FROM t, days, (VALUES ('online', 'connected'), ('offline', 'shutdown')) s(status, reason);
-INSERT INTO metrics (school, device, seq, ts, received_at, historical, data)
+INSERT INTO metrics (school, device, seq, ts, received_at, historical, connected, data)
 SELECT school, device, row_number() OVER (PARTITION BY school, device ORDER BY ts), ts, now(),
-       false, json_build_object('agent', json_build_object('mqtt', json_build_object(
+       false, true, json_build_object('agent', json_build_object('mqtt', json_build_object(
            'connected', true, 'session', 1)), 'cpu', json_build_object('percent', 12.5))
 FROM t, days, generate_series(boot + interval '1 min', boot + interval '9 h 39 min',
                               interval '1 min') ts;

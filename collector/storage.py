@@ -48,7 +48,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS stage (
     school text, device text, seq bigint, kind text, ts timestamptz, historical boolean,
     received_epoch double precision, data text, etype text, severity text, message text,
     period_start timestamptz, period_end timestamptz, window_start timestamptz,
-    window_end timestamptz
+    window_end timestamptz, connected boolean
 ) ON COMMIT DELETE ROWS"""
 
 _ARRIVE = ("INSERT INTO arrivals (school, device, seq, ts, resets_seq) "
@@ -57,8 +57,8 @@ _ARRIVE = ("INSERT INTO arrivals (school, device, seq, ts, resets_seq) "
 # kind -> (target table, its columns, the SELECT list from ``stage s`` and ``d`` = data)
 _COMMON = "s.school, s.device, s.seq, s.ts, to_timestamp(s.received_epoch), s.historical"
 _TABLES: dict[str, tuple[str, str, str]] = {
-    "metrics": ("metrics", "school, device, seq, ts, received_at, historical, data",
-                f"{_COMMON}, s.data::json"),
+    "metrics": ("metrics", "school, device, seq, ts, received_at, historical, data, connected",
+                f"{_COMMON}, s.data::json, s.connected"),
     "usage": ("usage", "school, device, seq, ts, received_at, historical, period_start, "
               "period_end, data",
               f"{_COMMON}, s.period_start, s.period_end, s.data::jsonb"),
@@ -253,12 +253,14 @@ class Store:
     def _stage(self, conn: psycopg.Connection, records: Sequence[Accepted]) -> None:
         with conn.cursor() as cur, cur.copy(
                 "COPY stage (school, device, seq, kind, ts, historical, received_epoch, data, "
-                "etype, severity, message, period_start, period_end, window_start, window_end) "
-                "FROM STDIN") as copy:
+                "etype, severity, message, period_start, period_end, window_start, window_end, "
+                "connected) FROM STDIN") as copy:
             for r in records:
-                etype = severity = message = start = end = None
+                etype = severity = message = start = end = connected = None
                 window: tuple[Any, Any] = (None, None)
-                if r.kind == "event":
+                if r.kind == "metrics":
+                    connected = link_connected(r.data)
+                elif r.kind == "event":
                     etype, severity, message = (r.data.get("type"), r.data.get("severity"),
                                                 r.data.get("message"))
                 elif r.kind == "usage":
@@ -268,7 +270,7 @@ class Store:
                     window = lessons.schedule_window(r.data, r.ts)
                 copy.write_row((r.school, r.device, r.seq, r.kind, r.ts, r.historical,
                                 r.received_at, orjson.dumps(r.data).decode(), etype, severity,
-                                message, start, end, *window))
+                                message, start, end, *window, connected))
 
     def _insert(self, conn: psycopg.Connection, kinds: set[str], now: datetime
                 ) -> tuple[int, int]:
@@ -306,6 +308,16 @@ class Store:
                 copy.write_row((datetime.fromtimestamp(r.received_at, UTC), self.client_id,
                                 r.topic, _printable(r.school), _printable(r.device),
                                 _printable(r.kind), r.reason, r.payload[:cap], len(r.payload)))
+
+
+def link_connected(data: dict[str, Any]) -> bool | None:
+    """``agent.mqtt.connected`` of a metrics record (the broker link as the terminal saw it),
+    the one figure the reports read from metrics: kept in ``metrics.connected`` so that a
+    report never parses the documents. None when the record does not say."""
+    agent = data.get("agent")
+    mqtt = agent.get("mqtt") if isinstance(agent, dict) else None
+    value = mqtt.get("connected") if isinstance(mqtt, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def _as_rejected(o: Outcome, reason: str) -> Rejected:

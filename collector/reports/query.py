@@ -56,43 +56,41 @@ class Reader:
             before=before)]
 
     def link_runs(self, span: Interval, hold: float) -> dict[Key, list[Run]]:
-        """Observations of the broker link in ``span``, as runs: metrics records
-        (``agent.mqtt.connected``; their ``data`` is json, not jsonb, so only the ``->``
-        operators), connects (``online`` state, at the connect time) and graceful stops
-        (``offline``/``shutdown``, persistent). A last will says nothing about when the link
-        went (its ``ts`` is when that connection was made)."""
+        """Observations of the broker link in ``span``, as runs: metrics records (their
+        ``connected`` column: ``agent.mqtt.connected``, kept at ingest so that no metrics
+        document is parsed here), connects (``online`` state, at the connect time) and graceful
+        stops (``offline``/``shutdown``, persistent). A last will says nothing about when the
+        link went (its ``ts`` is when that connection was made)."""
         sql = f"""
-        WITH samples AS MATERIALIZED (  -- parse each json document once
-            SELECT school, device, ts,
-                   json_extract_path_text(data, 'agent', 'mqtt', 'connected') AS connected
+        WITH obs AS (
+            SELECT school, device, ts, connected AS up, false AS persistent
             FROM metrics
-            WHERE ts >= %(lo)s AND ts < %(hi)s AND {_school()}
-        ), obs AS (
-            SELECT school, device, ts, connected::boolean AS up, false AS persistent
-            FROM samples WHERE connected IS NOT NULL
+            WHERE ts >= %(lo)s AND ts < %(hi)s AND connected IS NOT NULL AND {_school()}
           UNION ALL
             SELECT school, device, ts, status = 'online', status = 'offline'
             FROM terminal_states
             WHERE ts >= %(lo)s AND ts < %(hi)s AND {_school()}
               AND (status = 'online' OR reason = 'shutdown')
-        ), marked AS (
-            SELECT *, CASE WHEN up IS DISTINCT FROM lag(up) OVER w
-                             OR ts - lag(ts) OVER w > %(hold)s * interval '1 second'
-                             OR lag(persistent) OVER w THEN 1 ELSE 0 END AS new_run
+        ), edges AS (  -- one pass: does a run start here, does it end here?
+            SELECT school, device, ts, up, persistent,
+                   (up IS DISTINCT FROM lag(up) OVER w
+                    OR ts - lag(ts) OVER w > %(hold)s * interval '1 second'
+                    OR lag(persistent) OVER w) IS TRUE AS starts,
+                   (up IS DISTINCT FROM lead(up) OVER w
+                    OR lead(ts) OVER w - ts > %(hold)s * interval '1 second'
+                    OR persistent) IS TRUE AS ends
             FROM obs WINDOW w AS (PARTITION BY school, device ORDER BY ts, up)
-        ), numbered AS (
-            SELECT *, sum(new_run) OVER (PARTITION BY school, device ORDER BY ts, up
-                                         ROWS UNBOUNDED PRECEDING) AS run
-            FROM marked
         )
-        SELECT school, device, min(ts), max(ts), bool_and(up),
-               (array_agg(persistent ORDER BY ts DESC, up))[1]
-        FROM numbered GROUP BY school, device, run ORDER BY school, device, min(ts)"""
+        SELECT school, device, ts, up, persistent, starts, ends FROM edges
+        WHERE starts OR ends ORDER BY school, device, ts, up"""
         out: dict[Key, list[Run]] = {}
-        for s, d, first, last, up, persistent in self._rows(sql, lo=span[0], hi=span[1],
-                                                             hold=hold):
-            out.setdefault((s, d), []).append(Run(first.timestamp(), last.timestamp(), up,
-                                                  persistent))
+        first = 0.0
+        for s, d, ts, up, persistent, starts, ends in self._rows(sql, lo=span[0], hi=span[1],
+                                                                 hold=hold):
+            if starts:
+                first = ts.timestamp()
+            if ends:
+                out.setdefault((s, d), []).append(Run(first, ts.timestamp(), up, persistent))
         return out
 
     def boots(self, span: Interval) -> dict[Key, list[Interval]]:

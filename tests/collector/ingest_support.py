@@ -36,6 +36,19 @@ def metrics(seq: int, **kw: Any) -> Inbound:
                kw.get("school", "school-a"), kw.get("device", "room-101"))
 
 
+def agent_section(connected: bool, session: int = 1, last_seq: int = 0) -> dict[str, Any]:
+    """The ``agent`` section of a metrics record (agent/schemas/metrics-data.json) with the
+    broker link as the terminal saw it."""
+    return {
+        "outbox": {"depth": 0, "bytes": 0, "oldest_age_s": None, "dropped_total": 0,
+                   "held_in_memory": 0, "last_seq": last_seq, "quarantined_total": 0},
+        "mqtt": {"connected": connected, "protocol": "5" if connected else None,
+                 "session": session, "reconnects_total": 0, "connect_failures_total": 0,
+                 "published_total": 0, "acked_total": 0, "publish_failures_total": 0,
+                 "inflight": 0},
+        "process": {"cpu_s": 1.0, "rss_bytes": 30_000_000, "threads": 12, "fds": 20}}
+
+
 def event(seq: int, type_: str, details: dict[str, Any] | None = None, **kw: Any) -> Inbound:
     data: dict[str, Any] = {"type": type_, "severity": "info", "message": type_}
     if details is not None:

@@ -26,7 +26,7 @@ from agent.lessons.plan import schedule_data
 from agent.lessons.timetable import PlannedLesson, Timetable, loads_timetable
 from agent.records import rfc3339
 from collector.validation import Inbound
-from tests.collector.ingest_support import msg, payload
+from tests.collector.ingest_support import agent_section, msg, payload
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONTH = "2026-09"
@@ -123,15 +123,8 @@ class Terminal:
         return ts
 
     def metrics(self, ts: float, connected: bool) -> None:
-        self.record("metrics", {"agent": {
-            "outbox": {"depth": 0, "bytes": 0, "oldest_age_s": None, "dropped_total": 0,
-                       "held_in_memory": 0, "last_seq": self.seq, "quarantined_total": 0},
-            "mqtt": {"connected": connected, "protocol": "5" if connected else None,
-                     "session": self.session, "reconnects_total": 0,
-                     "connect_failures_total": 0, "published_total": 0, "acked_total": 0,
-                     "publish_failures_total": 0, "inflight": 0},
-            "process": {"cpu_s": 1.0, "rss_bytes": 30_000_000, "threads": 12, "fds": 20}}},
-            ts, historical=not connected)
+        self.record("metrics", {"agent": agent_section(connected, self.session, self.seq)},
+                    ts, historical=not connected)
 
     def usage(self, start: float, end: float, boot: float, apps: dict[str, tuple[float, float]]
               ) -> None:

@@ -4,15 +4,27 @@ trip and fault tests have it)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from agent.telemetry.inventory import collect_inventory
 from collector import partitions
-from tests.collector.ingest_support import Ingest, event, metrics, msg, payload, started, state
-from tests.platform_support import stored_seqs
+from tests.collector.ingest_support import (
+    Ingest,
+    agent_section,
+    event,
+    metrics,
+    msg,
+    payload,
+    started,
+    state,
+)
+from tests.platform_support import PostgresServer, stored_seqs
 
 
 @pytest.fixture
@@ -194,3 +206,39 @@ def test_a_message_our_own_code_cannot_store_is_quarantined_not_fatal(
     reason = ingest.one("SELECT reason FROM quarantine")
     assert reason == "the collector could not store it: KeyError: 'scheduled_start'"
     assert ingest.one("SELECT lesson_id FROM lessons") == "good"
+
+
+def test_the_link_flag_of_metrics_is_kept_in_a_column(ingest: Ingest) -> None:
+    """``agent.mqtt.connected``, the one figure reports read from metrics, lands in
+    ``metrics.connected`` at ingest (NULL when the record does not say)."""
+    ingest.write(msg("metrics", payload("metrics", 1, {"agent": agent_section(True)})),
+                 msg("metrics", payload("metrics", 2, {"agent": agent_section(False)})),
+                 metrics(3))
+    rows = ingest.conn.execute("SELECT seq, connected FROM metrics ORDER BY seq").fetchall()
+    assert rows == [(1, True), (2, False), (3, None)]
+
+
+def test_migration_4_fills_the_link_column_of_rows_stored_before_it(
+        postgres: PostgresServer) -> None:
+    from collector import migrate
+
+    url = postgres.create_database("before_0004")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text "
+                     "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        for mig in migrate.available():
+            if mig.version < 4:
+                conn.execute(mig.sql.encode())
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                             (mig.version, mig.name))
+        now = datetime.now(UTC)
+        partitions.ensure(conn, partitions.month_index(now), partitions.month_index(now))
+        for seq, data in ((1, {"agent": agent_section(True)}),
+                          (2, {"agent": agent_section(False)}), (3, {})):
+            conn.execute("INSERT INTO metrics (school, device, seq, ts, received_at, historical, "
+                         "data) VALUES ('s', 'd', %s, now(), now(), false, %s)",
+                         (seq, json.dumps(data)))
+        assert [m.version for m in migrate.migrate(conn)] == [
+            m.version for m in migrate.available() if m.version >= 4]
+        rows = conn.execute("SELECT seq, connected FROM metrics ORDER BY seq").fetchall()
+    assert rows == [(1, True), (2, False), (3, None)]
