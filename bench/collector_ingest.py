@@ -30,12 +30,13 @@ from tests.platform_support import CollectorProcess, PostgresServer
 from tests.support import Broker, wait_until
 
 
-def templates(workdir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(kind, data) of the agent's sequenced records, as it really sent them, in a fleet's mix:
-    a terminal sends metrics every 10 s, usage every 15 min (1 in 90) and a few events a day
-    (here 1 in 500; lesson evidence, two or three a day, is left out of the bulk)."""
+def templates(captured: list[tuple[str, bytes]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, data) of the agent's sequenced records, as it really sent them (``captured``:
+    collector_validation.capture), in a fleet's mix: a terminal sends metrics every 10 s, usage
+    every 15 min (1 in 90) and a few events a day (here 1 in 500; lesson evidence, two or three
+    a day, is left out of the bulk)."""
     by_kind: dict[str, list[dict[str, Any]]] = {"metrics": [], "usage": [], "event": []}
-    for kind, raw in capture(workdir):
+    for kind, raw in captured:
         data = json.loads(raw)["data"]
         if kind in by_kind and not str(data.get("type", "")).startswith("lesson_"):
             by_kind[kind].append(data)
@@ -74,7 +75,9 @@ def register_sessions(port: int, client_ids: list[str], topic: str) -> None:
 
 
 def publish_backlog(port: int, n: int, schools: int, devices: int,
-                    tmpl: list[tuple[str, dict[str, Any]]]) -> None:
+                    tmpl: list[tuple[str, dict[str, Any]]], school_prefix: str = "school") -> None:
+    """``n`` records of ``devices`` terminals, published at QoS 1 and acknowledged by the
+    broker, as a fleet's backlog (historical, observation times up to now)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -93,7 +96,8 @@ def publish_backlog(port: int, n: int, schools: int, devices: int,
     c.on_publish = on_publish
     c.connect("127.0.0.1", port)
     c.loop_start()
-    names = [(f"school-{i % schools:03d}", f"room-{100 + i // schools}") for i in range(devices)]
+    names = [(f"{school_prefix}-{i % schools:03d}", f"room-{100 + i // schools}")
+             for i in range(devices)]
     seq = dict.fromkeys(names, 0)
     t0 = time.time() - n / devices * 10  # every terminal reports every 10 s, up to now
     for i in range(n):
@@ -190,7 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         work = Path(tmp)
         log("capturing the real agent's payloads")
-        tmpl = templates(work / "capture")
+        tmpl = templates(capture(work / "capture"))
         pg = PostgresServer(settings={"fsync": "on", "full_page_writes": "on",
                                       "shared_buffers": "256MB", "max_wal_size": "2GB"})
         pg.start()

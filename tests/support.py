@@ -155,11 +155,13 @@ class Broker:
             self.proc.wait(10)
         self.proc = None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` s (a broker with persistence writes its
+        database on the way out: give it time when much is queued)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
