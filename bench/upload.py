@@ -85,9 +85,19 @@ def make_files(folder: Path, total_mb: int) -> list[dict[str, Any]]:
 
 # -- one library, in a child process ----------------------------------------------------------
 
-def child(method: str, endpoint: str, bucket: str, access: str, secret: str, files: str,
-          prefix: str) -> None:
-    """Runs in a fresh process: import, make a client, upload the files; prints JSON."""
+def secret_file(path: Path, text: str) -> None:
+    """A key file as the agent wants one: readable by its owner only, from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def child(method: str, endpoint: str, bucket: str, files: str, prefix: str) -> None:
+    """Runs in a fresh process: import, make a client, upload the files; prints JSON. The key
+    pair comes on standard input (one JSON line), never on the command line: ``ps`` and
+    ``/proc/PID/cmdline`` show a command line to every user of the machine."""
+    keys = json.loads(sys.stdin.readline())
+    access, secret = keys["access"], keys["secret"]
     import psutil
 
     import agent.daemon  # noqa: F401  the daemon's own imports come first, as in the agent
@@ -142,8 +152,8 @@ def child(method: str, endpoint: str, bucket: str, access: str, secret: str, fil
 
         keys = Path(files).parent / "keys"
         keys.mkdir(exist_ok=True)
-        (keys / "a").write_text(access)
-        (keys / "s").write_text(secret)
+        secret_file(keys / "a", access)
+        secret_file(keys / "s", secret)
         cfg = UploadConfig(enabled=True, endpoint=endpoint, bucket=bucket, max_kbps=0,
                            part_size_mb=PART // MiB, access_key_file=str(keys / "a"),
                            secret_key_file=str(keys / "s"), key_prefix="{school}/{device}")
@@ -202,7 +212,8 @@ def libraries(args: argparse.Namespace, store: Any, work: Path) -> bool:
         for method in methods:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", method, store.endpoint, store.bucket,
-                 ACCESS_KEY, SECRET_KEY, str(files), f"r{rnd}/{method}"],
+                 str(files), f"r{rnd}/{method}"],
+                input=json.dumps({"access": ACCESS_KEY, "secret": SECRET_KEY}) + "\n",
                 capture_output=True, text=True, timeout=3600, cwd=ROOT)
             if out.returncode != 0:
                 log(f"{method}: failed: {out.stderr.strip()[-500:]}")
@@ -355,8 +366,8 @@ def live(args: argparse.Namespace, store: Any, work: Path) -> bool:
         "recording": {"dir": str(work / "live-rec"), "segment_s": 60.0, "enabled": False}}))
     keys = work / "keys"
     keys.mkdir(exist_ok=True)
-    (keys / "a").write_text(ACCESS_KEY)
-    (keys / "s").write_text(SECRET_KEY)
+    secret_file(keys / "a", ACCESS_KEY)
+    secret_file(keys / "s", SECRET_KEY)
     stats: list[dict[str, Any]] = []
     sup = MediaSupervisor(lambda line: stats.append(line) if line["type"] == "stats" else None)
     results = []
@@ -453,8 +464,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--live-mb", type=int, default=40, help="MB to upload per live phase")
     ap.add_argument("--link-kbps", type=int, default=4000)
-    ap.add_argument("--child", nargs=7, metavar=("METHOD", "ENDPOINT", "BUCKET", "ACCESS",
-                                                 "SECRET", "FILES", "PREFIX"))
+    ap.add_argument("--child", nargs=5, metavar=("METHOD", "ENDPOINT", "BUCKET", "FILES",
+                                                 "PREFIX"), help="internal: one library's run "
+                    "(the key pair as a JSON line on standard input)")
     args = ap.parse_args()
     if args.child:
         child(*args.child)

@@ -283,3 +283,36 @@ def test_a_multipart_segment_that_does_not_match_is_aborted_never_completed(
     c = store.client()
     assert c.head_object(f"school-b/{h.device}/l1/seg-00000.ts") is None
     assert c.list_multipart(f"school-b/{h.device}/") == []
+
+
+@pytest.mark.slow
+def test_bench_upload_keeps_the_keys_off_its_children_command_lines(
+        tmp_path: Path, store: SeaweedFS) -> None:
+    """bench/upload.py --libraries runs each library in a child process: the key pair reaches
+    it on standard input, never as arguments (a command line is readable by every user)."""
+    import argparse
+    import importlib.util
+    import sys
+
+    from tests.support import REPO
+    from tests.test_media_live_secrets import ProcScan
+
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_upload", REPO / "bench" / "upload.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(mb=1, rounds=1)
+    with ProcScan([SECRET_KEY, ACCESS_KEY], set()) as scan:
+        bench.libraries(args, store, tmp_path)
+    assert scan.passes > 10
+    children = [c for c in scan.seen if "upload.py\0--child" in c]
+    assert len(children) == 4, scan.seen[-20:]  # own, uploader, boto3, MinIO (may fail: absent)
+    assert scan.hits == [], f"a key on a command line or in an environment: {scan.hits[:3]}"
+    # The children that can run (our client, the uploader) did upload with the keys they got.
+    c = store.client()
+    try:
+        assert c.head_object("r0/own/seg-00000.ts") is not None
+        assert c.head_object("bench/r0-uploader/bench-libraries/seg-00000.ts") is not None
+    finally:
+        c.close()
