@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agent.config import OutboxConfig
 from agent.records import Envelope, Record, event
+from agent.statefile import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,8 @@ class Outbox:
         if seq < self._floor:
             return
         floor = seq + _SEQ_BLOCK
-        tmp = self._floor_path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as fh:
-                fh.write(f"{floor}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._floor_path)
+            atomic_write_text(self._floor_path, f"{floor}\n")
             self._floor = floor
         except OSError as exc:
             log.warning("outbox: cannot write sequence floor %s: %s", self._floor_path, exc)

@@ -20,7 +20,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from agent.commands import Request, error
 from agent.records import Record, event, rfc3339
 from agent.safetext import clip, inert
+from agent.statefile import atomic_write_json
 from agent.throttle import Summary, Tally
 
 if TYPE_CHECKING:  # cryptography costs ~9 MB of RSS: imported only when a key is configured
@@ -157,13 +157,8 @@ class SeenIds:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"floor": self.floor, "ids": self.ids}, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
+            atomic_write_json(self.path, {"floor": self.floor, "ids": self.ids})
         except OSError as exc:  # the in-memory copy still protects this run
             log.error("signing: cannot save %s: %s; a restart could accept a replay of the last "
                       "commands. Next step: check the state directory (space, permissions)",

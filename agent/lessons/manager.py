@@ -16,10 +16,8 @@ hand is not restarted by the timetable, even across an agent restart.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +29,7 @@ from typing import Any, Protocol
 from agent.lessons.missed import missed_event
 from agent.lessons.timetable import ROLES, PlannedLesson, Schedule, course_code, zone
 from agent.records import Record, Severity, event, rfc3339
+from agent.statefile import atomic_write_text, load_state
 from agent.urls import redact_host
 
 log = logging.getLogger(__name__)
@@ -506,29 +505,18 @@ class LessonManager:
     # -- recovery after a kill or power cut -------------------------------------------------------
 
     def _recover(self) -> None:
-        try:
-            raw = self._state_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.error("cannot read the lesson state %s: %s", self._state_path, exc)
-            return
-        try:
-            state = json.loads(raw)
+        def parse(state: dict[str, Any]) -> tuple[dict[str, _Seen], _LostLesson | None]:
             history = {
                 str(k): _Seen(int(v["resume_n"]), bool(v["done"]), float(v["until"]))
                 for k, v in state.get("history", {}).items()
             }
             current = state.get("current")
-            lost = _LostLesson.parse(current) if current is not None else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            aside = self._state_path.with_name(self._state_path.name + ".corrupt")
-            log.error("lesson state %s is unreadable (%s); moved to %s", self._state_path, exc,
-                      aside)
-            with contextlib.suppress(OSError):
-                os.replace(self._state_path, aside)
+            return history, _LostLesson.parse(current) if current is not None else None
+
+        loaded = load_state(self._state_path, "lesson state", parse, set_aside=True)
+        if loaded is None:
             return
-        self._history = history
+        self._history, lost = loaded
         if lost is not None:
             self._report_lost(lost)
         self._persist(None, self._mono())
@@ -601,7 +589,7 @@ class LessonManager:
         body = json.dumps({"v": STATE_VERSION, "device": self._device_id, "current": current,
                            "history": history}, ensure_ascii=False, sort_keys=True)
         try:
-            _atomic_write(self._state_path, body)
+            atomic_write_text(self._state_path, body)
             self._state_failed = False
         except OSError as exc:
             if not self._state_failed:
@@ -863,18 +851,3 @@ def _human(seconds: float) -> str:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
