@@ -33,16 +33,27 @@ def _assert_each_once(db: psycopg.Connection, fleet: Fleet) -> None:
     assert db.execute("SELECT count(*) FROM seq_gaps WHERE closed_at IS NULL").fetchone()[0] == 0
 
 
+def _waiting_on_a_lock(db: psycopg.Connection) -> bool:
+    return bool(db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
+                           "'relation' AND datname = current_database()").fetchone()[0])
+
+
 def test_collector_killed_mid_ingest_loses_nothing(
         broker: Broker, collector_factory: Callable[..., CollectorProcess],
-        db: psycopg.Connection) -> None:
+        database: str, db: psycopg.Connection) -> None:
     collector = collector_factory(ingest={"batch_max": 50}).start()
     fleet = Fleet(broker.port, devices=20)
     try:
-        fleet.publish(per_device=60)  # 1,200 records queued at the broker for the collector
+        fleet.publish(per_device=30)  # 600 records queued at the broker for the collector
         wait_until(lambda: _count(db) >= 200, 60, "ingest under way")
-        collector.kill()  # SIGKILL: batches in flight are neither committed nor acknowledged
-        killed_at = _count(db)
+        # The table held: the next 600 cannot be committed, so the kill falls mid-ingest with a
+        # batch waiting in its INSERT, however fast the collector runs beside this test.
+        with psycopg.connect(database) as holder:
+            holder.execute("LOCK TABLE metrics IN SHARE MODE")
+            fleet.publish(per_device=30)
+            wait_until(lambda: _waiting_on_a_lock(db), 60, "a batch waiting on the table")
+            collector.kill()  # SIGKILL: batches in flight are neither committed nor acknowledged
+            killed_at = _count(db)
         assert killed_at < fleet.expected(), "the kill came too late to prove anything"
         fleet.publish(per_device=20)  # more while it is down: queued for its session
         collector.start()  # same client id: the broker resends what was not acknowledged
