@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,8 +95,12 @@ class Validator:
         self.max_payload_bytes = max_payload_bytes
         docs = {p.stem: json.loads(p.read_text("utf-8")) for p in sorted(schema_dir.glob("*.json"))}
         registry = jsonschema_rs.Registry([(d["$id"], d) for d in docs.values() if "$id" in d])
-        self.kinds: tuple[str, ...] = tuple(
-            docs["envelope"]["properties"]["kind"]["enum"])
+        envelope = docs["envelope"]["properties"]
+        self.kinds: tuple[str, ...] = tuple(envelope["kind"]["enum"])
+        # A topic's school and device obey the envelope's rules before anything else: an
+        # empty retained message carries no payload to check them against, and would make a
+        # terminal of any string a client can publish to.
+        self._names = {k: re.compile(envelope[k]["pattern"]) for k in ("school", "device")}
         self._validators = {
             kind: jsonschema_rs.validator_for(docs.get(kind, docs["envelope"]), registry=registry)
             for kind in self.kinds
@@ -122,6 +127,11 @@ class Validator:
             return self._reject(msg, None, None, None,
                                 f"topic is not {self.prefix}{{school}}/{{device}}/{{kind}}")
         school, device, kind = parts
+        for what, name in (("school", school), ("device", device)):
+            if not self._names[what].fullmatch(name):
+                return self._reject(msg, None, None, None,
+                                    f"the topic's {what} '{_clip(name, 64)}' is not a valid "
+                                    f"{what} id ({self._names[what].pattern})")
         if kind not in self._validators:
             return self._reject(msg, school, device, kind,
                                 f"unknown kind {_clip(kind, 64)!r} (known: "

@@ -169,6 +169,25 @@ def test_inventory_newest_wins_and_an_empty_retained_message_clears_it(ingest: I
     assert ingest.one("SELECT inventory IS NOT NULL FROM terminals") is True
 
 
+def test_an_empty_retained_message_on_a_topic_no_terminal_can_have_makes_no_terminal(
+        ingest: Ingest) -> None:
+    """An empty payload carries no envelope to check: the topic's school and device must obey
+    the envelope's rules themselves, or any string becomes a terminal (and reaches status,
+    reports, spreadsheets and terminals as a name)."""
+    bad = ["room\x1b[31m-1", "=HYPERLINK(\"http://x\")", "room 101", "r" * 65, "room.101"]
+    res = ingest.write(*(msg(kind, b"", device=d) for d in bad for kind in
+                         ("inventory", "state", "schedule")),
+                       msg("inventory", b"", school="\u202eschool"))
+    assert (res.cleared, res.quarantined) == (0, 3 * len(bad) + 1)
+    assert ingest.conn.execute("SELECT count(*) FROM terminals").fetchone()[0] == 0
+    reasons = [r[0] for r in ingest.conn.execute("SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons[0].startswith("the topic's device 'room\\x1b[31m-1' is not a valid device")
+    assert all(r.isprintable() for r in reasons), reasons
+    assert reasons[-1].startswith("the topic's school '\\u202eschool' is not a valid school")
+    # A real terminal's clear still works.
+    assert ingest.write(msg("inventory", b"")).cleared == 1
+
+
 def test_metrics_go_to_monthly_partitions_and_old_ones_expire(ingest: Ingest) -> None:
     now = time.time()
     old = now - 500 * 86400  # older than the 13-month retention: counted, not stored
