@@ -11,7 +11,6 @@ dataclasses and share this machinery.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from agent.yamlsource import compose
+from agent.yamlsource import compose, describe_node, unknown_key
 
 T = TypeVar("T")
 
@@ -105,10 +104,7 @@ class _Loader:
             key = knode.value if isinstance(knode, yaml.ScalarNode) else None
             kpath = f"{path}.{key}" if path else str(key)
             if key not in fields:
-                hint = difflib.get_close_matches(str(key), fields, n=1)
-                extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-                known = ", ".join(sorted(fields))
-                self._err(knode, kpath, f"unknown key{extra}; known keys here: {known}")
+                self._err(knode, kpath, unknown_key(str(key), sorted(fields)))
             elif key in given:
                 self._err(knode, kpath, "duplicate key")
             else:
@@ -239,15 +235,6 @@ def _type_name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
-
-
-def describe_node(node: yaml.Node) -> str:
-    """A YAML node as an error message names it: "a mapping", "a list" or its text."""
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return repr(node.value)
 
 
 def read_secret(path: str | None, env: str) -> str | None:

@@ -1,12 +1,14 @@
 """Parse YAML into a node tree (with line numbers) for the loaders of config and timetable.
 
 Both loaders walk nodes rather than parsed values so that every problem names its line; this is
-the one place that turns PyYAML's failures into those loaders' own error type.
+the one place that turns PyYAML's failures into those loaders' own error type, and that words
+what both say about a node (:func:`describe_node`, :func:`unknown_key`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 
 import yaml
 
@@ -31,6 +33,24 @@ def compose(text: str, name: str, what: str,
                      "valid Unicode (a lone surrogate escape such as \\ud800): write the "
                      "character itself"])
     return root
+
+
+def describe_node(node: yaml.Node) -> str:
+    """A YAML node as an error message names it: "a mapping", "a list" or its text."""
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return repr(node.value)
+
+
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """The problem with a key that is none of ``known`` (listed in the order given), with the
+    likeliest meant one first: a typo must never silently fall back to a default."""
+    known = list(known)
+    hint = difflib.get_close_matches(key, known, n=1)
+    extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return f"unknown key{extra}; known keys here: {', '.join(known)}"
 
 
 def _lone_surrogate(root: yaml.Node | None) -> yaml.ScalarNode | None:

@@ -15,7 +15,6 @@ middle of a lesson. Every instant is an aware datetime in the configured zone.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from agent.urls import SINK_NAME_RE, SINK_NAME_RULE, SINK_RULE, SINK_URL_RE
-from agent.yamlsource import compose
+from agent.yamlsource import compose, describe_node, unknown_key
 
 ROLES = ("lecturing", "receiving")
 SOURCES = ("timetable", "ical")
@@ -333,7 +332,7 @@ class _Reader:
         self, node: yaml.Node, path: str, known: Iterable[str], required: Iterable[str] = ()
     ) -> dict[str, yaml.Node] | None:
         if not isinstance(node, yaml.MappingNode):
-            self.err(node, path, f"expected a mapping of keys, got {_describe(node)}")
+            self.err(node, path, f"expected a mapping of keys, got {describe_node(node)}")
             return None
         known = list(known)
         out: dict[str, yaml.Node] = {}
@@ -343,9 +342,7 @@ class _Reader:
                 continue
             kpath = f"{path}.{key}" if path else key
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-                self.err(knode, kpath, f"unknown key{extra}; known keys here: {', '.join(known)}")
+                self.err(knode, kpath, unknown_key(key, known))
             elif key in out:
                 self.err(knode, kpath, "duplicate key")
             else:
@@ -357,7 +354,7 @@ class _Reader:
 
     def key(self, node: yaml.Node, path: str) -> str | None:
         if not isinstance(node, yaml.ScalarNode) or node.value == "":
-            self.err(node, path, f"keys must be plain names, got {_describe(node)}")
+            self.err(node, path, f"keys must be plain names, got {describe_node(node)}")
             return None
         return node.value
 
@@ -365,13 +362,13 @@ class _Reader:
         if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
             return []
         if not isinstance(node, yaml.SequenceNode):
-            self.err(node, path, f"expected a list, got {_describe(node)}")
+            self.err(node, path, f"expected a list, got {describe_node(node)}")
             return None
         return list(node.value)
 
     def text(self, node: yaml.Node, path: str, *, required: bool = True) -> str | None:
         if not isinstance(node, yaml.ScalarNode):
-            self.err(node, path, f"expected a single value, got {_describe(node)}")
+            self.err(node, path, f"expected a single value, got {describe_node(node)}")
             return None
         value = node.value.strip()
         if node.tag == _NULL or not value:
@@ -437,14 +434,6 @@ def parse_range(text: str) -> tuple[time, time] | str:
     if end <= start:
         return f"invalid time range {text!r}: the end must be after the start, on the same day"
     return start, end
-
-
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return repr(node.value)
 
 
 _TOP = ("name", "term", "grids", "default_grid", "weekly", "holidays", "make_up_days", "overrides")
@@ -662,7 +651,8 @@ def _parse_weekly(r: _Reader, ctx: _LessonParser, node: yaml.Node | None) \
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
         return weekly
     if not isinstance(node, yaml.MappingNode):
-        r.err(node, "weekly", f"expected a mapping of weekdays to lessons, got {_describe(node)}")
+        r.err(node, "weekly",
+              f"expected a mapping of weekdays to lessons, got {describe_node(node)}")
         return weekly
     seen: dict[int, int] = {}
     for knode, vnode in node.value:
