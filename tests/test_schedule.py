@@ -24,7 +24,8 @@ from agent.lessons.manager import joinable
 from agent.lessons.missed import LastSeen, RunLog, find_missed
 from agent.lessons.plan import schedule_data
 from agent.lessons.planner import Planner, PlanSettings
-from agent.lessons.timetable import PlannedLesson, Timetable, loads_timetable
+from agent.lessons.timetable import PlannedLesson, Timetable
+from agent.lessons.timetable_yaml import loads_timetable
 from agent.records import Record
 from tests.support import (
     LIBFAKETIME,

@@ -19,14 +19,8 @@ from hypothesis import strategies as st
 
 from agent.lessons import load_schedule
 from agent.lessons.ical import loads_ical
-from agent.lessons.timetable import (
-    PlannedLesson,
-    Timetable,
-    TimetableError,
-    course_code,
-    load_timetable,
-    loads_timetable,
-)
+from agent.lessons.timetable import PlannedLesson, Timetable, TimetableError, course_code
+from agent.lessons.timetable_yaml import load_timetable, loads_timetable
 from tests.fuzzing import fuzz_case, hostile_scalars, near_valid, yaml_text
 from tests.support import REPO
 
@@ -664,7 +658,7 @@ def test_random_bytes_as_ical_raise_only_timetable_error(data: bytes) -> None:
 
 
 def test_the_docs_name_every_key() -> None:
-    from agent.lessons import timetable as tt
+    from agent.lessons import timetable_yaml as tt
 
     doc = (REPO / "docs" / "timetable.md").read_text(encoding="utf-8")
     keys = {*tt._TOP, *tt._LESSON, "weeks", "start", "end", "from", "to", "date", "follows",

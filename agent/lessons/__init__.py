@@ -1,7 +1,8 @@
 """Lessons: the timetable, the lesson state machine and the evidence each lesson leaves.
 
-``load_schedule`` picks the reader by file name: ``.ics``/``.ical`` is iCalendar, anything else
-the YAML timetable (docs/timetable.md). The iCalendar libraries are imported only when needed.
+``load_schedule`` picks the reader by file name: ``.ics``/``.ical`` is iCalendar
+(``ical.py``), anything else the YAML timetable (``timetable_yaml.py``, docs/timetable.md); the
+model both give is ``timetable.py``. The iCalendar libraries are imported only when needed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,6 @@ def load_schedule(path: str | Path, tz: str) -> Schedule:
         from agent.lessons.ical import load_ical
 
         return load_ical(path, tz)
-    from agent.lessons.timetable import load_timetable
+    from agent.lessons.timetable_yaml import load_timetable
 
     return load_timetable(path, tz)

@@ -30,6 +30,7 @@ from agent.lessons.timetable import (
     PlannedLesson,
     TimetableError,
     course_code,
+    read_file,
     zone,
 )
 from agent.urls import SINK_NAME_RE, SINK_NAME_RULE, SINK_RULE, SINK_URL_RE, redact_url
@@ -52,15 +53,7 @@ _CACHE_CHUNKS = 128
 def load_ical(path: Path | str, tz: str) -> IcalTimetable:
     """Read and check an .ics file; raise TimetableError naming what is wrong and where."""
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES * 10 + 1)
-    except FileNotFoundError:
-        raise TimetableError([f"{path}: file not found"]) from None
-    except OSError as exc:
-        raise TimetableError([f"{path}: cannot read: {exc}"]) from None
-    if len(raw) > MAX_FILE_BYTES * 10:
-        raise TimetableError([f"{path}: larger than {MAX_FILE_BYTES * 10} bytes"])
+    raw = read_file(path, MAX_FILE_BYTES * 10)
     timetable = loads_ical(raw, tz, name=str(path))
     timetable.sha256 = hashlib.sha256(raw).hexdigest()
     return timetable

@@ -23,7 +23,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.lessons.plan import schedule_data
-from agent.lessons.timetable import PlannedLesson, Timetable, loads_timetable
+from agent.lessons.timetable import PlannedLesson, Timetable
+from agent.lessons.timetable_yaml import loads_timetable
 from agent.records import rfc3339
 from collector.validation import Inbound
 from tests.collector.ingest_support import agent_section, msg, payload
