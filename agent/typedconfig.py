@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from agent.yamlsource import compose, describe_node, unknown_key
+from agent.yamlsource import compose, describe_node, shown, unknown_key
 
 T = TypeVar("T")
 
@@ -162,7 +162,7 @@ class _Loader:
             raw = self._scalars.construct_object(node)
         except Exception as exc:  # a bad explicit tag: !!int abc, !!timestamp x, !python/...
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            self._err(node, path, f"cannot read {node.value!r} as {node.tag}: {problem}")
+            self._err(node, path, f"cannot read {shown(node.value)} as {node.tag}: {problem}")
             return _INVALID
         value = self._coerce(tp, raw, node, path)
         if value is not _INVALID:
@@ -175,7 +175,7 @@ class _Loader:
             if str(raw) in choices and raw is not None:
                 return str(raw)
             listed = ", ".join(repr(c) for c in choices)
-            self._err(node, path, f"must be one of {listed}, got {raw!r}")
+            self._err(node, path, f"must be one of {listed}, got {shown(raw)}")
             return _INVALID
         if tp is str and isinstance(raw, int | float | date) and not isinstance(raw, bool):
             return node.value  # the text as written: 2026-10-01, or 17:00 (YAML 1.1's 1020)
@@ -186,7 +186,7 @@ class _Loader:
             or (tp is str and isinstance(raw, str | int | float) and not isinstance(raw, bool))
         )
         if not ok:
-            self._err(node, path, f"expected {_type_name(tp)}, got {raw!r}")
+            self._err(node, path, f"expected {_type_name(tp)}, got {shown(raw)}")
             return _INVALID
         return tp(raw)
 
@@ -201,12 +201,13 @@ class _Loader:
             self._err(node, path, f"must be at most {hi}, got {value}")
         if pattern and isinstance(value, str) and not re.match(pattern, value):
             rule = meta.get("doc") or f"must match {pattern}"
-            self._err(node, path, f"invalid value {value!r}: {rule}")
+            echo = "(not shown)" if meta.get("redact") else shown(value)
+            self._err(node, path, f"invalid value {echo}: {rule}")
         elif meta.get("check") is not None:
             problem = meta["check"](value)
             if problem:
-                shown = "(not shown)" if meta.get("redact") else repr(clip(str(value)))
-                self._err(node, path, f"invalid value {shown}: {problem}")
+                echo = "(not shown)" if meta.get("redact") else shown(value)
+                self._err(node, path, f"invalid value {echo}: {problem}")
         if meta.get("file") and isinstance(value, str):
             self._check_file(value, node, path)
 

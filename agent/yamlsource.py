@@ -8,9 +8,14 @@ what both say about a node (:func:`describe_node`, :func:`unknown_key`).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 
 import yaml
+
+from agent.urls import redact_url
+
+_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def compose(text: str, name: str, what: str,
@@ -41,7 +46,21 @@ def describe_node(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return repr(node.value)
+    return shown(node.value)
+
+
+def shown(value: object, n: int = 80) -> str:
+    """A value as a problem echoes it: clipped to ``n`` characters, and a URL without its
+    secrets (user info, an RTMP stream key, query values such as an SRT passphrase). Config and
+    timetable problems are logged, and a failed reload sends them to the platform
+    (``config_reload_failed``)."""
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, str) and "://" in text:
+        text = (redact_url(text.strip()) if _URL_START.match(text)
+                else "(not shown: it holds a URL)")
+    if len(text) > n:
+        text = f"{text[:n]}... ({len(text)} characters)"
+    return repr(text) if isinstance(value, str) else text
 
 
 def unknown_key(key: str, known: Iterable[str]) -> str:

@@ -211,6 +211,37 @@ def test_a_lone_surrogate_escape_is_a_config_error() -> None:
     assert msg.startswith("agent.yaml:2:12: '/var/lib/x\\ud800' is not valid Unicode"), msg
 
 
+@pytest.mark.parametrize(("live", "echoed"), [
+    ('["rtmp://push.example/live/KEY-8f3a"]', True),              # a URL where a mapping goes
+    ('[{url: "rtmp://push.example/live/KEY-8f3a "}]', True),      # a space: the pattern fails
+    ('[{url: "srt://push.example:9000?passphrase=KEY-8f3a x"}]', True),
+    ('[{url: "rtmp://u:KEY-8f3a@push.example/live/x", protocol: rtnp}]', False),
+    ('[{url: "see rtmp://push.example/live/KEY-8f3a"}]', False),
+])
+def test_a_wrong_live_url_is_named_without_its_secret(live: str, echoed: bool) -> None:
+    """Config problems reach the log and, on a reload, the config_reload_failed event sent to
+    the platform: a stream key or passphrase in a mistyped URL must not ride along."""
+    with pytest.raises(ConfigError) as err:
+        loads(f"device: {{id: r1, school: s1}}\nmedia: {{live: {live}}}\n")
+    text = str(err.value)
+    assert "media.live" in text and "KEY-8f3a" not in text, text
+    if echoed:
+        assert "push.example" in text and "***" in text, text  # still says which URL
+
+
+def test_a_wrong_timetable_live_url_is_named_without_its_secret() -> None:
+    """The timetable's problems go the same way (``config_reload_failed``)."""
+    from agent.lessons.timetable import TimetableError, loads_timetable
+
+    with pytest.raises(TimetableError) as err:
+        loads_timetable("term: {start: 2026-09-01, end: 2027-01-20}\n"
+                        "grids: {default: {p1: '08:00-08:40'}}\n"
+                        "weekly: {monday: [{period: p1, course: x, "
+                        "live: 'rtmp://push.example/live/KEY-8f3a'}]}\n", "Asia/Shanghai")
+    text = "; ".join(err.value.problems)
+    assert "weekly.monday[0].live" in text and "KEY-8f3a" not in text, text
+
+
 def test_duplicate_keys_are_errors() -> None:
     assert _one(HEAD + "  port: 1\n  port: 2\n") == "agent.yaml:4: mqtt.port: duplicate key"
     assert _one(GOOD + GOOD) == "agent.yaml:2: device: duplicate key"
