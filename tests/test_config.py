@@ -231,7 +231,8 @@ def test_a_wrong_live_url_is_named_without_its_secret(live: str, echoed: bool) -
 
 def test_a_wrong_timetable_live_url_is_named_without_its_secret() -> None:
     """The timetable's problems go the same way (``config_reload_failed``)."""
-    from agent.lessons.timetable import TimetableError, loads_timetable
+    from agent.lessons.timetable import TimetableError
+    from agent.lessons.timetable_yaml import loads_timetable
 
     with pytest.raises(TimetableError) as err:
         loads_timetable("term: {start: 2026-09-01, end: 2027-01-20}\n"
