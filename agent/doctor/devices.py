@@ -14,7 +14,7 @@ T_CAMERA = N_("Camera")
 T_MIC = N_("Microphone")
 #: How long the probe looks and listens (a frozen picture needs a few frames to be seen).
 PROBE_S = 1.5
-LIMIT_S = PROBE_S + peek.STARTUP_S + 2
+LIMIT_S = peek.READY_S + PROBE_S + peek.DEVICE_S + 2
 
 
 def _lesson_media(ctx: Context) -> dict[str, Any] | None:

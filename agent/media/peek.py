@@ -32,9 +32,14 @@ from agent.media.spec import AudioSpec, VideoSpec
 
 log = logging.getLogger(__name__)
 
-#: Time the child needs beyond the listening time: Python and OpenCV start-up, and up to
-#: ``probe.OPEN_S`` (5 s) for the device's first data.
-STARTUP_S = 8.0
+#: Time the child may take to load Python, OpenCV and NumPy before it says ``ready``: a second
+#: on a quiet PC, several on a busy one (a probe child took 4.4 s at a tenth of a core).
+READY_S = 20.0
+#: Time the devices get beyond the listening time, counted from ``ready``: up to
+#: ``probe.OPEN_S`` (5 s) for the first data, and the result line. The child's start-up is not
+#: the device's: counting it here told a technician on a busy PC that a working microphone
+#: "did not answer".
+DEVICE_S = 7.0
 SNAPSHOT_S = 1.0
 SNAPSHOT_WIDTH = 640
 SNAPSHOT_EVERY_S = 2.0
@@ -70,6 +75,7 @@ def probe(video: VideoSpec | None, audio: AudioSpec | None, seconds: float,
     except OSError as exc:
         return {"error": f"cannot start the probe: {exc}"}
     result: dict[str, Any] = {}
+    ready = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -80,7 +86,9 @@ def probe(video: VideoSpec | None, audio: AudioSpec | None, seconds: float,
                 doc = json.loads(raw)
             except ValueError:
                 continue
-            if doc.get("type") == "level" and on_level is not None:
+            if doc.get("type") == "ready":
+                ready.set()
+            elif doc.get("type") == "level" and on_level is not None:
                 on_level(doc)
             elif doc.get("type") == "result":
                 result.update(doc)
@@ -93,10 +101,14 @@ def probe(video: VideoSpec | None, audio: AudioSpec | None, seconds: float,
         proc.stdin.close()
     except OSError:
         pass
-    deadline = time.monotonic() + seconds + STARTUP_S
+    deadline = time.monotonic() + READY_S
+    started = False
     while reader.is_alive() and time.monotonic() < deadline:
         if stop is not None and stop.is_set():
             break
+        if not started and ready.is_set():
+            started = True
+            deadline = time.monotonic() + seconds + DEVICE_S
         reader.join(0.1)
     timed_out = reader.is_alive()
     _kill(proc)
@@ -104,7 +116,10 @@ def probe(video: VideoSpec | None, audio: AudioSpec | None, seconds: float,
     if result:
         return result
     if timed_out and not (stop is not None and stop.is_set()):
-        return {"error": f"the device did not answer within {seconds + STARTUP_S:.0f} s "
+        if not started:
+            return {"error": f"the probe did not start within {READY_S:.0f} s: this PC is too "
+                             f"busy (load {os.getloadavg()[0]:.1f}); try again"}
+        return {"error": f"the device did not answer within {seconds + DEVICE_S:.0f} s "
                          "(the probe was stopped)"}
     return {"error": f"the probe ended without a result (exit code {proc.returncode})"}
 

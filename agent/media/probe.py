@@ -10,6 +10,8 @@ probe sees is what a lesson would get.
 Protocol: one JSON line on stdin, ``{"video": VideoSpec|null, "audio": AudioSpec|null,
 "seconds": float, "jpeg_width": int, "level_every_s": float}``. Output lines:
 
+- ``{"type": "ready"}`` once its libraries are loaded, before any device is opened (the
+  caller's deadline for the devices starts there);
 - ``{"type": "level", "rms_dbfs", "peak_dbfs"}`` every ``level_every_s`` while listening;
 - one last ``{"type": "result", "video": {...}|null, "audio": {...}|null}``: frames, luma,
   black/frozen, a JPEG (base64, only if ``jpeg_width``) for video; chunks, levels and silence
@@ -189,6 +191,7 @@ def main() -> None:
     # The protocol gets a private copy of stdout; C libraries that print go to the log.
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    _emit(out, {"type": "ready"})
     try:
         request = json.loads(sys.stdin.readline() or "{}")
         result = run(request, out)
