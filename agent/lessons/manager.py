@@ -16,20 +16,20 @@ hand is not restarted by the timetable, even across an agent restart.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.lessons.evidence import MediaSummary
+from agent.lessons.lessonstate import LessonIdentity, LessonState, SavedLesson, Seen
 from agent.lessons.missed import missed_event
 from agent.lessons.timetable import ROLES, PlannedLesson, Schedule, course_code, zone
 from agent.records import Record, Severity, event, rfc3339
-from agent.statefile import atomic_write_text, load_state
 from agent.urls import redact_host
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,8 @@ LATE_AFTER_S = 2.0
 HISTORY_S = 86400.0
 MIN_DURATION_S, MAX_DURATION_S = 10.0, 86400.0
 
-TRIGGERS = ("timetable", "manual", "command")
 ENDED_BY = ("schedule", "duration", "manual", "command", "preempted", "agent_stopping",
             "agent_interrupted")
-STATE_VERSION = 1
 
 
 class LessonError(Exception):
@@ -71,23 +69,11 @@ class MediaControl(Protocol):
 
 
 @dataclass
-class _Running:
+class _Running(LessonIdentity):
     """The live lesson (mutable; only changed under the manager's lock)."""
 
-    lesson_id: str
-    base_id: str
-    resume_n: int
-    course: str
-    teacher: str
-    role: str
-    trigger: str
-    scheduled_start: float | None
-    scheduled_end: float | None
-    planned_duration_s: float | None
-    actual_start: float
     start_mono: float
     deadline_mono: float
-    until: float  # wall time after which the lesson is over (for the history and resumes)
     sinks: list[tuple[str, str]]
     late_s: float = 0.0
     continues: str | None = None
@@ -103,12 +89,11 @@ class _Running:
         """A reported instant: the start plus monotonic time, immune to wall-clock jumps."""
         return self.actual_start + max(0.0, mono - self.start_mono)
 
-
-@dataclass(frozen=True)
-class _Seen:
-    resume_n: int
-    done: bool  # ended for good (schedule, by hand, ...): the timetable must not start it again
-    until: float
+    def saved(self, now_m: float) -> SavedLesson:
+        """What the state file keeps of it: the lesson so far, should the agent die now."""
+        identity = {f.name: getattr(self, f.name) for f in fields(LessonIdentity)}
+        return SavedLesson(**identity, elapsed_s=max(0.0, now_m - self.start_mono),
+                           continues=self.continues)
 
 
 class LessonManager:
@@ -124,16 +109,15 @@ class LessonManager:
         self._manual_duration_s = manual_duration_s
         self._media = media
         self._emit_record = emit
-        self._state_path = Path(state_path)
+        self._state = LessonState(Path(state_path), device_id)
         self._wall, self._mono = wall, mono
         self._tz = zone(tz)
         self._lock = threading.Lock()  # guards the fields below; never held across media or emit
         self._busy = threading.RLock()  # serialises transitions; held across media.stop()
         self._current: _Running | None = None
-        self._history: dict[str, _Seen] = {}
+        self._history: dict[str, Seen] = {}
         self._pending_manual: dict[str, Any] | None = None
         self._last_manual_id = ""
-        self._state_failed = False
         self._planning_error = ""
         self._stop_event = threading.Event()
         self._wake = threading.Event()  # a new timetable: plan again now
@@ -369,7 +353,7 @@ class LessonManager:
             sinks=sinks, late_s=late if late > LATE_AFTER_S else 0.0, continues=continues,
         )
         with self._lock:
-            self._history[base_id] = _Seen(resume_n, False, until)
+            self._history[base_id] = Seen(resume_n, False, until)
         # On disk before media starts: a kill from here on is reported as agent_interrupted,
         # never leaving a recording folder that no evidence mentions.
         self._persist(run, now_m)
@@ -463,14 +447,14 @@ class LessonManager:
             self._emit_missed(run)
         with self._lock:
             self._current = None
-            self._history[run.base_id] = _Seen(run.resume_n, ended_by != "agent_stopping",
+            self._history[run.base_id] = Seen(run.resume_n, ended_by != "agent_stopping",
                                                run.until)
         self._persist(None, end_m)
         return details
 
     def _ended_details(self, run: _Running, end_w: float, duration: float, ended_by: str,
                        summary: dict[str, Any] | None) -> dict[str, Any]:
-        media = _Summary(summary)
+        media = MediaSummary(summary)
         live_s = media.live_s
         if summary is not None:
             live_s = {name: live_s.get(name, 0.0) for name, _ in run.sinks} | live_s
@@ -505,15 +489,7 @@ class LessonManager:
     # -- recovery after a kill or power cut -------------------------------------------------------
 
     def _recover(self) -> None:
-        def parse(state: dict[str, Any]) -> tuple[dict[str, _Seen], _LostLesson | None]:
-            history = {
-                str(k): _Seen(int(v["resume_n"]), bool(v["done"]), float(v["until"]))
-                for k, v in state.get("history", {}).items()
-            }
-            current = state.get("current")
-            return history, _LostLesson.parse(current) if current is not None else None
-
-        loaded = load_state(self._state_path, "lesson state", parse, set_aside=True)
+        loaded = self._state.load()
         if loaded is None:
             return
         self._history, lost = loaded
@@ -521,7 +497,7 @@ class LessonManager:
             self._report_lost(lost)
         self._persist(None, self._mono())
 
-    def _report_lost(self, lost: _LostLesson) -> None:
+    def _report_lost(self, lost: SavedLesson) -> None:
         now_w = self._wall()
         end_w = lost.actual_start + lost.elapsed_s
         details = {
@@ -545,7 +521,7 @@ class LessonManager:
         if lost.continues:
             details["continues"] = lost.continues
         self._emit("lesson_ended", "warning", _ended_message(details), details)
-        self._history[lost.base_id] = _Seen(lost.resume_n, False, lost.until)
+        self._history[lost.base_id] = Seen(lost.resume_n, False, lost.until)
         if lost.trigger != "timetable":
             self._pending_manual = {
                 "lesson_id": lost.lesson_id, "base_id": lost.base_id,
@@ -558,10 +534,10 @@ class LessonManager:
         """What a killed lesson left on disk (segments with size and SHA-256), if the media side
         can tell; the evidence of an interrupted lesson still lists its recording."""
         found = getattr(self._media, "recorded", None)
-        summary = _Summary(None)
+        summary = MediaSummary(None)
         if callable(found):
             try:
-                summary = _Summary(found(lesson_id, since))
+                summary = MediaSummary(found(lesson_id, since))
             except Exception:  # evidence without segments beats no evidence
                 log.exception("could not list the recording of %s", lesson_id)
         return {"recorded_s": summary.recorded_s, "segments": summary.segments}
@@ -569,33 +545,14 @@ class LessonManager:
     # -- the state file ---------------------------------------------------------------------------
 
     def _persist(self, run: _Running | None, now_m: float) -> None:
-        """Write the running lesson and the history atomically (temp file, fsync, rename)."""
+        """Write the running lesson and the history to the state file."""
         with self._lock:
             current = None
             if run is not None:
                 run.persisted_mono = now_m
-                current = {
-                    "lesson_id": run.lesson_id, "base_id": run.base_id,
-                    "resume_n": run.resume_n, "course": run.course, "teacher": run.teacher,
-                    "role": run.role, "trigger": run.trigger,
-                    "scheduled_start": run.scheduled_start, "scheduled_end": run.scheduled_end,
-                    "planned_duration_s": run.planned_duration_s,
-                    "actual_start": run.actual_start,
-                    "elapsed_s": max(0.0, now_m - run.start_mono), "until": run.until,
-                    "continues": run.continues,
-                }
-            history = {k: {"resume_n": v.resume_n, "done": v.done, "until": v.until}
-                       for k, v in self._history.items()}
-        body = json.dumps({"v": STATE_VERSION, "device": self._device_id, "current": current,
-                           "history": history}, ensure_ascii=False, sort_keys=True)
-        try:
-            atomic_write_text(self._state_path, body)
-            self._state_failed = False
-        except OSError as exc:
-            if not self._state_failed:
-                log.error("cannot write the lesson state %s: %s (a crash now would lose the "
-                          "running lesson's evidence)", self._state_path, exc)
-            self._state_failed = True
+                current = run.saved(now_m)
+            history = dict(self._history)
+        self._state.save(current, history)
 
     def _prune(self, now_w: float) -> None:
         old = [k for k, v in self._history.items() if v.until < now_w - HISTORY_S]
@@ -680,119 +637,6 @@ class LessonManager:
             self._emit_record(record)
         except Exception:
             log.exception("cannot record %s for %s", type_, details.get("lesson_id"))
-
-
-@dataclass(frozen=True)
-class _LostLesson:
-    """The running lesson as the state file last saw it."""
-
-    lesson_id: str
-    base_id: str
-    resume_n: int
-    course: str
-    teacher: str
-    role: str
-    trigger: str
-    scheduled_start: float | None
-    scheduled_end: float | None
-    planned_duration_s: float | None
-    actual_start: float
-    elapsed_s: float
-    until: float
-    continues: str | None
-
-    @classmethod
-    def parse(cls, d: dict[str, Any]) -> _LostLesson:
-        def opt(key: str) -> float | None:
-            return None if d.get(key) is None else float(d[key])
-
-        role, trigger = str(d["role"]), str(d["trigger"])
-        if role not in ROLES or trigger not in TRIGGERS:
-            raise ValueError(f"bad role or trigger {role!r}/{trigger!r}")
-        return cls(
-            lesson_id=str(d["lesson_id"]), base_id=str(d["base_id"]),
-            resume_n=int(d["resume_n"]), course=str(d["course"]), teacher=str(d["teacher"]),
-            role=role, trigger=trigger, scheduled_start=opt("scheduled_start"),
-            scheduled_end=opt("scheduled_end"), planned_duration_s=opt("planned_duration_s"),
-            actual_start=float(d["actual_start"]), elapsed_s=max(0.0, float(d["elapsed_s"])),
-            until=float(d["until"]), continues=d.get("continues") or None,
-        )
-
-
-class _Summary:
-    """media.stop()'s summary, checked field by field: it comes from another process."""
-
-    def __init__(self, summary: dict[str, Any] | None) -> None:
-        s = summary if isinstance(summary, dict) else {}
-        raw_live = s.get("live_s") if isinstance(s.get("live_s"), dict) else {}
-        self.live_s = {str(k): _seconds(v) for k, v in raw_live.items() if _num(v)}
-        self.recorded_s = _seconds(s["recorded_s"]) if _num(s.get("recorded_s")) else None
-        self.segments = [seg for seg in map(_segment, _list(s.get("segments"))) if seg]
-        self.interruptions = [i for i in map(_interruption, _list(s.get("interruptions"))) if i]
-        enc = s.get("encoder")
-        self.encoder = ({"codec": enc["codec"][:32], "reason": str(enc.get("reason", ""))[:500]}
-                        if isinstance(enc, dict) and isinstance(enc.get("codec"), str) else None)
-
-
-def _segment(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-        return None
-    out: dict[str, Any] = {
-        "path": raw["path"],
-        "bytes": max(0, int(raw["bytes"])) if _num(raw.get("bytes")) else None,
-        "sha256": _sha256(raw.get("sha256")),
-        "start": _instant(raw.get("start")),
-        "end": _instant(raw.get("end")),
-    }
-    if _num(raw.get("duration_s")):
-        out["duration_s"] = _seconds(raw["duration_s"])
-    if isinstance(raw.get("partial"), bool):
-        out["partial"] = raw["partial"]  # left on disk by a crashed worker
-    return out
-
-
-def _interruption(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, dict) or not isinstance(raw.get("what"), str):
-        return None
-    out: dict[str, Any] = {
-        "what": raw["what"], "start": _instant(raw.get("start")), "end": _instant(raw.get("end")),
-        "duration_s": _seconds(raw["duration_s"]) if _num(raw.get("duration_s")) else None,
-    }
-    for key in ("detail", "message", "reason"):
-        if isinstance(raw.get(key), str):
-            out["detail"] = raw[key]
-            break
-    return out
-
-
-def _sha256(value: Any) -> str | None:
-    text = value.lower() if isinstance(value, str) else ""
-    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
-
-
-def _instant(value: Any) -> str | None:
-    """Epoch seconds (the worker's unit) or an RFC 3339 string, as RFC 3339 UTC ms."""
-    if _num(value):
-        return rfc3339(float(value))
-    if isinstance(value, str) and value:
-        try:
-            return rfc3339(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            return None
-    return None
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
-
-
-def _seconds(value: float) -> float:
-    return round(max(0.0, float(value)), 3)
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _round(value: float | None) -> float | None:
