@@ -114,6 +114,9 @@ class PublisherStats:
     session: int = 0
     connected_since: float | None = None
     last_puback: float | None = None
+    #: Since when the broker has answered "No matching subscribers" (MQTT 5 PUBACK 0x10) for
+    #: our records: reachable, but nobody (no collector) receives them; None once one is.
+    no_subscriber_since: float | None = None
     last_error: str | None = None
     last_error_ts: float | None = None
     reconnects_total: int = 0
@@ -711,6 +714,7 @@ class Publisher:
             self._hold(seq)
             return
         self._nobody.reset()
+        self.stats.no_subscriber_since = None
         self.stats.acked_total += 1
         self.stats.last_puback = time.time()
         self.outbox.ack((seq,))
@@ -724,6 +728,8 @@ class Publisher:
         file) until the collectors subscribe again. Keep the record, stop sending, and resend
         from it after a back-off, in order, as after a refused PUBACK."""
         self._resend_from = seq if self._resend_from is None else min(self._resend_from, seq)
+        if self.stats.no_subscriber_since is None:
+            self.stats.no_subscriber_since = time.time()
         if self._hold_until is not None:
             return
         delay = self._nobody.next_delay()

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support import AgentProcess, Broker, drained, free_port, wait_until
+from tests.support import AgentProcess, Broker, Subscriber, drained, free_port, wait_until
 
 
 def _get(agent: AgentProcess, path: str) -> tuple[str, str]:
@@ -28,8 +28,10 @@ def _healthy(agent: AgentProcess) -> bool:
 LOCKED = {"commands": {"require_signature": True}}
 
 
-def test_status_when_connected(broker: Broker, agent_factory) -> None:
-    # One tick at the start, then quiet: once delivered, the outbox stays empty.
+def test_status_when_connected(broker: Broker, subscriber: Subscriber, agent_factory) -> None:
+    # One tick at the start, then quiet: once delivered (to the platform's subscriber), the
+    # outbox stays empty.
+    subscriber.wait_connected()
     agent = agent_factory(**LOCKED, telemetry={"interval_s": 60}).start()
     wait_until(lambda: _healthy(agent), 30, "a connected, healthy agent")
     wait_until(lambda: drained(agent), 30, "the first records delivered")
@@ -52,6 +54,34 @@ def test_status_when_connected(broker: Broker, agent_factory) -> None:
     assert snap["outbox"]["depth"] == 0 and snap["outbox"]["last_seq"] >= 1
     assert snap["warnings"] == []
     assert snap["agent"]["config_hash"] and snap["device"]["id"] == "room-101"
+
+
+def test_status_when_nobody_subscribes(broker: Broker, agent_factory) -> None:
+    """A broker that takes our records but has no subscriber (no collector) for them answers
+    "No matching subscribers": the records stay on this PC and the technician is told why."""
+    agent = agent_factory(**LOCKED, telemetry={"interval_s": 10}).start()  # grace: 30 s
+    wait_until(lambda: (agent.status() or {}).get("broker", {}).get("no_subscriber_since"), 30,
+               "the broker's 'no matching subscribers'")
+    assert agent.status()["ok"] is True  # within the grace: a collector may be restarting
+    wait_until(lambda: not agent.status()["ok"], 45, "the warning after the 30 s grace")
+    res = agent.cli("status", "--config", str(agent.config_path))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "has had no subscriber for this terminal's records" in res.stdout
+    snap = agent.status()
+    assert snap["outbox"]["depth"] >= 1
+    assert "broker_no_subscriber" in [w["code"] for w in snap["warning_details"]]
+
+    # The platform's subscriber arrives: the kept records are delivered, the warning goes.
+    sub = Subscriber(broker.port)
+    try:
+        sub.wait_connected()
+        wait_until(lambda: drained(agent), 90, "the kept records delivered")
+        wait_until(lambda: sub.seqs(), 10, "the records at the subscriber")
+        assert min(sub.seqs()) == 1
+        assert agent.status()["broker"]["no_subscriber_since"] is None
+        assert "broker_no_subscriber" not in [w["code"] for w in agent.status()["warning_details"]]
+    finally:
+        sub.close()
 
 
 def test_status_with_the_broker_stopped(broker: Broker, agent_factory) -> None:

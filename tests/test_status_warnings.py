@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import string
+import time
 
 import pytest
 
+from agent.records import rfc3339
 from agent.status import warnings
 from agent.status.text import warning_lines
 from agent.status.warnings import CATALOGUE, Warning, as_json, from_json, render
@@ -13,6 +15,8 @@ from agent.status.warnings import CATALOGUE, Warning, as_json, from_json, render
 #: Plausible parameters for every code (a new code without an entry here fails the test below).
 PARAMS = {
     "broker_unreachable": {"address": "mqtt.example:8883", "error": "connection refused"},
+    "broker_no_subscriber": {"address": "mqtt.example:8883", "depth": 40,
+                             "since": "2026-11-30T04:00:00Z"},
     "outbox_backlog": {"depth": 12, "oldest_age_s": 3725.0},
     "outbox_dropped": {"dropped_total": 3},
     "outbox_in_memory": {"state_dir": "/var/lib/classroom-agent"},
@@ -124,3 +128,18 @@ def test_collect_turns_a_snapshot_into_catalogue_warnings() -> None:
     found = warnings.collect(snap, warnings.Context(interval_s=60, state_dir="/s"))
     assert [w.code for w in found] == ["broker_unreachable", "outbox_backlog",
                                        "secret_file_exposed", "collector_failing", "disk_full"]
+
+    # Connected, but the broker has nobody to give our records to: that, not a backlog "until
+    # the broker is reachable", is what the technician must read.
+    snap["broker"] = {"connected": True, "connect_failures_total": 0, "address": "b:1883",
+                      "last_error": None, "no_subscriber_since": "2026-11-30T04:00:00Z"}
+    # ... for longer than the grace (3 intervals, at least 30 s): a restarting collector is not
+    # worth a warning.
+    now = time.time()
+    snap["broker"]["no_subscriber_since"] = rfc3339(now - 20)
+    found = warnings.collect(snap, warnings.Context(interval_s=5, state_dir="/s"))
+    assert "broker_no_subscriber" not in [w.code for w in found]
+    snap["broker"]["no_subscriber_since"] = rfc3339(now - 40)
+    found = warnings.collect(snap, warnings.Context(interval_s=5, state_dir="/s"))
+    assert [w.code for w in found][:2] == ["broker_no_subscriber", "secret_file_exposed"]
+    assert "4 records are kept" in render(found[0])

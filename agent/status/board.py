@@ -135,6 +135,7 @@ class StatusBoard:
                 "session": pub.session,
                 "connected_since": _ts(pub.connected_since),
                 "last_puback": _ts(pub.last_puback),
+                "no_subscriber_since": _ts(pub.no_subscriber_since),
                 "last_error": pub.last_error,
                 "last_error_at": _ts(pub.last_error_ts),
                 "reconnects_total": pub.reconnects_total,

@@ -50,6 +50,13 @@ CATALOGUE: dict[str, Template] = {
         "Not connected to the broker {address}: {error}.",
         "check the network and that the broker runs and accepts this device "
         "(see `journalctl -u classroom-agent`)."),
+    "broker_no_subscriber": Template(
+        "broker", "warning",
+        "The broker {address} has had no subscriber for this terminal's records since {since}: "
+        "nobody on the platform receives them. {depth} records are kept on disk and sent "
+        "again until a subscriber takes them.",
+        "ask the platform's operator whether its collectors are running and subscribed to "
+        "classroom/v1/#."),
     "outbox_backlog": Template(
         "outbox", "warning",
         "{depth} records waiting to be sent, the oldest for {oldest_age_s:duration}. They are "
@@ -364,7 +371,11 @@ def collect(s: Mapping[str, Any], ctx: Context) -> list[Warning]:
     if not b["connected"] and (b["connect_failures_total"] or s["agent"]["uptime_s"] > grace):
         out.append(Warning("broker_unreachable", {"address": b["address"],
                                                   "error": b["last_error"] or "connecting"}))
-    if ob["oldest_age_s"] and ob["oldest_age_s"] > grace:
+    nobody = b.get("no_subscriber_since")  # a collector restarting is not worth a warning yet
+    if b["connected"] and isinstance(nobody, str) and age_s(_epoch(nobody)) > grace:
+        out.append(Warning("broker_no_subscriber", {"address": b["address"], "depth": ob["depth"],
+                                                    "since": b["no_subscriber_since"]}))
+    elif ob["oldest_age_s"] and ob["oldest_age_s"] > grace:
         out.append(Warning("outbox_backlog", {"depth": ob["depth"],
                                               "oldest_age_s": ob["oldest_age_s"]}))
     if ob["dropped_total"]:
