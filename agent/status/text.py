@@ -100,9 +100,12 @@ def summaries(s: dict[str, Any], tr: Translate = _) -> dict[str, list[str]]:
         out["upload"] = [_upload_text(s["upload"], tr)]
     sec = s.get("security") or {}
     if "signatures_required" in sec:
-        mode = (tr("signed only ({keys} public key(s))").format(keys=sec["public_keys"])
-                if sec["signatures_required"]
-                else tr("UNSIGNED accepted (commands.public_keys not set)"))
+        if not sec["signatures_required"]:
+            mode = tr("UNSIGNED accepted (commands.public_keys not set)")
+        elif sec["public_keys"]:
+            mode = tr("signed only ({keys} public key(s))").format(keys=sec["public_keys"])
+        else:
+            mode = tr("none accepted (signatures required, no public key set)")
         out["commands"] = [tr("MQTT: {mode}, {rejected} rejected").format(
             mode=mode, rejected=sec["commands_rejected_total"])]
     nets = [f"{t['target']}: " + (f"{t['rtt_ms']:.1f} ms" if t.get("ok")
