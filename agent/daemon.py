@@ -11,7 +11,6 @@ import logging
 import queue
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from agent.media.peek import Peeker
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event
+from agent.reloadplan import ReloadPlan, plan_reload
 from agent.sdnotify import notify, under_systemd, watchdog_period
 from agent.secretfiles import exposed
 from agent.signing import CommandGuard, SeenIds, make_guard
@@ -337,52 +337,50 @@ class Agent:
                                    "configuration reload failed; running configuration kept",
                                    problems=exc.problems))
             return
-        old = self.cfg
         self._check_secret_files(new)  # a chmod is a reason to reload even with the same file
-        if new == old:
+        if new == self.cfg:
             if self._timetable_file_changed(new):
                 log.info("reload: configuration unchanged; the timetable file changed")
                 self._reload_lessons(new)
             else:
                 log.info("reload: configuration unchanged")
             return
-        needs_restart = [k for k in ("device", "state_dir", "status")
-                         if getattr(new, k) != getattr(old, k)]
-        if needs_restart:
+        plan = plan_reload(self.cfg, new, self._timetable_file_changed(new))
+        if plan.needs_restart:
             self.raise_event(event(
                 "config_reload_partial", "warning",
-                f"changes to {', '.join(needs_restart)} take effect after a restart",
-                keys=needs_restart))
-            new = _keep(new, old, needs_restart)
-        self.cfg = new
+                f"changes to {', '.join(plan.needs_restart)} take effect after a restart",
+                keys=list(plan.needs_restart)))
+        self._apply(plan)
+        self.raise_event(event("config_reloaded", "info", "configuration reloaded",
+                               config_hash=plan.config.hash))
+        log.info("reload: configuration %s applied", plan.config.hash)
+
+    def _apply(self, plan: ReloadPlan) -> None:
+        """Rebuild what the plan names, in its order (agent/reloadplan.py)."""
+        new = self.cfg = plan.config
         logging.getLogger().setLevel(new.log_level.upper())
         self.outbox.limits = new.outbox
-        if (new.lessons != old.lessons or new.media != old.media
-                or self._timetable_file_changed(new)):
+        if plan.lessons:
             self._reload_lessons(new)
-        if new.commands != old.commands:
+        if plan.commands:
             self.guard.flush()
             self.guard = self._make_guard(new)
-        if new.upload != old.upload or new.recording_path != old.recording_path:
+        if plan.uploader:
             self.uploads.stop()  # it follows the recordings to their new folder
             self.uploads = self._make_uploader(new)
             self.uploads.start()
-        telemetry_changed = new.telemetry != old.telemetry or new.mqtt != old.mqtt
-        if telemetry_changed:  # first, so no record of a class just turned off follows the clear
+        if plan.scheduler:
             self.scheduler.stop()
-        if new.mqtt != old.mqtt or (retained_to_clear(new.telemetry.classes)
-                                    != retained_to_clear(old.telemetry.classes)):
+        if plan.publisher:
             self.publisher.stop(flush_s=0)
             self.publisher = self._make_publisher(new)
             self.publisher.start()
-        if telemetry_changed:
+        if plan.scheduler:
             self.scheduler = self._make_scheduler(new)
             self.scheduler.start()
         name_native_threads()
         self.board.cfg = new
-        self.raise_event(event("config_reloaded", "info", "configuration reloaded",
-                               config_hash=new.hash))
-        log.info("reload: configuration %s applied", new.hash)
 
     def _reload_lessons(self, new: config.Config) -> None:
         self.media.media = new.media  # the next lesson uses it; a running one keeps its spec
@@ -432,10 +430,6 @@ def _default_live(cfg: config.Config) -> list[tuple[str, str]]:
 def _plan_settings(cfg: config.Config) -> PlanSettings:
     return PlanSettings(cfg.lessons.timezone, cfg.lessons.schedule_days,
                         cfg.lessons.missed_lookback_days)
-
-
-def _keep(new: config.Config, old: config.Config, keys: list[str]) -> config.Config:
-    return replace(new, **{k: getattr(old, k) for k in keys})
 
 
 def _hostport(text: str) -> tuple[str, int]:
