@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
@@ -396,8 +395,3 @@ class SegmentWatcher:
     def _first_number(self) -> int:
         m = re.search(r"segments-(\d+)\.csv$", self.list_path.name)
         return int(m.group(1)) if m else 0
-
-
-def monotonic_to_wall(t: float) -> float:
-    """Map a monotonic instant to epoch seconds (now's offset; fine over a lesson)."""
-    return time.time() - (time.monotonic() - t)
