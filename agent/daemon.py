@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, config, control, filemodes
+from agent import __version__, config, filemodes
 from agent.commands import (
     REPORT_NOW_BURST,
     REPORT_NOW_PER_S,
@@ -27,6 +27,7 @@ from agent.commands import (
 from agent.lessons import TimetableError, load_schedule
 from agent.lessons.manager import LessonError, LessonManager
 from agent.lessons.planner import Planner, PlanSettings
+from agent.localhttp import socket_routes, tcp_routes
 from agent.media.adapter import LessonMedia
 from agent.media.peek import Peeker
 from agent.outbox import Outbox
@@ -38,7 +39,6 @@ from agent.secretfiles import exposed
 from agent.signing import CommandGuard, SeenIds, make_guard
 from agent.status import warnings
 from agent.status.board import StatusBoard
-from agent.status.endpoints import status_routes
 from agent.status.http import HttpServer, Limits, TcpListener, UnixListener
 from agent.telemetry.agent_self import AgentCollector
 from agent.telemetry.classes import retained_to_clear
@@ -114,8 +114,7 @@ class Agent:
         host, port = cfg.status.address
         # TCP: read-only status for anyone on the PC; control: the Unix socket, for its group.
         self.status_server = HttpServer(
-            status_routes(self.board.snapshot, self.peeker).include(
-                control.moved_routes(cfg.status.socket)),
+            tcp_routes(self.board.snapshot, self.peeker, cfg.status.socket),
             TcpListener(host, port))
         self.control_error: str | None = None
         self.control_server = self._make_control_server(cfg)
@@ -162,7 +161,7 @@ class Agent:
                 path.parent.mkdir(parents=True)
                 path.parent.chmod(0o755)  # the socket's own mode (0660) decides who gets in
             return HttpServer(
-                control.routes(self.local_commands).include(status_routes(self.board.snapshot)),
+                socket_routes(self.local_commands, self.board.snapshot),
                 UnixListener(str(path), 0o660, cfg.status.socket_group or None),
                 Limits(max_connections=16, max_pending=4), name="control")
         except OSError as exc:

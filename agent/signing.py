@@ -272,16 +272,19 @@ class CommandGuard:
             return Verdict(BAD_SIGNATURE, "the signature does not match this command for this "
                            "device with any configured public key")
         now = self.clock()
+        # ts and id are echoed to the sender: inert, like every string from outside
         if ts < now - self.max_age_s:
-            return Verdict(EXPIRED, f"ts {req.ts} is more than {self.max_age_s:g} s old (agent "
-                           f"clock {rfc3339(now)}). Next step: send it again with a fresh ts; if "
-                           "fresh ones fail too, check both clocks (NTP)")
+            return Verdict(EXPIRED, f"ts {inert(req.ts, 40)} is more than {self.max_age_s:g} s "
+                           f"old (agent clock {rfc3339(now)}). Next step: send it again with a "
+                           "fresh ts; if fresh ones fail too, check both clocks (NTP)")
         if ts > now + self.max_age_s:
-            return Verdict(NOT_YET_VALID, f"ts {req.ts} is more than {self.max_age_s:g} s ahead "
-                           f"of the agent clock {rfc3339(now)}. Next step: check both clocks (NTP)")
+            return Verdict(NOT_YET_VALID, f"ts {inert(req.ts, 40)} is more than "
+                           f"{self.max_age_s:g} s ahead of the agent clock {rfc3339(now)}. "
+                           "Next step: check both clocks (NTP)")
         if self.seen.seen(req.id, ts) or req.id in self._reserved:
-            return Verdict(REPLAYED, f"id {req.id} was already used; this is a replay or a "
-                           "duplicate delivery. Next step: a new command needs a new id")
+            return Verdict(REPLAYED, f"id {inert(req.id, 64)} was already used; this is a "
+                           "replay or a duplicate delivery. Next step: a new command needs a "
+                           "new id")
         return None
 
 

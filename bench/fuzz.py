@@ -2,15 +2,18 @@
 
 Runs the tests marked ``fuzz`` in tests/test_config.py (config loader), tests/test_commands.py
 (command handler: payloads, args, topic names and request ids through the publisher and the
-worker's door, the control socket's path, headers and body, the lesson commands),
-tests/test_timetable.py (YAML and iCalendar timetables), tests/test_local_http.py (any bytes on
-the local HTTP server) and tests/test_safetext.py (text made inert) under the hypothesis profile
-``bench`` (tests/fuzzing.py), the
+worker's door, every request on the control socket as the daemon serves it, the lesson
+commands), tests/test_signing.py (the signed door: forged, moved, tampered, stale and replayed
+requests), tests/test_timetable.py (YAML and iCalendar timetables), tests/test_local_http.py
+(any bytes on the local HTTP server; every request on the status address as the daemon serves
+it, against the rules' expected code) and tests/test_safetext.py (text made inert) under the
+hypothesis profile ``bench`` (tests/fuzzing.py), the
 same strategies CI runs with a few dozen examples. Every example runs under a hang guard (10 s).
 Prints, per test and per target, the examples run, how many failed, the time, examples per
 second and the slowest example. Exits 1 if any test failed.
 
-Usage: python bench/fuzz.py [--examples 10000] [--target config|commands|timetable|http|text ...]
+Usage: python bench/fuzz.py [--examples 10000]
+                            [--target config|commands|signing|timetable|http|text ...]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from _benchlib import ROOT, log, sigterm_as_interrupt
 TARGETS = {
     "config": ("config loader", "tests/test_config.py"),
     "commands": ("command handler", "tests/test_commands.py"),
+    "signing": ("signed command door", "tests/test_signing.py"),
     "timetable": ("timetable parser", "tests/test_timetable.py"),
     "http": ("local HTTP server", "tests/test_local_http.py"),
     "text": ("inert text", "tests/test_safetext.py"),

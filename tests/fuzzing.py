@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +30,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from agent.commands import COMMANDS
+from agent.safetext import InertFormatter
 
 PROFILE_ENV = "CLASSROOM_AGENT_FUZZ"
 REPORT_ENV = "CLASSROOM_AGENT_FUZZ_REPORT"
@@ -105,6 +110,53 @@ def write_report() -> None:
     path = os.environ.get(REPORT_ENV)
     if path:
         Path(path).write_text(json.dumps({k: asdict(v) for k, v in TALLY.items()}, indent=1))
+
+
+# -- shared properties -----------------------------------------------------------------------
+
+#: Unicode categories that act on a terminal or a log reader, or hide text (agent/safetext.py).
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def unsafe_chars(text: str, allowed: str = "") -> list[str]:
+    """The characters of ``text`` that were not made inert (those in ``allowed`` excepted)."""
+    return [ch for ch in text
+            if ch not in allowed and unicodedata.category(ch) in UNSAFE_CATEGORIES]
+
+
+class LogLines(logging.Handler):
+    """Every log record of the ``agent`` loggers as the daemon writes it (InertFormatter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(InertFormatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+        #: records at ERROR or above: a traceback, or a failure the input caused
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        self.lines.append(line)
+        if record.levelno >= logging.ERROR:
+            self.errors.append(line)
+
+    def forged(self) -> list[str]:
+        """Lines that would print as more than one (tracebacks keep their frames' lines)."""
+        return [ln for ln in self.lines if "\n" in ln and "Traceback" not in ln]
+
+
+@contextlib.contextmanager
+def agent_log(*names: str) -> Iterator[LogLines]:
+    """What the ``agent`` loggers (and ``names``) write while the block runs."""
+    handler = LogLines()
+    loggers = [logging.getLogger(n) for n in ("agent", *names)]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
 
 
 # -- shared strategies ------------------------------------------------------------------------
@@ -213,3 +265,22 @@ def near_valid(draw: st.DrawFn, document: dict[str, Any], values: st.SearchStrat
         elif op == "duplicate_into_list":
             parent[leaf] = [parent[leaf], parent[leaf]]
     return tree
+
+
+# -- commands: names, ids and arguments as a stranger on the broker sends them -----------------
+
+#: Short text with the nasty characters and lone surrogates (a JSON "\ud800" escape).
+unicode_text = (st.text(st.characters() | st.sampled_from(NASTY_CHARS), min_size=1, max_size=12)
+                | st.builds("{}\ud800{}".format, st.text(max_size=4), st.text(max_size=4)))
+#: Any JSON value an argument can take, at the edges of every type.
+_arg_values = (st.sampled_from(["lecturing", "receiving", "", "x" * 200, "x" * 201, "Maths"])
+               | st.integers(-10, 100_000) | st.floats(0, 100_000) | st.booleans() | st.none()
+               | st.sampled_from([10, 86400, 86400.0001, 9.999, 2**64, -0.0, 1e308])
+               | unicode_text | st.lists(st.integers(), max_size=2)
+               | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+command_args = st.dictionaries(
+    st.sampled_from(["course", "teacher", "role", "duration_s", "room"]), _arg_values, max_size=5)
+#: Command names as topics' last levels and URL paths carry them: allow-listed, random, and made
+#: of the characters that break topics, paths and terminals.
+command_names = (st.text(max_size=80) | st.sampled_from(sorted(COMMANDS))
+                 | st.text(st.sampled_from([*NASTY_CHARS, "/", "+", "#", ".", "a"]), max_size=20))

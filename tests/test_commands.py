@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import commands, control
+from agent import commands
 from agent.commands import (
     COMMANDS,
     MAX_PAYLOAD,
@@ -45,14 +45,32 @@ from agent.commands import (
 from agent.config import MqttConfig, OutboxConfig
 from agent.control import handle, http_status
 from agent.lessons.manager import LessonError, LessonManager
+from agent.localhttp import socket_routes
 from agent.outbox import Outbox
 from agent.publisher import MAX_PENDING_REPLIES, Publisher
 from agent.records import Envelope, Record
-from agent.safetext import InertFormatter
-from agent.status.http import HttpServer, Peer, UnixConnection, UnixListener
+from agent.status.http import HttpServer, Limits, Peer, UnixConnection, UnixListener
 from agent.status.http import Request as HttpRequest
 from agent.throttle import TokenBucket
-from tests.fuzzing import NASTY_CHARS, fuzz_case
+from tests.fuzzing import (
+    NASTY_CHARS,
+    agent_log,
+    command_args,
+    command_names,
+    fuzz_case,
+    unicode_text,
+    unsafe_chars,
+)
+from tests.httpfuzz import (
+    COMMAND_POST,
+    STATUS_GETS,
+    RouteSpec,
+    parse_answer,
+    requests,
+    status_board,
+    verdict,
+)
+from tests.httpfuzz import exchange as send_raw
 from tests.support import SCHEMAS, AgentProcess, Broker, Subscriber, wait_until
 from tests.test_lesson_manager import Clock, FakeMedia
 
@@ -236,17 +254,6 @@ _json = st.recursive(
     | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
-#: Any JSON value an argument can take, with lone surrogates (a JSON "\ud800" escape) and the
-#: edges of every type.
-_unicode = (st.text(st.characters() | st.sampled_from(NASTY_CHARS), min_size=1, max_size=12)
-            | st.builds("{}\ud800{}".format, st.text(max_size=4), st.text(max_size=4)))
-_arg_values = (st.sampled_from(["lecturing", "receiving", "", "x" * 200, "x" * 201, "Maths"])
-               | st.integers(-10, 100_000) | st.floats(0, 100_000) | st.booleans() | st.none()
-               | st.sampled_from([10, 86400, 86400.0001, 9.999, 2**64, -0.0, 1e308])
-               | _unicode | st.lists(st.integers(), max_size=2)
-               | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
-_args = st.dictionaries(
-    st.sampled_from(["course", "teacher", "role", "duration_s", "room"]), _arg_values, max_size=5)
 #: Error codes a hostile request may get: the sender's fault or "not in this state", never the
 #: agent's own failure (internal_error).
 _INPUT_CODES = commands.INPUT_ERRORS | {"conflict"}
@@ -257,7 +264,7 @@ def _encode_request(rid: Any, args: Any) -> bytes:
 
 
 @pytest.mark.fuzz
-@given(name=st.sampled_from(sorted(COMMANDS)), args=_args)
+@given(name=st.sampled_from(sorted(COMMANDS)), args=command_args)
 def test_router_agrees_with_command_json(name: str, args: dict[str, Any]) -> None:
     """The Python checks and the published schema accept exactly the same arguments (text the
     schema cannot describe, a lone surrogate, is refused as well)."""
@@ -286,24 +293,34 @@ def test_command_json_lists_exactly_the_allowed_commands() -> None:
         assert set(props) == set(spec.args), name
 
 
+#: Longest error message a reply may carry (the longest today is about 300 characters).
+MAX_MESSAGE = 1000
+
+
+def check_error_text(reply: dict[str, Any]) -> None:
+    """A refusal's message is bounded and echoes nothing from the request un-neutralised (no
+    control, format or separator character: agent/safetext.py)."""
+    if not reply["ok"]:
+        message = reply["error"]["message"]
+        assert len(message) <= MAX_MESSAGE and not unsafe_chars(message), reply
+
+
 def _check_reply(name: str, reply: dict[str, Any]) -> None:
     """A reply that validates, encodes, and is either ok or a documented input error."""
     assert isinstance(reply["ok"], bool)
     assert reply["ok"] or reply["error"]["code"] in _INPUT_CODES, reply
+    check_error_text(reply)
     message = reply_message(ENVELOPE, name, reply)
     json.loads(encode_reply(message))  # always encodes, even with lone surrogates echoed
     assert not reply_errors(message), reply
 
 
-_names = (st.text(max_size=80) | st.sampled_from(sorted(COMMANDS))
-          | st.text(st.sampled_from([*NASTY_CHARS, "/", "+", "#", ".", "a"]), max_size=20))
-
 
 @pytest.mark.fuzz
-@given(name=_names,
+@given(name=command_names,
        payload=st.binary(max_size=300)
        | _json.map(lambda v: json.dumps(v).encode())
-       | st.builds(_encode_request, st.text(max_size=70) | _json, _json | _args)
+       | st.builds(_encode_request, st.text(max_size=70) | _json, _json | command_args)
        | st.sampled_from([b"", b"{}", b"[]", b"null", b'{"id": "x", "args": NaN}',
                           b'{"id": "x"' + b', "args": {"a": ' * 3000, b"\xef\xbb\xbf{}",
                           b'{"id": "\\ud800"}', b"x" * (commands.MAX_PAYLOAD + 1)]))
@@ -353,20 +370,9 @@ def door() -> Iterator[tuple[CommandWorker, list[tuple[bytes, Any, Any]]]]:
     worker.stop()
 
 
-class _LogLines(logging.Handler):
-    """Every log record as the daemon writes it (InertFormatter)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(InertFormatter("%(levelname)s %(name)s: %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 @pytest.mark.fuzz
-@given(topic=_topics, payload=st.binary(max_size=64) | st.builds(_encode_request, _unicode, _args),
+@given(topic=_topics,
+       payload=st.binary(max_size=64) | st.builds(_encode_request, unicode_text, command_args),
        response=st.none() | _levels | st.sampled_from(["", "a/+", "#", "x\x00y", "é" * 40_000,
                                                         f"{PREFIX}/reply/ok", f"{PREFIX}/state",
                                                         f"{PREFIX}/reply/" + "é" * 40_000]),
@@ -382,9 +388,7 @@ def test_fuzz_command_topics_are_answered_or_ignored(
         got: list[tuple[str, bytes, Any]] = []
         publisher.command_sink = lambda n, p, r: got.append((n, p, r))
         publisher._replies.clear()
-        logged = _LogLines()
-        logging.getLogger("agent").addHandler(logged)
-        try:
+        with agent_log() as logged:
             publisher._on_command(publisher._conn_id, topic, payload,
                                   _Props(response, correlation), retained, 1, 1)
             ours = topic.startswith(f"{PREFIX}/cmd/") and not retained
@@ -398,25 +402,29 @@ def test_fuzz_command_topics_are_answered_or_ignored(
                 assert not reply_errors(message), message
                 assert message["command"] == name[:64]
                 assert message["ok"] or message["error"]["code"] in _INPUT_CODES, message
+                check_error_text(message)
                 publisher._queue_reply(raw, rt, corr)
                 topics = [out.topic for out in publisher._replies]
                 assert topics[0] == f"{PREFIX}/reply"
                 assert all(t.startswith(f"{PREFIX}/reply/") and len(t.encode()) <= 65535
                            and not set(t) & {"+", "#", "\x00"} for t in topics[1:]), topics
-        finally:
-            logging.getLogger("agent").removeHandler(logged)
-        assert not [ln for ln in logged.lines if "\n" in ln and "Traceback" not in ln]
+        assert not logged.forged()
 
 
 @pytest.fixture(scope="module")
 def control_socket(tmp_path_factory: pytest.TempPathFactory,
                    door: tuple[CommandWorker, Any]) -> Iterator[str]:
-    """Local control as the daemon serves it: control routes on a Unix socket."""
-    path = str(tmp_path_factory.mktemp("ctl") / "control.sock")
-    server = HttpServer(control.routes(door[0]), UnixListener(path), name="fuzz-control")
-    server.start()
-    yield path
-    server.stop()
+    """Local control as the daemon serves it (agent/localhttp.py): control and read-only status
+    routes over a real StatusBoard on a Unix socket, with the daemon's limits for it."""
+    state = tmp_path_factory.mktemp("ctl")
+    path = str(state / "control.sock")
+    with status_board(state) as board:
+        server = HttpServer(socket_routes(door[0], board.snapshot), UnixListener(path),
+                            Limits(max_connections=16, max_pending=4, request_timeout_s=1.0),
+                            name="fuzz-control")
+        server.start()
+        yield path
+        server.stop()
 
 
 _paths = st.one_of(
@@ -431,7 +439,7 @@ _paths = st.one_of(
 @given(path=_paths, ctype=st.sampled_from(["application/json", "application/json; charset=x",
                                            "text/plain", ""]),
        origin=st.none() | st.just("null"),
-       body=st.binary(max_size=64) | st.builds(_encode_request, _unicode, _args)
+       body=st.binary(max_size=64) | st.builds(_encode_request, unicode_text, command_args)
        | st.just(b"{" + b" " * (commands.MAX_PAYLOAD + 1) + b"}"))
 def test_fuzz_the_control_socket_answers_every_request(control_socket: str, path: str,
                                                         ctype: str, origin: str | None,
@@ -465,6 +473,49 @@ def test_fuzz_the_control_socket_answers_every_request(control_socket: str, path
             assert code in (400, 404, 405, 413, 431), answer[:200]
 
 
+_SOCKET_ROUTES = [*(RouteSpec("GET", p) for p in STATUS_GETS), COMMAND_POST]
+
+
+@pytest.mark.fuzz
+@given(raw=requests([*STATUS_GETS, *(f"/command/{n}" for n in sorted(COMMANDS))]))
+def test_fuzz_the_control_socket_answers_every_request_as_its_rules_say(
+        control_socket: str, raw: bytes) -> None:
+    """Any request on the control socket (request line, any path, query, headers, Origin,
+    Content-Type, body, cut off anywhere): the plumbing's refusal, or for POST /command/{name}
+    the control's (403 from a web page, 415 not JSON, 400 too large) or the command's reply with
+    the status it calls for; every answer well-formed, bounded and inert; a close only for a
+    request that never fully arrived; no error in the log, no forged log line."""
+    with fuzz_case(), agent_log("asyncio") as logged:
+        want = verdict(raw, _SOCKET_ROUTES, tcp=False)
+        answer = send_raw(control_socket, raw)
+        if not answer:
+            assert want.may_close, (want, raw[:300])
+            return
+        got = parse_answer(answer)
+        if want.route is None:
+            assert got.code == want.code, (want, raw[:300], answer[:300])
+        elif want.route is not COMMAND_POST:
+            assert got.code == (204 if want.path == "/favicon.ico" else
+                                404 if want.path in ("/snapshot.json", "/level.json") else 200)
+        else:
+            assert want.headers is not None
+            ctype = want.headers.get("content-type", "").split(";")[0].strip().lower()
+            reply = got.json()
+            check_error_text(reply)
+            if "origin" in want.headers:
+                assert got.code == 403 and reply["error"]["code"] == "forbidden"
+            elif ctype != "application/json":
+                assert got.code == 415 and reply["error"]["code"] == "bad_request"
+            elif len(want.body) > MAX_PAYLOAD:
+                assert got.code == 400 and reply["error"]["code"] == "too_large"
+            else:
+                name = urllib.parse.unquote(want.path[len("/command/"):])
+                assert not reply_errors(reply) and reply["command"] == name[:64], reply
+                assert got.code == http_status(reply) and got.code in (200, 400), reply
+        assert not logged.errors, logged.lines
+    assert not logged.forged()
+
+
 def _lesson_rig(tmp: Path) -> tuple[CommandRouter, list[bytes]]:
     """The lesson commands over a real LessonManager (media faked, as in its own tests); every
     record it emits is encoded exactly as the outbox would."""
@@ -493,7 +544,7 @@ def _lesson_rig(tmp: Path) -> tuple[CommandRouter, list[bytes]]:
 
 
 @pytest.mark.fuzz
-@given(args=_args, rid=_unicode)
+@given(args=command_args, rid=unicode_text)
 def test_fuzz_lesson_commands_leave_evidence_that_encodes(args: dict[str, Any], rid: str) -> None:
     """Arguments the router accepts must be usable all the way: a started lesson's evidence
     (lesson.json, the lesson_started and lesson_ended records) is written and encodes."""

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.localhttp import tcp_routes
 from agent.status.http import (
     HttpServer,
     Limits,
@@ -30,7 +31,17 @@ from agent.status.http import (
     TcpListener,
     UnixListener,
 )
-from tests.fuzzing import NASTY_CHARS, fuzz_case
+from tests.fuzzing import NASTY_CHARS, agent_log, fuzz_case
+from tests.httpfuzz import (
+    COMMAND_POST,
+    STATUS_GETS,
+    RouteSpec,
+    parse_answer,
+    requests,
+    status_board,
+    verdict,
+)
+from tests.httpfuzz import exchange as send_raw
 from tests.support import wait_until
 
 
@@ -147,6 +158,13 @@ def test_the_host_header_must_be_an_address_or_localhost(host: str | None, code:
     (b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"X: y\r\n" * 70 + b"\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: localhost\r\n", 400),  # ended before the head did
+    # Found by the status-address fuzzer: "$" in the patterns matched before a final "\n", so
+    # "GET\n" was a method (405, echoed with its newline) and "Host\n" a header name; a
+    # Content-Length of "²" passed str.isdigit() and int() raised: no answer, a traceback.
+    (b"GET\n / HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    (b"GET /\n HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\nHost\n: evil.example\r\n\r\n", 400),
+    (b"POST /echo/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: \xb2\r\n\r\nab", 400),
 ])
 def test_malformed_and_oversized_requests_are_refused(raw: bytes, code: int) -> None:
     with serving() as server:
@@ -277,3 +295,47 @@ def test_fuzz_any_bytes_get_an_http_answer_or_a_close(raw: bytes) -> None:
             head, sep, body = answer.partition(b"\r\n\r\n")
             assert sep and b"Content-Length: %d" % len(body) in head
         assert status_of(get(server, "/")) == 200
+
+
+# -- fuzzing the status address as the agent serves it -----------------------------------------
+
+#: The TCP status address's routes (agent/localhttp.py) and what each answers a good request.
+_STATUS_ROUTES = [*(RouteSpec("GET", p) for p in STATUS_GETS), COMMAND_POST]
+_STATUS_ANSWERS = {"/favicon.ico": 204, "/snapshot.json": 404, "/level.json": 404,
+                   "/command/": 403}
+
+
+@pytest.fixture(scope="module")
+def status_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """The routes of the agent's TCP status address over a real StatusBoard, on a real server
+    with the agent's limits (a shorter request timeout: cut-off requests are common here)."""
+    state = tmp_path_factory.mktemp("status-fuzz")
+    with status_board(state) as board:
+        server = HttpServer(tcp_routes(board.snapshot, None, str(state / "control.sock")),
+                            TcpListener("127.0.0.1", 0), Limits(request_timeout_s=1.0),
+                            name="fuzz-status")
+        server.start()
+        yield "127.0.0.1", port_of(server)
+        server.stop()
+
+
+@pytest.mark.fuzz
+@given(raw=requests([r.path for r in _STATUS_ROUTES]))
+def test_fuzz_the_status_address_answers_every_request_as_its_rules_say(
+        status_address: tuple[str, int], raw: bytes) -> None:
+    """Any request to the status address (request line, path, query, headers, Host, body,
+    cut off anywhere): the refusal its rules call for (400, 404, 405, 413, 421, 431, 501) or
+    the route's own answer, well-formed, bounded and inert; a close only for a request that
+    never fully arrived; never an error in the log; the server goes on serving."""
+    with fuzz_case(), agent_log("asyncio") as logged:
+        want = verdict(raw, _STATUS_ROUTES, tcp=True)
+        answer = send_raw(status_address, raw)
+        if not answer:
+            assert want.may_close, (want, raw[:300])
+        else:
+            got = parse_answer(answer)
+            expected = want.code if want.route is None else _STATUS_ANSWERS.get(
+                want.route.path, 200)
+            assert got.code == expected, (want, raw[:300], answer[:300])
+        assert not logged.errors, logged.lines
+    assert not logged.forged()

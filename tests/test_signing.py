@@ -12,6 +12,7 @@ import base64
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import signing
-from agent.commands import Request
+from agent.commands import COMMANDS, INPUT_ERRORS, CommandWorker, Request, check_args
 from agent.config import loads
-from agent.records import Record
+from agent.records import Record, rfc3339
 from agent.signing import (
     DOMAIN,
     CommandGuard,
@@ -33,8 +36,25 @@ from agent.signing import (
     load_public_key,
     sign_request,
 )
+from agent.throttle import TokenBucket
+from tests.fuzzing import (
+    agent_log,
+    command_args,
+    command_names,
+    fuzz_case,
+    unicode_text,
+    unsafe_chars,
+)
 from tests.support import REPO, Broker, Subscriber, schema_errors, wait_until
-from tests.test_commands import Commander, commands_reach, wait_reply
+from tests.test_commands import (
+    ENVELOPE,
+    Commander,
+    _router,
+    check_error_text,
+    commands_reach,
+    reply_errors,
+    wait_reply,
+)
 
 SEND = REPO / "scripts" / "send-command"
 
@@ -110,6 +130,21 @@ def test_guard_verdicts_and_events(tmp_path: Path) -> None:
         assert set(e.data["details"]) <= {"reason", "command", "id", "count", "reasons",
                                           "window_s"}
         assert good["sig"] not in json.dumps(e.data) and "Maths" not in json.dumps(e.data)
+
+
+def test_a_replayed_id_is_echoed_inertly(tmp_path: Path) -> None:
+    """Found by the signed-door fuzzer: the replay refusal quoted the request id raw, so a
+    signed id with a control character (here a newline and an escape) went into the reply's
+    message as it was."""
+    key = Ed25519PrivateKey.generate()
+    guard = _guard(tmp_path, key, [], 1_800_000_000.0)
+    body = sign_request(key, "school-a", "room-101", "report_now", "a\nb\x1b[2J", {},
+                        ts=1_800_000_000.0)
+    assert guard.check(_req(body)) is None
+    guard.ran(_req(body))
+    refused = guard.check(_req(body))
+    assert refused is not None and refused["error"]["code"] == "replayed"
+    assert refused["error"]["message"].startswith("id a\\nb\\x1b[2J was already used")
 
 
 def test_a_burst_of_rejections_is_summarised_when_it_stops(tmp_path: Path,
@@ -304,3 +339,132 @@ def test_unsigned_commands_still_work_without_keys(broker: Broker, subscriber: S
     assert "Next step: install the platform's public key" in res.stdout
     codes = [w["code"] for w in agent.status()["warning_details"]]
     assert codes == ["commands_unsigned"], codes
+
+
+# -- fuzzing the signed door -------------------------------------------------------------------
+
+#: The platform's key in the fuzzer (one for the module: key generation is not what is tested).
+_KEY = Ed25519PrivateKey.generate()
+_OTHER_KEY = Ed25519PrivateKey.generate()
+_NOW = 1_800_000_000.0
+_MAX_AGE = 300
+#: What a request that passed the guard may still be told by the router.
+_AFTER_GUARD = {None, "unknown_command", "bad_args"}
+_FORMS = ("raw", "unsigned", "signed", "other_key", "tampered_args", "other_name",
+          "other_device", "garbage_sig", "garbage_ts", "expired", "future", "replay")
+_ids = (unicode_text | st.text(max_size=70) | st.integers() | st.none()
+        | st.sampled_from(["x" * 64, "x" * 65, "a\nINFO agent.daemon: signature OK",
+                           "\u202eabc", "\x1b]0;owned\x07", "c-1"]))
+_bad_ts = (st.text(max_size=40)
+           | st.sampled_from(["", "yesterday", "2026-11-23T08:00:00", "2026-02-30T08:00:00Z",
+                              "T" * 25, "2026-11-23 08:00:00+00:00",
+                              "9999-12-31T23:59:59Z" + "0" * 30,
+                              "2026-11-23T08:00:00\n+00:00", 1_800_000_000, None]))
+
+
+def _sig(key: Ed25519PrivateKey, name: str, rid: str, ts: str, args: Any,
+         device: str = "room-101") -> str:
+    return base64.b64encode(key.sign(canonical("school-a", device, name, rid, ts, args))).decode()
+
+
+@st.composite
+def _attempt(draw: st.DrawFn) -> tuple[str, str, bytes, str | None]:
+    """(form, command name, payload, the code the door must answer with; None: ok)."""
+    form = draw(st.sampled_from(_FORMS))
+    name = draw(command_names)
+    if form == "raw":
+        return form, name, draw(st.binary(max_size=200)), "?"
+    rid, args = draw(_ids), draw(command_args)
+    stamp = rfc3339(_NOW + draw(st.floats(-_MAX_AGE + 1, _MAX_AGE - 1)))
+    body: dict[str, Any] = {"id": rid, "args": args}
+    valid_id = isinstance(rid, str) and 1 <= len(rid) <= 64
+    try:
+        canonical("school-a", "room-101", name, str(rid), stamp, args)
+    except ValueError:  # a lone surrogate: nobody can sign it; sent with a made-up signature
+        form = "garbage_sig" if form != "unsigned" else form
+    if form == "unsigned":
+        want = "signature_required"
+    elif form in ("signed", "replay"):
+        body.update(ts=stamp, sig=_sig(_KEY, name, str(rid), stamp, args))
+        fits = name in COMMANDS and check_args(COMMANDS[name], args) is None
+        want = ("bad_signature" if len(name) > 64  # the door cuts the name: another command
+                else None if fits else "unknown_command" if name not in COMMANDS else "bad_args")
+    else:
+        want = "bad_signature"
+        if form == "expired" or form == "future":
+            age = draw(st.floats(_MAX_AGE + 1, 1e9))
+            stamp = rfc3339(_NOW + (age if form == "future" else -age))
+            want = "not_yet_valid" if form == "future" else "expired"
+            if len(name) > 64:
+                want = "bad_signature"
+        signer, signed_name, signed_args, device = _KEY, name, args, "room-101"
+        if form == "other_key":
+            signer = _OTHER_KEY
+        elif form == "tampered_args":
+            signed_args = {**args, "course": "signed, then changed"} if args.get(
+                "course") != "signed, then changed" else {}
+        elif form == "other_name":
+            signed_name = name + "x"
+        elif form == "other_device":
+            device = "room-102"
+        try:
+            sig = _sig(signer, signed_name, str(rid), stamp, signed_args, device)
+        except ValueError:
+            sig = base64.b64encode(b"\0" * 64).decode()
+        if form == "garbage_sig":
+            sig = draw(st.text(max_size=100) | st.sampled_from(
+                [base64.b64encode(b"x" * 63).decode(), base64.b64encode(b"\0" * 64).decode(),
+                 "=" * 88, "A" * 101]))
+        if form == "garbage_ts":
+            stamp = draw(_bad_ts)
+        body.update(ts=stamp, sig=sig)
+    if not valid_id:
+        want = "bad_request"
+    return form, name, json.dumps(body).encode(), want
+
+
+@pytest.mark.fuzz
+@given(attempt=_attempt())
+def test_fuzz_the_signed_door_answers_with_the_right_code(
+        attempt: tuple[str, str, bytes, str | None]) -> None:
+    """The door of a terminal that takes only signed commands (CommandWorker.submit with the
+    real CommandGuard and Ed25519 key), fed any name, id, arguments, timestamp and signature:
+    exactly one reply, which validates, with the code the attempt earns (a forged, moved,
+    tampered, stale or replayed request never runs; a properly signed one is judged on its
+    name and arguments only), a refusal message bounded and inert, ``command_rejected`` events
+    with bounded, inert names and ids, and every log line one line."""
+    form, name, payload, want = attempt
+    with fuzz_case(), tempfile.TemporaryDirectory() as tmp, agent_log() as logged:
+        events: list[Record] = []
+        guard = CommandGuard([_KEY.public_key()], True, _MAX_AGE, "school-a", "room-101",
+                             SeenIds(Path(tmp) / "seen.json"), events.append,
+                             clock=lambda: _NOW)
+        sent: list[dict[str, Any]] = []
+        worker = CommandWorker(_router(), ENVELOPE, lambda p, t, c: sent.append(json.loads(p)),
+                               guard=lambda: guard)
+        worker._unanswered = TokenBucket(1e9, 1e9)  # every refusal answered: one per attempt
+        worker.start()
+        try:
+            for n in range(2 if form == "replay" else 1):
+                worker.submit(name, payload)
+                wait_until(lambda n=n: len(sent) > n, 10, "the reply", step=0.001)
+        finally:
+            worker.stop()
+            guard.flush()
+        for reply in sent:
+            assert not reply_errors(reply), reply
+            assert reply["command"] == name[:64]
+            check_error_text(reply)
+        code = [None if r["ok"] else r["error"]["code"] for r in sent]
+        if want == "?":  # any bytes: refused, never run, never the agent's own failure
+            assert code[0] in INPUT_ERRORS | set(signing.CODES), sent
+        else:
+            assert code[0] == want, (form, sent)
+        if form == "replay":
+            assert code[1] == ("replayed" if want in _AFTER_GUARD else want), sent
+        for e in events:
+            details = e.data["details"]
+            for key in ("command", "id"):
+                assert len(details[key]) <= 64 and not unsafe_chars(details[key]), details
+            assert not unsafe_chars(e.data["message"]), e.data
+        assert not logged.forged()

@@ -193,9 +193,11 @@ class UnixListener:
 
 Listener = TcpListener | UnixListener
 
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
-_TARGET = re.compile(r"^/[\x21-\x7e]{0,2047}$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+# Used with fullmatch: "$" would also match before a final "\n" ("GET\n" was a method).
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_TARGET = re.compile(r"/[\x21-\x7e]{0,2047}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+_LENGTH = re.compile(r"[0-9]{1,12}")  # ASCII digits: str.isdigit() takes "²", int() does not
 #: Connections accepted per loop iteration at most.
 _ACCEPT_BATCH = 16
 #: How often the server logs that it is shedding connections (the counts are in the stats).
@@ -344,7 +346,7 @@ class HttpServer:
             return Response.text("incomplete request\n", 400)
         lines = head[:-4].decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
-        if (len(parts) != 3 or not _METHOD.match(parts[0]) or not _TARGET.match(parts[1])
+        if (len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1])
                 or parts[2] not in ("HTTP/1.0", "HTTP/1.1")):
             return Response.text("malformed request line\n", 400)
         method, target, _version = parts
@@ -370,7 +372,7 @@ class HttpServer:
         if "transfer-encoding" in headers:
             return Response.text("Transfer-Encoding is not supported; send Content-Length\n", 501)
         length = headers.get("content-length", "0")
-        if not length.isdigit() or len(length) > 12:
+        if not _LENGTH.fullmatch(length):
             return Response.text("Content-Length is not a number\n", 400)
         if isinstance(route, Response):  # 404 or 405: no body is read for it
             return route
@@ -421,7 +423,7 @@ def _parse_headers(lines: list[str], max_headers: int) -> dict[str, str] | None:
     headers: dict[str, str] = {}
     for line in lines:
         name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.match(name):  # also refuses obsolete folded lines
+        if not sep or not _TOKEN.fullmatch(name):  # also refuses obsolete folded lines
             return None
         key = name.lower()
         value = value.strip(" \t")
