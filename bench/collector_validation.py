@@ -28,18 +28,35 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import AgentProcess, Broker, Subscriber, wait_until
 
-KINDS = ("state", "inventory", "metrics", "usage", "event")
+KINDS = ("state", "inventory", "metrics", "usage", "event", "schedule")
+
+#: A week of lessons for the captured agent, so its retained ``schedule`` is measured too.
+TIMETABLE = """\
+term: {start: 2026-09-01, end: 2027-01-22}
+grids:
+  main: {p1: "08:00-08:40", p2: "08:50-09:30", p3: "10:00-10:40", p4: "14:00-14:40"}
+weekly:
+  monday: [{period: p1, course: 数学, teacher: 王芳}, {period: p3, course: 音乐, teacher: 李明}]
+  tuesday: [{period: p2, course: English, teacher: Chen Jing}]
+  wednesday: [{period: p4, course: 美术, teacher: 张华, role: receiving}]
+  thursday: [{period: p1, course: 数学, teacher: 王芳}]
+  friday: [{period: p2, course: 科学, teacher: 赵强}]
+"""
 
 
 def capture(workdir: Path) -> list[tuple[str, bytes]]:
     broker = Broker(workdir / "broker")
     broker.start()
     sub = Subscriber(broker.port)
-    agent = AgentProcess(workdir / "agent", broker.port)
+    timetable = workdir / "timetable.yaml"
+    timetable.write_text(TIMETABLE, encoding="utf-8")
+    agent = AgentProcess(workdir / "agent", broker.port,
+                         lessons={"timetable": str(timetable), "schedule_days": 14})
     try:
         agent.start()
         cfg = str(agent.config_path)
-        wait_until(lambda: len(sub.snapshot("metrics")) >= 5, 30, "metrics")
+        wait_until(lambda: len(sub.snapshot("metrics")) >= 5 and sub.snapshot("schedule"), 30,
+                   "metrics and the schedule")
         agent.cli("lesson", "start", "--config", cfg, "--course", "数学", "--teacher", "李明")
         time.sleep(1)
         agent.cli("lesson", "stop", "--config", cfg)
