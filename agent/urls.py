@@ -118,6 +118,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, urlencode(query, safe="*"), ""))
 
 
+def shown_source(source: str) -> str:
+    """A media source as status, events and logs name it: a camera URL may hold a password."""
+    return redact_url(source) if "://" in source else source
+
+
 def url_secrets(url: str) -> list[str]:
     """The secret substrings of ``url`` (raw and percent-decoded), longest first."""
     found: set[str] = set()

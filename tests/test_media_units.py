@@ -138,7 +138,7 @@ def test_pump_behind_its_slots_repeats_instead_of_putting_new_pictures_in_old_sl
 
     now = [0.0]
     source = _StillSource()
-    pump = VideoPump(source, 30, 0.0, lambda data: None, lambda img: img,
+    pump = VideoPump(source, 30, 0.0, lambda data: None, lambda img, **_: img,
                      Slate(4, 4, lambda img: img), clock=lambda: now[0])
     pump._next_frame()                       # slot 0 on time: a new picture
     assert source.looked == 1

@@ -9,6 +9,7 @@ from agent.doctor.report import Finding, passed, problem
 from agent.doctor.runner import Context
 from agent.i18n import N_
 from agent.media import peek
+from agent.urls import shown_source
 
 T_CAMERA = N_("Camera")
 T_MIC = N_("Microphone")
@@ -27,13 +28,15 @@ def devices(ctx: Context) -> list[Finding]:
     media = ctx.cfg.media
     running = _lesson_media(ctx)
     if running:
-        return [_camera_in_lesson(media.video.source, running),
+        return [_camera_in_lesson(shown_source(media.video.source), running),
                 _mic_in_lesson(media.audio.source, running)]
-    res = peek.probe(peek.video_spec(media), peek.audio_spec(media), PROBE_S)
+    res = peek.probe(peek.video_spec(media), peek.audio_spec(media), PROBE_S,
+                     ffmpeg=media.ffmpeg)
     error = res.get("error", "no answer")
     video = res.get("video") or {"ok": False, "error": error}
     audio = res.get("audio") or {"ok": False, "error": error}
-    return [camera_finding(media.video.source, video), mic_finding(media.audio.source, audio)]
+    return [camera_finding(shown_source(media.video.source), video),
+            mic_finding(media.audio.source, audio)]
 
 
 def camera_finding(source: str, v: dict[str, Any]) -> Finding:

@@ -58,8 +58,12 @@ LIVE_FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def to_pipe(image: np.ndarray, pix_fmt: str = PIPE_PIX_FMT) -> np.ndarray:
-    """A BGR frame as the bytes the encoder's video pipe expects (a contiguous array)."""
+def to_pipe(image: np.ndarray, pix_fmt: str = PIPE_PIX_FMT,
+            src_fmt: str = "bgr24") -> np.ndarray:
+    """A frame as the bytes the encoder's video pipe expects (a contiguous array): BGR is
+    converted, a frame already in the pipe's format (the FFmpeg reader's I420) goes as it is."""
+    if src_fmt == pix_fmt:
+        return image
     if pix_fmt == "yuv420p":
         return cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
     return np.ascontiguousarray(image)

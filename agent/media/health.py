@@ -102,8 +102,14 @@ class AudioMeter:
         return out
 
 
-def thumbnail(image: np.ndarray) -> np.ndarray:
-    """64x36 full-range grey of a BGR frame (downscaled first: the conversion is then free)."""
+def thumbnail(image: np.ndarray, pix_fmt: str = "bgr24") -> np.ndarray:
+    """64x36 full-range grey of a frame (downscaled first: the conversion is then free). An
+    I420 frame's luma plane is its grey picture, in limited range (16-235): stretched to full
+    range, so black is 0 as from BGR."""
+    if pix_fmt == "yuv420p":
+        luma = image[: image.shape[0] * 2 // 3]
+        small = cv2.resize(luma, THUMB, interpolation=cv2.INTER_AREA)
+        return cv2.convertScaleAbs(small, alpha=255 / 219, beta=-16 * 255 / 219)
     small = cv2.resize(image, THUMB, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
 
@@ -123,11 +129,11 @@ class VideoHealth:
     def due(self, now: float) -> bool:
         return now - self._last_t >= self.min_gap
 
-    def frame(self, now: float, image: np.ndarray) -> None:
+    def frame(self, now: float, image: np.ndarray, pix_fmt: str = "bgr24") -> None:
         if not self.due(now):
             return
         self._last_t = now
-        thumb = thumbnail(image)
+        thumb = thumbnail(image, pix_fmt)
         self.luma = float(thumb.mean())
         self.black = self.luma < BLACK_LUMA
         if self._prev is not None:

@@ -225,8 +225,8 @@ class VideoPump(_Pump):
     name = "video-pump"
 
     def __init__(self, source: Any, fps: int, start: float, write: Callable[[Any], None],
-                 convert: Callable[[np.ndarray], Any], slate: Slate,
-                 on_frame: Callable[[float, np.ndarray], None] | None = None,
+                 convert: Callable[..., Any], slate: Slate,
+                 on_frame: Callable[[float, np.ndarray, str], None] | None = None,
                  clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
         self.source, self.write, self.convert, self.slate = source, write, convert, slate
         self.on_frame, self.clock, self.wall = on_frame, clock, wall
@@ -263,9 +263,9 @@ class VideoPump(_Pump):
             self._last = None
             return self.slate.data(self.wall())
         if kind is FrameKind.NEW or self._last is None:
-            self._last = self.convert(frame.image)
+            self._last = self.convert(frame.image, src_fmt=frame.pix_fmt)
             if self.on_frame is not None:
-                self.on_frame(self.clock(), frame.image)
+                self.on_frame(self.clock(), frame.image, frame.pix_fmt)
         return self._last
 
 

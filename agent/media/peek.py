@@ -61,10 +61,12 @@ def audio_spec(media: MediaConfig) -> AudioSpec:
 def probe(video: VideoSpec | None, audio: AudioSpec | None, seconds: float,
           jpeg_width: int = 0, level_every_s: float = 0.0,
           on_level: Callable[[dict[str, Any]], None] | None = None,
-          stop: threading.Event | None = None, python: str = sys.executable) -> dict[str, Any]:
+          stop: threading.Event | None = None, python: str = sys.executable,
+          ffmpeg: str = "bundled") -> dict[str, Any]:
     """The probe's result line (``video`` and ``audio`` sections), or ``{"error": ...}`` when
-    the child could not be run, died, or missed its deadline (it is then killed)."""
-    request = json.dumps({"video": asdict(video) if video else None,
+    the child could not be run, died, or missed its deadline (it is then killed). ``ffmpeg``
+    (media.ffmpeg) reads a network camera."""
+    request = json.dumps({"video": asdict(video) if video else None, "ffmpeg": ffmpeg,
                           "audio": asdict(audio) if audio else None, "seconds": seconds,
                           "jpeg_width": jpeg_width, "level_every_s": level_every_s}) + "\n"
     try:
@@ -165,8 +167,9 @@ class Peeker:
                 cached = self._snapshot
             if cached is not None and self.clock() - cached[0] < SNAPSHOT_EVERY_S:
                 return cached[1]
-            res = probe(video_spec(self.media()), None, SNAPSHOT_S, jpeg_width=SNAPSHOT_WIDTH,
-                        stop=self._stop)
+            media = self.media()
+            res = probe(video_spec(media), None, SNAPSHOT_S, jpeg_width=SNAPSHOT_WIDTH,
+                        stop=self._stop, ffmpeg=media.ffmpeg)
             doc = res.get("video") or {"ok": False, "error": res.get("error", "no answer")}
             doc = {**doc, "taken_at": time.time()}
             with self._lock:

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from agent.media import health
+from agent.media.ffmpeg import FFmpegError, locate
 from agent.media.sources import AudioSource, VideoSource
 from agent.media.spec import AudioSpec, VideoSpec
 
@@ -69,10 +70,11 @@ def _failed_to_open(src: Any) -> bool:
     return src.watch.reason.startswith("cannot open")
 
 
-def look(spec: VideoSpec, seconds: float, jpeg_width: int) -> dict[str, Any]:
+def look(spec: VideoSpec, seconds: float, jpeg_width: int,
+         ffmpeg: str = "ffmpeg") -> dict[str, Any]:
     """Read frames for ``seconds``: how many, how bright, whether they move; one JPEG."""
     problems: list[str] = []
-    src = VideoSource(spec, _events(problems))
+    src = VideoSource(spec, _events(problems), ffmpeg=ffmpeg)
     meter = health.VideoHealth(max_per_s=10.0, hold_s=min(1.0, seconds / 2))
     src.start()
     deadline = time.monotonic() + OPEN_S + seconds
@@ -91,29 +93,30 @@ def look(spec: VideoSpec, seconds: float, jpeg_width: int) -> dict[str, Any]:
                 first = frame
                 deadline = min(deadline, time.monotonic() + seconds)
             last = frame
-            thumb = health.thumbnail(frame.image)
+            thumb = health.thumbnail(frame.image, frame.pix_fmt)
             if prev is not None:
                 diffs.append(float(cv2.absdiff(thumb, prev).mean()))
             prev = thumb
-            meter.frame(time.monotonic(), frame.image)
+            meter.frame(time.monotonic(), frame.image, frame.pix_fmt)
     finally:
         src.stop(timeout=2.0)
     if last is None:
         why = src.watch.reason or (problems[-1] if problems else "no frames")
         return {"ok": False, "frames": 0, "error": why}
-    luma = float(health.thumbnail(last.image).mean())
+    luma = float(health.thumbnail(last.image, last.pix_fmt).mean())
+    width, height = last.size
     out: dict[str, Any] = {
         "ok": True, "frames": seq - first.seq + 1 if first else 0,
         "fps": round((seq - first.seq) / max(1e-3, last.t - first.t), 1) if first else 0.0,
-        "width": int(last.image.shape[1]), "height": int(last.image.shape[0]),
+        "width": width, "height": height,
         "luma": round(luma, 1), "black": luma < health.BLACK_LUMA,
         "motion": round(max(diffs), 2) if diffs else None,
         "frozen": bool(diffs) and max(diffs) < health.FROZEN_DIFF,
     }
     if jpeg_width:
-        h, w = last.image.shape[:2]
+        w, h = last.size
         width = min(w, jpeg_width)
-        small = cv2.resize(last.image, (width, max(1, h * width // w)),
+        small = cv2.resize(last.bgr(), (width, max(1, h * width // w)),
                            interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
         if ok:
@@ -162,6 +165,15 @@ def listen(spec: AudioSpec, seconds: float, every_s: float, out: Any) -> dict[st
             "dead": health.dbfs(peak) < DEAD_DBFS}
 
 
+def _ffmpeg(choice: str) -> str:
+    """The executable media.ffmpeg names (a network camera is read by it); the one on PATH if
+    that cannot be found (the camera's finding then says what failed)."""
+    try:
+        return locate(choice)
+    except FFmpegError:
+        return "ffmpeg"
+
+
 def run(request: dict[str, Any], out: Any) -> dict[str, Any]:
     seconds = min(MAX_SECONDS, max(0.2, float(request.get("seconds", 1.5))))
     video = request.get("video")
@@ -177,7 +189,8 @@ def run(request: dict[str, Any], out: Any) -> dict[str, Any]:
             name="probe-audio", daemon=True)
         listener.start()
     if video is not None:
-        result["video"] = look(VideoSpec(**video), seconds, int(request.get("jpeg_width", 0)))
+        result["video"] = look(VideoSpec(**video), seconds, int(request.get("jpeg_width", 0)),
+                               _ffmpeg(str(request.get("ffmpeg") or "system")))
     if listener is not None:
         listener.join(seconds + 5.0)
         result["audio"] = heard or {"ok": False, "chunks": 0, "error": "no answer from the "

@@ -23,8 +23,10 @@ import cv2
 import numpy as np
 
 from agent.media.devices import open_pyaudio, quiet_stderr
+from agent.media.netsource import FfmpegReader, is_network
 from agent.media.spec import AudioSpec, VideoSpec
 from agent.media.synthetic import SyntheticAudio, SyntheticVideo
+from agent.urls import shown_source
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +140,18 @@ class _Capture:
             log.warning("%s thread did not stop within %.0f s (blocked in the driver?)",
                         self.device, timeout)
 
-    def _open(self, delay: ReopenDelay) -> bool:
-        """Open the reader; on failure report it, wait the back-off and return False."""
+    def _open(self, delay: ReopenDelay, reset: bool = True) -> bool:
+        """Open the reader; on failure report it, wait the back-off and return False. ``reset``
+        False: the back-off is reset by the first data instead (an FFmpeg reader always
+        "opens": it only starts a process)."""
         try:
             self.reader.open()
         except Exception as exc:
             self.watch.check(f"cannot open: {exc}")
             self._stop.wait(delay.next())
             return False
-        delay.reset()
+        if reset:
+            delay.reset()
         log.info("%s %s opened", self.device, self.source)
         return True
 
@@ -159,9 +164,22 @@ class _Capture:
 
 @dataclass(frozen=True)
 class Frame:
-    image: np.ndarray  # BGR, the spec's size
+    image: np.ndarray  # the spec's size: BGR (h, w, 3), or I420 planes (h*3/2, w) if yuv420p
     t: float  # monotonic capture time
     seq: int  # 1, 2, 3 ... per source, across reopenings
+    pix_fmt: str = "bgr24"  # "yuv420p": from the FFmpeg reader, the encoder's own format
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the picture."""
+        h, w = self.image.shape[:2]
+        return w, (h * 2 // 3 if self.pix_fmt == "yuv420p" else h)
+
+    def bgr(self) -> np.ndarray:
+        """The picture as BGR (converted for a snapshot; the lesson path never needs it)."""
+        if self.pix_fmt == "yuv420p":
+            return cv2.cvtColor(self.image, cv2.COLOR_YUV2BGR_I420)
+        return self.image
 
 
 def classify(source: str) -> tuple[str, str | int]:
@@ -186,6 +204,9 @@ def with_udp_options(url: str) -> str:
 
 
 class _SyntheticReader:
+    pix_fmt = "bgr24"
+    problem = ""
+
     def __init__(self, spec: VideoSpec, clock: Clock) -> None:
         self.gen = SyntheticVideo(spec.width, spec.height, spec.fps)
         self.clock, self.period, self.n = clock, 1.0 / spec.fps, 0
@@ -207,9 +228,15 @@ class _SyntheticReader:
     def release(self) -> None:
         pass
 
+    def warming(self) -> bool:
+        return False
+
 
 class _CvReader:
     """An OpenCV capture; a file is paced to its own frame rate and looped."""
+
+    pix_fmt = "bgr24"
+    problem = ""
 
     def __init__(self, kind: str, target: str | int, spec: VideoSpec, clock: Clock) -> None:
         self.kind, self.target, self.spec, self.clock = kind, target, spec, clock
@@ -261,22 +288,35 @@ class _CvReader:
             except Exception as exc:  # a dead device may fail even here; never crash on it
                 log.warning("releasing camera %s failed: %s", self.target, exc)
 
+    def warming(self) -> bool:
+        return False
+
 
 class VideoSource(_Capture):
-    """Keeps only the latest frame (with its capture time); the pacer takes what it needs."""
+    """Keeps only the latest frame (with its capture time); the pacer takes what it needs.
 
-    def __init__(self, spec: VideoSpec, on_event: EventFn, clock: Clock = time.monotonic) -> None:
+    Network URLs are read by FFmpeg into I420 (agent/media/netsource.py); devices and files by
+    OpenCV, as BGR. ``ffmpeg`` is the executable media.ffmpeg chose.
+    """
+
+    def __init__(self, spec: VideoSpec, on_event: EventFn, clock: Clock = time.monotonic,
+                 ffmpeg: str = "ffmpeg") -> None:
         self.spec = spec
         quiet_opencv()
         kind, target = classify(spec.source)
         self.kind = kind
-        self.reader: Any = (_SyntheticReader(spec, clock) if kind == "synthetic"
-                            else _CvReader(kind, target, spec, clock))
+        self.reader: Any
+        if kind == "synthetic":
+            self.reader = _SyntheticReader(spec, clock)
+        elif kind == "url" and is_network(str(target)):
+            self.reader = FfmpegReader(str(target), spec, ffmpeg, clock)
+        else:
+            self.reader = _CvReader(kind, target, spec, clock)
         self.captured = 0
         self._latest: Frame | None = None
         self._lock = threading.Lock()
         self._fresh = threading.Condition(self._lock)
-        super().__init__("camera", spec.source, on_event, clock)
+        super().__init__("camera", shown_source(spec.source), on_event, clock)
 
     def latest(self) -> Frame | None:
         with self._lock:
@@ -295,23 +335,26 @@ class VideoSource(_Capture):
         frames_since_open = 0
         while not self._stop.is_set():
             if not is_open:
-                if not self._open(delay):
+                if not self._open(delay, reset=False):
                     continue
                 is_open, frames_since_open = True, 0
             began = self.clock()
             try:
                 img = self.reader.read()
             except Exception as exc:
-                log.warning("camera %s read failed: %s", self.spec.source, exc)
+                log.warning("camera %s read failed: %s", self.source, exc)
                 img = None
             if img is not None and frames_since_open and self.clock() - began > STALL_S:
                 # A stream that stalled: FFmpeg's read timeout flushes the decoder's delayed
                 # frames, which are old. They must not hide the loss; start afresh.
-                log.info("camera %s stalled for %.1f s; reopening", self.spec.source,
+                log.info("camera %s stalled for %.1f s; reopening", self.source,
                          self.clock() - began)
                 img = None
+            if img is None and not frames_since_open and self.reader.warming():
+                self.watch.check(self.reader.problem)  # FFmpeg still probing the stream
+                continue
             if img is None:
-                if (self.watch.check("no frames") or frames_since_open
+                if (self.watch.check(self.reader.problem or "no frames") or frames_since_open
                         or self.clock() - self.watch.last_data > STALL_S):
                     self.reader.release()  # release before reopening, always
                     is_open = False
@@ -320,10 +363,15 @@ class VideoSource(_Capture):
                     self._stop.wait(0.02)
                 continue
             frames_since_open += 1
+            if frames_since_open == 1:
+                delay.reset()
             self._publish(img)
         self.reader.release()
 
     def _publish(self, img: np.ndarray) -> None:
+        if self.reader.pix_fmt == "yuv420p":  # FFmpeg made it the spec's size already
+            self._store(img, "yuv420p")
+            return
         h, w = img.shape[:2]
         if (w, h) != (self.spec.width, self.spec.height):
             img = cv2.resize(img, (self.spec.width, self.spec.height),
@@ -331,10 +379,13 @@ class VideoSource(_Capture):
                              else cv2.INTER_LINEAR)
         if img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        self._store(img, "bgr24")
+
+    def _store(self, img: np.ndarray, pix_fmt: str) -> None:
         now = self.clock()
         with self._lock:
             self.captured += 1
-            self._latest = Frame(img, now, self.captured)
+            self._latest = Frame(img, now, self.captured, pix_fmt)
             self._fresh.notify_all()
         self.watch.data()
 

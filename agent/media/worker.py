@@ -35,7 +35,7 @@ from agent.media.pacer import AudioAligner, AudioPump, Slate, VideoPump
 from agent.media.sources import AudioSource, VideoSource
 from agent.media.spec import MediaSpec, SpecError
 from agent.safetext import InertFormatter
-from agent.urls import redact_url
+from agent.urls import redact_url, shown_source
 
 log = logging.getLogger("agent.media.worker")
 
@@ -123,7 +123,7 @@ class Worker:
         self.spec, self.emitter, self.stop_event = spec, emitter, stop
         self.mono0, self.wall0 = time.monotonic(), time.time()
         self.interruptions = Interruptions(lambda: self.wall_of(time.monotonic()))
-        self.video = VideoSource(spec.video, self._on_event)
+        self.video = VideoSource(spec.video, self._on_event, ffmpeg=spec.ffmpeg)
         self.audio = AudioSource(spec.audio, self._on_event)
         self.video_health = VideoHealth()
         self.meter = AudioMeter()
@@ -372,7 +372,8 @@ def _main(emitter: Emitter, stop: threading.Event) -> int:
     threading.Thread(target=_watch_stdin, args=(sys.stdin.buffer, stop), name="stdin",
                      daemon=True).start()
     log.info("lesson %s: video %s %dx%d@%d, audio %s %d Hz x%d, %d live sink(s), recording "
-             "in %s", spec.lesson_id, spec.video.source, spec.video.width, spec.video.height,
+             "in %s", spec.lesson_id, shown_source(spec.video.source),
+             spec.video.width, spec.video.height,
              spec.video.fps, spec.audio.source, spec.audio.rate, spec.audio.channels,
              len(spec.live), spec.recording.dir)
     return Worker(spec, emitter, stop).run()

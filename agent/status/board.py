@@ -22,6 +22,7 @@ from agent.outbox import Outbox
 from agent.records import Record, age_s, rfc3339
 from agent.status import warnings
 from agent.telemetry import classes as telemetry_classes
+from agent.urls import shown_source
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ class StatusBoard:
             "upload": self._upload(),
         }
         found = warnings.collect(snap, warnings.Context(
-            self.cfg.telemetry.interval_s, self.cfg.state_dir, self.cfg.media.video.source,
+            self.cfg.telemetry.interval_s, self.cfg.state_dir,
+            shown_source(self.cfg.media.video.source),
             self.cfg.media.audio.source))
         # "warnings": the English sentences (what `status --json` always carried); the details
         # (code, subsystem, severity, params) are what the page and translations render from.
