@@ -41,7 +41,7 @@ from _benchlib import (
 )
 from latency import percentile
 
-from tests.media_support import av_offsets_from, beep_onsets, video_captures
+from tests.media_support import av_offsets_from, beep_onsets, frame_steps, video_captures
 
 RATE = 48000
 TARGET_OFFSET_MS = 40.0   # every beep within +-40 ms of its picture
@@ -103,18 +103,14 @@ def main() -> int:
         log(f"analysing {len(summary['segments'])} segments ({joined.stat().st_size >> 20} MB)")
         frames = video_captures(joined, width)
         onsets = beep_onsets(joined, RATE)
-    caps = [c for _, c in frames if c is not None]
-    steps = np.diff(np.array(caps)) * args.fps
-    repeated = int(np.sum(steps < 0.5))
-    dropped = int(sum(round(s) - 1 for s in steps if s > 1.5))
-    where = [f"{'repeat' if s < 0.5 else 'drop'} at {i / args.fps:.1f} s"
-             for i, s in enumerate(steps) if s < 0.5 or s > 1.5]
+    judged = frame_steps(frames, args.fps)
+    repeated, dropped, where = judged.repeated, judged.dropped, judged.where
     stats = next((x for x in reversed(lines) if x.get("type") == "stats"), {})
     off = av_offsets_from(frames, onsets)
     print(f"\nA/V sync, {args.size}@{args.fps}, {args.minutes:g} min, recorded "
           f"{summary['recorded_s']:.1f} s in {len(summary['segments'])} segments:")
     print(f"  video: {len(frames)} frames ({len(frames) / max(1e-9, summary['recorded_s']):.2f}"
-          f" fps), {len(frames) - len(caps)} with an unreadable strip; from capture times: "
+          f" fps), {judged.unreadable} with an unreadable strip; from capture times: "
           f"{repeated} repeated, {dropped} dropped {where[:10]}")
     print(f"  worker counters: {stats.get('video')}")
     print(f"  {machine_line()} (at the end)")

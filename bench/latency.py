@@ -18,6 +18,13 @@ WHIP also reports the A/V offset at the receiver (each beep against the picture 
 both on the receiver's clock) and what the receiver adds: from the first RTP packet of a frame to
 its decoded picture (aiortc's jitter buffer and decoder).
 
+``agent-whip-impaired`` and ``bare-whip-impaired`` put a lossy, slow, jittery UDP relay of our own
+(tests/netimpair.py; ``--impair LOSS,RTT_MS,JITTER_MS``, default 2 % loss, 80 ms RTT, +-20 ms
+jitter each way) between FFmpeg's WHIP muxer and aiortc, for ICE, DTLS and SRTP alike. They
+report frames decoded, freezes (gaps between decoded pictures longer than ``--freeze-ms``) and
+what the relay did; the agent's run also checks its recording on disk: every frame there, every
+time strip readable, none repeated or dropped (the network must not touch it).
+
 Usage: python bench/latency.py [--seconds 30] [--size 1280x720] [--fps 30] [--ffmpeg bundled]
 Targets: RTMP p95 <= 120 ms with A/V in sync; WHIP p95 <= 200 ms, A/V within +-40 ms.
 """
@@ -36,6 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from _benchlib import (
@@ -50,6 +58,11 @@ from _benchlib import (
 )
 
 from agent.media.timestrip import BITS, block_size, crop_filter, read_strip
+from tests.media_support import concat_segments, frame_steps, video_captures
+from tests.netimpair import Impairment
+
+if TYPE_CHECKING:
+    from tests.whip_endpoint import Session
 
 TARGET_RTMP_P95_MS = 120.0
 TARGET_WHIP_P95_MS = 200.0
@@ -228,12 +241,15 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
     from agent.media.supervisor import MediaSupervisor
     from tests.whip_endpoint import WhipEndpoint
 
+    impaired = kind.endswith("-impaired")
+    kind = kind.removesuffix("-impaired")
     rtmp_port, srt_port = free_port(), free_port()
     rtmp_url = f"rtmp://127.0.0.1:{rtmp_port}/live/bench"
     rtmp = StripReceiver("rtmp", ["-listen", "1", "-timeout", "60", "-i", rtmp_url], width)
     srt = StripReceiver("srt", ["-i", f"srt://127.0.0.1:{srt_port}?mode=listener&latency="
                                       f"{args.srt_latency_ms * 1000}"], width)
-    whip = WhipEndpoint(token=TOKEN, strip_width=width)
+    whip = WhipEndpoint(token=TOKEN, strip_width=width,
+                        impairment=args.impairment if impaired else None, seed=1)
     whip.start()
     receivers = {"agent": [rtmp, srt], "bare-rtmp": [rtmp], "agent-rtmp": [rtmp],
                  "bare-rtmp-video": [rtmp]}.get(kind, [])
@@ -268,6 +284,7 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
         since = time.time()
         log(f"{kind}: measuring {args.seconds:g} s")
         time.sleep(args.seconds)
+        until = time.time()
         load = machine_line()
     finally:
         if sup is not None:
@@ -281,7 +298,53 @@ def run(kind: str, args: argparse.Namespace, width: int, height: int, exe: str,
     return {"rtmp": rtmp.latencies_ms(since) if rtmp in receivers else [],
             "srt": srt.latencies_ms(since) if srt in receivers else [],
             "session": session if kind in ("agent", "agent-whip", "bare-whip") else None,
-            "since": since, "load": load, "summary": summary}
+            "since": since, "until": until, "load": load, "summary": summary, "impaired": impaired}
+
+
+# --- the impaired runs -------------------------------------------------------------------------
+
+
+def check_recording(summary: dict, width: int, fps: int, folder: Path) -> dict:
+    """The agent's recording of an impaired run: frames against its length, strips readable,
+    capture-time steps (a repeat or a drop there would be the network reaching the recording)."""
+    segments = [seg["path"] for seg in summary.get("segments", [])]
+    if not segments:
+        return {"error": "no segments recorded"}
+    judged = frame_steps(video_captures(concat_segments(segments, folder / "joined.ts"), width),
+                         fps)
+    return {"segments": len(segments), "recorded_s": summary.get("recorded_s", 0.0),
+            "expected": round(summary.get("recorded_s", 0.0) * fps), **vars(judged)}
+
+
+def impairment_lines(args: argparse.Namespace, s: Session | None, r: dict) -> str:
+    relay = s.relay if s is not None else None
+    out = [f"  path: {args.impairment.describe()}"]
+    if relay is not None:
+        out.append(f"  relay: to receiver {relay.up.received} datagrams, {relay.up.dropped} "
+                   f"dropped; back {relay.down.received}, {relay.down.dropped} dropped")
+    if s is not None:
+        gaps = s.freezes(r["since"], r["until"], args.freeze_ms / 1000)
+        decoded = sum(1 for a, _c in s.video if r["since"] <= a <= r["until"])
+        out.append(f"  decoded {decoded} pictures; freezes (> {args.freeze_ms:g} ms): "
+                   f"{len(gaps)}, longest {max(gaps, default=0) * 1000:.0f} ms, total "
+                   f"{sum(gaps):.2f} s")
+    rec = r.get("recording")
+    if rec:
+        out.append(f"  recording: {rec}" if "error" in rec else
+                   f"  recording: {rec['frames']} frames in {rec['segments']} segments "
+                   f"({rec['recorded_s']:.1f} s, {rec['expected']} expected), "
+                   f"{rec['unreadable']} unreadable, {rec['repeated']} repeated, "
+                   f"{rec['dropped']} dropped {rec['where'][:5]}")
+    return "\n".join(out)
+
+
+def impaired_ok(s: Session | None, r: dict) -> bool:
+    """The recording must be whole; the live path is reported, not judged (no target yet)."""
+    rec = r.get("recording")
+    if rec is None:
+        return s is not None
+    return ("error" not in rec and rec["unreadable"] == 0 and rec["dropped"] == 0
+            and abs(rec["frames"] - rec["expected"]) <= 2)
 
 
 def main() -> int:
@@ -293,28 +356,38 @@ def main() -> int:
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     ap.add_argument("--srt-latency-ms", type=int, default=120)
+    ap.add_argument("--impair", default="0.02,80,20",
+                    help="the *-impaired runs' path: loss (0..1), RTT ms, jitter ms each way")
+    ap.add_argument("--freeze-ms", type=float, default=200.0,
+                    help="a gap between decoded pictures longer than this is a freeze")
     ap.add_argument("--runs", default="agent-rtmp,bare-rtmp,agent-whip,bare-whip",
                     help="any of agent (all three sinks), agent-rtmp, agent-whip, bare-rtmp, "
-                         "bare-whip, bare-rtmp-video (no sound: what waiting for it costs)")
+                         "bare-whip, bare-rtmp-video (no sound: what waiting for it costs), "
+                         "agent-whip-impaired, bare-whip-impaired (through --impair)")
     add_ffmpeg_arg(ap)
     args = ap.parse_args()
     sigterm_as_interrupt()
     sys.path.insert(0, str(ROOT))
+    loss, rtt, jitter = (float(x) for x in args.impair.split(","))
+    args.impairment = Impairment(loss=loss, delay_ms=rtt / 2, jitter_ms=jitter)
     exe = ffmpeg_path(args.ffmpeg)
     width, height = (int(x) for x in args.size.split("x"))
-    results = {}
+    results: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        for kind in args.runs.split(","):
-            folder = Path(tmp) / kind
+        for i, kind in enumerate(args.runs.split(",")):
+            folder = Path(tmp) / f"{i}-{kind}"
             folder.mkdir()
-            results[kind] = run(kind, args, width, height, exe, folder)
+            r = run(kind, args, width, height, exe, folder)
+            if r["impaired"] and r["summary"]:
+                r["recording"] = check_recording(r["summary"], width, args.fps, folder)
+            results.append((kind.removesuffix("-impaired"), r))
     expected = args.seconds * args.fps
     print(f"\nCapture -> decoded frame at the receiver, {width}x{height}@{args.fps}, "
           f"{args.preset}, {args.bitrate} kbit/s, loopback, FFmpeg {args.ffmpeg} ({exe}):")
     print(f"{'run / sink':14} {'frames':>12} {'p50':>7} {'p95':>7} {'max':>7}  (ms)")
     ok = True
-    for kind, r in results.items():
-        print(f"[{kind}] {r['load']}")
+    for kind, r in results:
+        print(f"[{kind}{' impaired' if r['impaired'] else ''}] {r['load']}")
         if kind in ("agent", "agent-rtmp", "bare-rtmp", "bare-rtmp-video"):
             print(row(f"{kind} rtmp", r["rtmp"], expected))
         if r["srt"]:
@@ -332,6 +405,10 @@ def main() -> int:
                       f" p95 {percentile(recv, 95):.0f} ms")
         if kind in ("agent", "agent-whip", "bare-whip"):
             print(row(f"{kind} whip", whip_lat, expected, extra))
+        if r["impaired"]:
+            print(impairment_lines(args, s, r))
+            ok &= impaired_ok(s, r)
+            continue
         if kind in ("agent", "agent-rtmp") and (
                 not r["rtmp"] or percentile(r["rtmp"], 95) > TARGET_RTMP_P95_MS):
             ok = False

@@ -6,6 +6,7 @@ Everything runs in the test's own temporary directory and is stopped by PID (MED
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +346,29 @@ def video_captures(path: str | Path, width: int) -> list[tuple[float, float | No
         raise AssertionError(f"{path}: decoded {len(captures)} frames but showinfo listed "
                              f"{len(pts)}")
     return list(zip(pts, captures, strict=True))
+
+
+@dataclass
+class FrameSteps:
+    """A recording's frames judged by their capture times (the time strip)."""
+
+    frames: int
+    unreadable: int
+    repeated: int  # a capture-time step of 0
+    dropped: int   # a step of k slots counts k - 1
+    where: list[str]
+
+
+def frame_steps(frames: list[tuple[float, float | None]], fps: int) -> FrameSteps:
+    """Repeats and drops in ``video_captures``'s output, with where the first ones are."""
+    caps = [c for _, c in frames if c is not None]
+    steps = [(b - a) * fps for a, b in itertools.pairwise(caps)]
+    return FrameSteps(
+        frames=len(frames), unreadable=len(frames) - len(caps),
+        repeated=sum(1 for s in steps if s < 0.5),
+        dropped=sum(round(s) - 1 for s in steps if s > 1.5),
+        where=[f"{'repeat' if s < 0.5 else 'drop'} at {i / fps:.1f} s"
+               for i, s in enumerate(steps) if s < 0.5 or s > 1.5])
 
 
 def beep_onsets(path: str | Path, rate: int = 48000) -> list[float]:

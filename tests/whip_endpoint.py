@@ -6,17 +6,23 @@ session. Every received video frame is decoded by aiortc and its time strip read
 (agent/media/timestrip.py), so the latency from capture to decoded frame is known; the audio is
 decoded too (Opus), its level measured and its beeps found (tests/media_support.py). Used by the
 tests and by bench/latency.py.
+
+With ``impairment`` set, each session's media path (ICE, DTLS, SRTP) goes through a lossy, slow,
+jittery UDP relay (tests/netimpair.py): the answer's candidate is rewritten to the relay's port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.netimpair import Impairment, UdpRelay
 
 
 def _free_port() -> int:
@@ -39,6 +45,13 @@ class Session:
     #: first RTP packet arrival of each video frame (by its timestamp from the stream's first)
     first_packet: dict[int, float] = field(default_factory=dict)
     video_pts: list[int | None] = field(default_factory=list)
+    relay: UdpRelay | None = None  # the impaired path, when the endpoint has one
+
+    def freezes(self, since: float, until: float, gap_s: float = 0.2) -> list[float]:
+        """Gaps longer than ``gap_s`` without a decoded picture between ``since`` and ``until``
+        (wall clock), the wait for the first picture and after the last one included."""
+        arrivals = [since, *(a for a, _c in list(self.video) if since <= a <= until), until]
+        return [b - a for a, b in itertools.pairwise(arrivals) if b - a > gap_s]
 
     def receiver_ms(self, since: float = 0.0) -> list[float]:
         """What the receiver adds: first RTP packet of a frame -> its decoded picture (aiortc's
@@ -96,8 +109,10 @@ class Session:
 class WhipEndpoint:
     """aiohttp + aiortc on 127.0.0.1 in a thread of its own; ``sessions`` in arrival order."""
 
-    def __init__(self, token: str | None = None, strip_width: int | None = None) -> None:
+    def __init__(self, token: str | None = None, strip_width: int | None = None,
+                 impairment: Impairment | None = None, seed: int | None = None) -> None:
         self.token = token
+        self.impairment, self.seed = impairment, seed
         self.port = _free_port()
         self.sessions: list[Session] = []
         self.rejected = 0
@@ -136,6 +151,9 @@ class WhipEndpoint:
     async def _shutdown(self) -> None:
         for pc in list(self._pcs.values()):
             await pc.close()
+        for session in self.sessions:
+            if session.relay is not None:
+                session.relay.stop()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -165,7 +183,10 @@ class WhipEndpoint:
                 self._watch_packets(transceiver.receiver, session)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        return web.Response(status=201, text=pc.localDescription.sdp,
+        sdp = pc.localDescription.sdp
+        if self.impairment is not None:
+            sdp, session.relay = through_relay(sdp, self.impairment, self.seed)
+        return web.Response(status=201, text=sdp,
                             content_type="application/sdp",
                             headers={"Location": f"/whip/{request.match_info['room']}/{sid}"})
 
@@ -222,3 +243,21 @@ class WhipEndpoint:
                 mono = pcm.reshape(-1, channels)[:, 0] if channels > 1 else pcm.reshape(-1)
                 session.audio_pcm.append(np.array(mono, dtype=np.int16))
                 session.audio_frames += 1
+
+
+def through_relay(sdp: str, impairment: Impairment, seed: int | None) -> tuple[str, UdpRelay]:
+    """The answer with one candidate left, the first UDP one of component 1, moved to a relay
+    that forwards to where it was (every UDP datagram of the session then crosses the relay)."""
+    lines, relay = [], None
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            f = line.split()
+            if relay is not None or f[1] != "1" or f[2].lower() != "udp":
+                continue
+            relay = UdpRelay((f[4], int(f[5])), impairment, seed).start()
+            f[4], f[5] = "127.0.0.1", str(relay.port)
+            line = " ".join(f)
+        lines.append(line)
+    if relay is None:
+        raise RuntimeError("the answer has no UDP candidate to relay")
+    return "\r\n".join(lines) + "\r\n", relay

@@ -5,7 +5,8 @@ every local user can read it (``/proc/PID/cmdline``), and the endpoint URL may b
 So FFmpeg is pointed at this proxy (``http://127.0.0.1:PORT/whip/RANDOM``) and the proxy, in the
 worker, sends the SDP offer to the real endpoint with ``Authorization: Bearer TOKEN``, returns
 the answer, and later relays the ``DELETE`` of the session. Only the signalling passes here: the
-media (ICE, DTLS, SRTP) goes straight from FFmpeg to the addresses in the answer.
+media (ICE, DTLS, SRTP) goes straight from FFmpeg to the addresses in the answer. On the way the
+offer is mended where FFmpeg leaves its retransmission stream undeclared (whipsdp.py).
 
 The proxy must not lend the token to anyone else who reads FFmpeg's command line: each path
 answers one offer only, and only from a socket that belongs to the FFmpeg process the sink
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urljoin
+
+from agent.media.whipsdp import declare_group_ssrcs
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ class WhipProxy:
         if not 0 < length <= MAX_SDP_BYTES:
             req.send_error(400, "SDP offer missing or too large")
             return
-        offer = req.rfile.read(length)
+        offer = declare_group_ssrcs(req.rfile.read(length))
         try:
             status, body, location = self._upstream("POST", self.endpoint, offer)
         except (OSError, urllib.error.URLError, ValueError) as exc:
