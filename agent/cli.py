@@ -1,13 +1,14 @@
-"""Command line: ``run``, ``status``, ``doctor``, ``config check``, ``lesson start|stop``,
-``devices``.
+"""Command line: ``run``, ``status``, ``page``, ``doctor``, ``config check``,
+``lesson start|stop``, ``devices``.
 
 Output for people by default, ``--json`` for scripts. Exit codes: 0 fine; 1 running but with
 warnings (``status``, ``doctor``) or the agent refused the command (``lesson``), or no device
 listing (``devices``); 2 bad usage or bad configuration, or a failed ``doctor`` check; 3 the
 daemon is not running. ``--lang`` (or the locale) picks English or Chinese (agent/i18n.py).
 
-``lesson`` talks to the running agent over its local control socket (agent/control.py), so it
-works without a broker; exit 4 means this user may not (not in the socket's group).
+``lesson`` and ``page`` talk to the running agent over its local control socket
+(agent/control.py), so they work without a broker; exit 4 means this user may not (not in the
+socket's group).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--config", default=str(config.DEFAULT_PATH), help=_("config file"))
     p_status.add_argument("--json", action="store_true", help=_("machine-readable output"))
 
+    p_page = sub.add_parser("page", help=_("print the address of the status page with its key "
+                                           "(camera snapshot, microphone level)"))
+    p_page.add_argument("--config", default=str(config.DEFAULT_PATH), help=_("config file"))
+
     p_lesson = sub.add_parser("lesson", help=_("start or stop a lesson on the running agent"))
     lesson_sub = p_lesson.add_subparsers(dest="lesson_command", required=True)
     p_start = lesson_sub.add_parser("start", help=_("start a lesson now"))
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "status":
         return _status(args.config, args.json)
+    if args.command == "page":
+        return _page(args.config)
     if args.command == "lesson":
         if args.lesson_command == "start":
             return _command(args.config, "lesson_start", args.json, {
@@ -181,6 +188,26 @@ def _status(path: str, as_json: bool) -> int:
 
         print(render_text(snap))
     return EXIT_OK if snap.get("ok") else EXIT_WARN
+
+
+def _page(path: str) -> int:
+    """The status page's address with this run's key, for root and the socket's group only."""
+    cfg = _load_or_report(path)
+    if cfg is None:
+        return EXIT_CONFIG
+    from agent.status import client
+
+    sock = cfg.status.socket
+    try:
+        url = client.page_address(cfg)
+    except PermissionError:
+        return _not_allowed(sock, False)
+    except (OSError, ValueError) as exc:
+        return _not_running(sock, exc, False)
+    say(_("Status page of this terminal (the key changes when the agent restarts; do not share "
+          "it with pupils):"))
+    print(inert(url, None))
+    return EXIT_OK
 
 
 def _command(path: str, name: str, as_json: bool, cmd_args: dict[str, Any] | None = None) -> int:

@@ -27,7 +27,7 @@ from agent.commands import (
 from agent.lessons import TimetableError, load_schedule
 from agent.lessons.manager import LessonError, LessonManager
 from agent.lessons.planner import Planner, PlanSettings
-from agent.localhttp import socket_routes, tcp_routes
+from agent.localhttp import new_page_key, page_url, socket_routes, tcp_routes
 from agent.media.adapter import LessonMedia
 from agent.media.peek import Peeker
 from agent.outbox import Outbox
@@ -111,10 +111,12 @@ class Agent:
         self.scheduler.hold(self._held_at_build)
         # The page's camera snapshot and microphone level, in child processes on request.
         self.peeker = Peeker(lambda: self.cfg.media, self.media.stats)
+        # Their key: made at each start, kept in memory, given only on the control socket.
+        self._page_key = new_page_key()
         host, port = cfg.status.address
         # TCP: read-only status for anyone on the PC; control: the Unix socket, for its group.
         self.status_server = HttpServer(
-            tcp_routes(self.board.snapshot, self.peeker, cfg.status.socket),
+            tcp_routes(self.board.snapshot, self.peeker, cfg.status.socket, self._page_key),
             TcpListener(host, port))
         self.control_error: str | None = None
         self.control_server = self._make_control_server(cfg)
@@ -161,7 +163,8 @@ class Agent:
                 path.parent.mkdir(parents=True)
                 path.parent.chmod(0o755)  # the socket's own mode (0660) decides who gets in
             return HttpServer(
-                socket_routes(self.local_commands, self.board.snapshot),
+                socket_routes(self.local_commands, self.board.snapshot,
+                              lambda: page_url(self.status_server.address, self._page_key)),
                 UnixListener(str(path), 0o660, cfg.status.socket_group or None),
                 Limits(max_connections=16, max_pending=4), name="control")
         except OSError as exc:

@@ -140,6 +140,10 @@ _HOSTS = ["localhost", "127.0.0.1", "127.0.0.1:8089", "[::1]:8089", "::1", "LOCA
           "\u202elocalhost", "localhost\x00evil"]
 _LENGTHS = ["0", "3", "5", "65536", "65537", "-1", "+3", "3 ", " 3", "\u00b2", "\u00b3",
             "1" * 13, "0x10", "", "3, 3", "99999999999"]
+#: The page's key in the fuzzers' servers, and near misses of it.
+PAGE_KEY = "k" * 20 + "-fuzz-key_0123456789"
+_KEYS = [PAGE_KEY, PAGE_KEY, PAGE_KEY + "x", PAGE_KEY[:-1], PAGE_KEY.upper(), "", " " + PAGE_KEY,
+         "\u00e9" + PAGE_KEY[1:]]
 _CTYPES = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
            "text/plain", "", "application/json\x00"]
 _text = st.text(st.characters(max_codepoint=0x2FF) | st.sampled_from(NASTY_CHARS), max_size=16)
@@ -147,8 +151,11 @@ _text = st.text(st.characters(max_codepoint=0x2FF) | st.sampled_from(NASTY_CHARS
 
 @st.composite
 def _header(draw: st.DrawFn) -> str:
-    kind = draw(st.sampled_from(["host", "host", "length", "ctype", "origin", "te", "random",
-                                 "malformed"]))
+    kind = draw(st.sampled_from(["host", "host", "length", "ctype", "origin", "te", "key",
+                                 "random", "malformed"]))
+    if kind == "key":
+        return draw(st.sampled_from(["X-Page-Key", "x-page-key", "X-Page-Key "])) + ": " + draw(
+            st.sampled_from(_KEYS) | _text)
     if kind == "host":
         return "Host: " + draw(st.sampled_from(_HOSTS) | _text)
     if kind == "length":
@@ -199,6 +206,24 @@ STATUS_GETS = ("/", "/page.js", "/page.css", "/favicon.ico", "/page.json", "/i18
                "/snapshot.json", "/level.json", "/status.json", "/metrics")
 #: POST /command/{name} on either address (the socket runs it, TCP refuses it).
 COMMAND_POST = RouteSpec("POST", "/command/", 4 * 16384)
+#: What needs the page's key on the status address.
+KEYED = ("/snapshot.json", "/level.json")
+
+
+class FakePeeker:
+    """The page's camera and microphone as the routes see them (agent/media/peek.py's Peeker
+    opens real devices in a child process; here only the key in front of it is under test)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"jpeg": "", "width": 1, "height": 1}
+
+    def level(self) -> dict[str, Any]:
+        return {"rms_dbfs": -60.0, "peak_dbfs": -50.0}
+
+
+def key_verdict(headers: dict[str, str]) -> int:
+    """200 when the request carries exactly the page's key, else 403."""
+    return 200 if headers.get("x-page-key") == PAGE_KEY else 403
 
 
 @contextlib.contextmanager

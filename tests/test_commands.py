@@ -419,7 +419,8 @@ def control_socket(tmp_path_factory: pytest.TempPathFactory,
     state = tmp_path_factory.mktemp("ctl")
     path = str(state / "control.sock")
     with status_board(state) as board:
-        server = HttpServer(socket_routes(door[0], board.snapshot), UnixListener(path),
+        server = HttpServer(socket_routes(door[0], board.snapshot, lambda: _PAGE_URL),
+                            UnixListener(path),
                             Limits(max_connections=16, max_pending=4, request_timeout_s=1.0),
                             name="fuzz-control")
         server.start()
@@ -473,11 +474,14 @@ def test_fuzz_the_control_socket_answers_every_request(control_socket: str, path
             assert code in (400, 404, 405, 413, 431), answer[:200]
 
 
-_SOCKET_ROUTES = [*(RouteSpec("GET", p) for p in STATUS_GETS), COMMAND_POST]
+_SOCKET_ROUTES = [*(RouteSpec("GET", p) for p in (*STATUS_GETS, "/page-url.json")),
+                  COMMAND_POST]
+_PAGE_URL = "http://127.0.0.1:8089/#key=fuzz"
 
 
 @pytest.mark.fuzz
-@given(raw=requests([*STATUS_GETS, *(f"/command/{n}" for n in sorted(COMMANDS))]))
+@given(raw=requests([*STATUS_GETS, "/page-url.json",
+                     *(f"/command/{n}" for n in sorted(COMMANDS))]))
 def test_fuzz_the_control_socket_answers_every_request_as_its_rules_say(
         control_socket: str, raw: bytes) -> None:
     """Any request on the control socket (request line, any path, query, headers, Origin,
@@ -494,7 +498,9 @@ def test_fuzz_the_control_socket_answers_every_request_as_its_rules_say(
         got = parse_answer(answer)
         if want.route is None:
             assert got.code == want.code, (want, raw[:300], answer[:300])
-        elif want.route is not COMMAND_POST:
+        elif want.path == "/page-url.json":  # the page's key: for the socket's group only
+            assert got.code == 200 and got.json() == {"url": _PAGE_URL}
+        elif want.route is not COMMAND_POST:  # no camera on the socket: the page is on TCP
             assert got.code == (204 if want.path == "/favicon.ico" else
                                 404 if want.path in ("/snapshot.json", "/level.json") else 200)
         else:

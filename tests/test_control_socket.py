@@ -20,6 +20,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +98,26 @@ def test_only_members_of_the_sockets_group_may_control_the_agent(
         # The agent knows who asked: the log names the technician's uid.
         nobody = pwd.getpwnam("nobody").pw_uid
         assert f"control: lesson_start asked by uid {nobody} (nobody)" in agent.log_text()
+
+        # The status page's key (camera snapshot, microphone level) is the group's too.
+        no_key = as_nobody([], "page", "--config", cfg)
+        assert no_key.returncode == 4 and "#key=" not in no_key.stdout, no_key.stdout
+        got = as_nobody([tech_group.gr_gid], "page", "--config", cfg)
+        assert got.returncode == 0, got.stdout + got.stderr
+        url = got.stdout.strip().splitlines()[-1]
+        assert url.startswith(f"http://127.0.0.1:{agent.status_port}/#key="), got.stdout
+        level = f"http://127.0.0.1:{agent.status_port}/level.json"
+        key = url.rpartition("#key=")[2]
+        try:
+            with urllib.request.urlopen(urllib.request.Request(
+                    level, headers={"X-Page-Key": key}), timeout=10) as r:
+                code = r.status
+        except urllib.error.HTTPError as exc:  # 409: the microphone is busy, which is fine here
+            code = exc.code
+        assert code in (200, 409)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(level, timeout=10)
+        assert refused.value.code == 403
     finally:
         agent.kill()
         subprocess.run(["rm", "-rf", str(shared)], check=False)

@@ -34,8 +34,12 @@ from agent.status.http import (
 from tests.fuzzing import NASTY_CHARS, agent_log, fuzz_case
 from tests.httpfuzz import (
     COMMAND_POST,
+    KEYED,
+    PAGE_KEY,
     STATUS_GETS,
+    FakePeeker,
     RouteSpec,
+    key_verdict,
     parse_answer,
     requests,
     status_board,
@@ -301,8 +305,7 @@ def test_fuzz_any_bytes_get_an_http_answer_or_a_close(raw: bytes) -> None:
 
 #: The TCP status address's routes (agent/localhttp.py) and what each answers a good request.
 _STATUS_ROUTES = [*(RouteSpec("GET", p) for p in STATUS_GETS), COMMAND_POST]
-_STATUS_ANSWERS = {"/favicon.ico": 204, "/snapshot.json": 404, "/level.json": 404,
-                   "/command/": 403}
+_STATUS_ANSWERS = {"/favicon.ico": 204, "/command/": 403}
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +314,8 @@ def status_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     with the agent's limits (a shorter request timeout: cut-off requests are common here)."""
     state = tmp_path_factory.mktemp("status-fuzz")
     with status_board(state) as board:
-        server = HttpServer(tcp_routes(board.snapshot, None, str(state / "control.sock")),
+        server = HttpServer(tcp_routes(board.snapshot, FakePeeker(), str(state / "control.sock"),
+                                       PAGE_KEY),
                             TcpListener("127.0.0.1", 0), Limits(request_timeout_s=1.0),
                             name="fuzz-status")
         server.start()
@@ -325,7 +329,8 @@ def test_fuzz_the_status_address_answers_every_request_as_its_rules_say(
         status_address: tuple[str, int], raw: bytes) -> None:
     """Any request to the status address (request line, path, query, headers, Host, body,
     cut off anywhere): the refusal its rules call for (400, 404, 405, 413, 421, 431, 501) or
-    the route's own answer, well-formed, bounded and inert; a close only for a request that
+    the route's own answer (the camera snapshot and microphone level only with the page's
+    exact key, 403 otherwise), well-formed, bounded and inert; a close only for a request that
     never fully arrived; never an error in the log; the server goes on serving."""
     with fuzz_case(), agent_log("asyncio") as logged:
         want = verdict(raw, _STATUS_ROUTES, tcp=True)
@@ -334,8 +339,13 @@ def test_fuzz_the_status_address_answers_every_request_as_its_rules_say(
             assert want.may_close, (want, raw[:300])
         else:
             got = parse_answer(answer)
-            expected = want.code if want.route is None else _STATUS_ANSWERS.get(
-                want.route.path, 200)
+            if want.route is None:
+                expected = want.code
+            elif want.path in KEYED:  # a picture of the classroom: only with the page's key
+                assert want.headers is not None
+                expected = key_verdict(want.headers)
+            else:
+                expected = _STATUS_ANSWERS.get(want.route.path, 200)
             assert got.code == expected, (want, raw[:300], answer[:300])
         assert not logged.errors, logged.lines
     assert not logged.forged()

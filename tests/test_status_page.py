@@ -1,9 +1,11 @@
 """The technicians' status page in a real headless Chromium (Debian's ``chromium``, driven by
 Playwright; never ``playwright install``), against the real agent, broker and microphone.
 
-One agent, one browser, the page's whole life: English, the camera snapshot shows the synthetic
-test pattern, the level meter follows a tone played into a PulseAudio microphone, the switch to
-Chinese, and the broker stopped shows as a fault with its next step. With
+One agent, one browser, the page's whole life: opened without its key, the camera snapshot is
+refused with the way to get the key; opened at the address ``classroom-agent page`` prints, in
+English, the camera snapshot shows the synthetic test pattern, the level meter follows a tone
+played into a PulseAudio microphone, the switch to Chinese, and the broker stopped shows as a
+fault with its next step. With
 ``CLASSROOM_AGENT_SCREENSHOTS=docs/img`` the screenshots of docs/technicians.md are refreshed.
 """
 
@@ -90,11 +92,25 @@ def test_the_page_in_a_real_browser(tmp_path: Path, broker: Broker, browser: Any
     try:
         wait_until(lambda: (s := agent.status()) and s["broker"]["connected"]
                    and s["telemetry"]["last_sample"], 30, "a connected agent")
+        # Without the key (any local account can open the page): status yes, camera no.
+        keyless = browser.new_page()
+        keyless.goto(f"http://127.0.0.1:{agent.status_port}/?lang=en")
+        keyless.wait_for_selector("#subsystem-broker.good")
+        keyless.click("#snapshot-button")
+        wait_until(lambda: "classroom-agent page" in keyless.inner_text("#snapshot-info"), 10,
+                   "the refusal without the key")
+        assert keyless.get_attribute("#snapshot", "hidden") is not None
+        keyless.close()
+
+        # The technician's address: `classroom-agent page` (root here) prints it with the key.
+        url = _page_url(agent)
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(f"http://127.0.0.1:{agent.status_port}/?lang=en")
+        page.goto(url.replace("/#key=", "/?lang=en#key="))
+        # The key leaves the address bar at once (screenshots, someone looking over a shoulder).
+        wait_until(lambda: "key=" not in page.url, 10, "the key out of the address bar")
 
         # English, every subsystem, the broker good.
         page.wait_for_selector("#subsystem-broker.good")
@@ -107,6 +123,8 @@ def test_the_page_in_a_real_browser(tmp_path: Path, broker: Broker, browser: Any
         assert page.inner_text("#overall") in ("Healthy", "Needs attention")
 
         # The camera snapshot: the synthetic test pattern, decoded from what the page shows.
+        page.reload()  # the key is kept for the tab
+        page.wait_for_selector("#subsystem-broker.good")
         page.click("#snapshot-button")
         page.wait_for_selector("#snapshot:not([hidden])", timeout=20000)
         src = page.get_attribute("#snapshot", "src") or ""
@@ -169,6 +187,15 @@ def test_the_page_in_a_real_browser(tmp_path: Path, broker: Broker, browser: Any
         agent.stop()
     log = agent.log_text()
     assert "Traceback" not in log, log[-3000:]
+    assert url.rpartition("#key=")[2] not in log
+
+
+def _page_url(agent: AgentProcess) -> str:
+    res = agent.cli("page", "--config", str(agent.config_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    url = res.stdout.strip().splitlines()[-1]
+    assert url.startswith(f"http://127.0.0.1:{agent.status_port}/#key="), res.stdout
+    return url
 
 
 def test_every_subsystem_of_the_catalogue_has_a_card() -> None:
@@ -200,13 +227,32 @@ def test_the_page_headers_keep_it_to_itself(broker: Broker, agent_factory) -> No
         with urllib.request.urlopen(base + asset, timeout=5) as r:
             body = r.read().decode()
         assert "http://" not in body and "https://" not in body
+    key = _page_url(agent).rpartition("#key=")[2]
+
+    def ask(path: str, key: str | None) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(base + path, headers={"X-Page-Key": key} if key else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    # Without the page's key, or with a wrong one, no picture and no level: the reason and the
+    # way to the key, in the language asked.
+    for path in ("/snapshot.json", "/level.json?lang=zh_CN"):
+        for wrong in (None, "", key[:-1], key + "x", key.upper(), "x" * 5000):
+            code, doc = ask(path, wrong)
+            assert code == 403 and "classroom-agent page" in doc["error"], (path, code, doc)
+            assert "jpeg" not in doc and "rms_dbfs" not in doc
+    assert "密钥" in ask("/snapshot.json?lang=zh_CN", None)[1]["error"]
     res = agent.cli("lesson", "start", "--config", str(agent.config_path), "--duration", "30")
     assert res.returncode == 0, res.stdout + res.stderr
     wait_until(lambda: (agent.status() or {}).get("media"), 30, "the lesson's media stats")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(base + "/snapshot.json?lang=zh_CN", timeout=10)
-    assert refused.value.code == 409
-    assert "正在上课" in json.load(refused.value)["error"]
-    with urllib.request.urlopen(base + "/level.json", timeout=5) as r:
-        level = json.load(r)
-    assert level["source"] == "lesson" and level["rms_dbfs"] > -30  # the synthetic tone
+    code, doc = ask("/snapshot.json?lang=zh_CN", key)
+    assert code == 409 and "正在上课" in doc["error"]
+    code, level = ask("/level.json", key)
+    assert code == 200 and level["source"] == "lesson" and level["rms_dbfs"] > -30  # the tone
+    # The key is nowhere else: not in the status, not in the log.
+    with urllib.request.urlopen(base + "/status.json", timeout=5) as r:
+        assert key not in r.read().decode()
+    assert key not in agent.log_text()

@@ -34,10 +34,21 @@ def fetch(cfg: Config, timeout: float = 5.0) -> dict[str, Any]:
     return snap
 
 
-def _via_socket(path: str, timeout: float) -> bytes:
+def page_address(cfg: Config, timeout: float = 5.0) -> str:
+    """The status page's address with its key (``classroom-agent page``), from the control
+    socket only: raises ``PermissionError`` (this user is not in its group), another ``OSError``
+    (no agent) or ``ValueError`` (an answer that is not the address)."""
+    doc = json.loads(_via_socket(cfg.status.socket, timeout, "/page-url.json"))
+    url = doc.get("url") if isinstance(doc, dict) else None
+    if not isinstance(url, str) or not url.startswith("http://"):
+        raise ValueError("the agent's answer holds no page address")
+    return url
+
+
+def _via_socket(path: str, timeout: float, target: str = "/status.json") -> bytes:
     conn = UnixConnection(path, timeout)
     try:
-        conn.request("GET", "/status.json")
+        conn.request("GET", target)
         resp = conn.getresponse()
         if resp.status != 200:
             raise ConnectionError(f"the control socket answered {resp.status}")

@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 Snapshot = Callable[[], dict[str, Any]]
 
 
-def status_routes(snapshot: Snapshot, peeker: Peeker | None = None) -> Routes:
+def status_routes(snapshot: Snapshot, peeker: Peeker | None = None,
+                  page_key: str | None = None) -> Routes:
     """GET routes over ``snapshot`` (the board's :meth:`~agent.status.board.StatusBoard.snapshot`);
-    ``peeker`` serves the page's camera snapshot and microphone level. A snapshot that fails
-    answers 500 with a pointer to the log, never a traceback."""
+    ``peeker`` serves the page's camera snapshot and microphone level to requests that carry
+    ``page_key`` (agent/status/page.py). A snapshot that fails answers 500 with a pointer to the
+    log, never a traceback."""
 
     def with_snapshot(render: Callable[[dict[str, Any]], Response]) -> Callable[[Request],
                                                                                 Response]:
@@ -53,6 +55,6 @@ def status_routes(snapshot: Snapshot, peeker: Peeker | None = None) -> Routes:
             return Response.text("metrics failed; see the agent log\n", 500)
         return Response(200, body, prometheus.CONTENT_TYPE)
 
-    return (page.routes(snapshot, peeker)
+    return (page.routes(snapshot, peeker, page_key)
             .get("/status.json", with_snapshot(lambda s: Response.json(s, indent=2)))
             .get("/metrics", metrics))

@@ -11,6 +11,22 @@ let levelTimer = null;
 let lastSnapshot = null;
 let lastLevel = null;
 
+// The page's key (docs/security.md): `classroom-agent page` prints this page's address with it
+// after "#key=". A fragment never goes to the server; the key goes only in the X-Page-Key header
+// of the snapshot and level requests. Kept for this tab and taken out of the address bar.
+const PAGE_KEY = takeKey();
+
+function takeKey() {
+  const m = /(?:^#|&)key=([A-Za-z0-9_-]{16,128})/.exec(location.hash);
+  let key = m ? m[1] : null;
+  try {
+    if (key) sessionStorage.setItem("classroom-agent-key", key);
+    else key = sessionStorage.getItem("classroom-agent-key");
+  } catch (e) { /* private mode: the key lives as long as the page */ }
+  if (m) history.replaceState(null, "", location.pathname + location.search);
+  return key;
+}
+
 function t(msgid) { return strings[msgid] || msgid; }
 function fill(text, values) {
   return text.replace(/\{(\w+)\}/g, (m, k) => (k in values ? String(values[k]) : m));
@@ -29,8 +45,9 @@ function minutes(s) { return typeof s === "number" ? Math.round(s / 60) : "?"; }
 
 const STATE = { good: () => t("good"), warning: () => t("warning"), fault: () => t("fault") };
 
-async function getJSON(path) {
-  const r = await fetch(path, { cache: "no-store" });
+async function getJSON(path, keyed) {
+  const headers = keyed && PAGE_KEY ? { "X-Page-Key": PAGE_KEY } : {};
+  const r = await fetch(path, { cache: "no-store", headers });
   const doc = await r.json();
   return { status: r.status, doc };
 }
@@ -120,7 +137,7 @@ async function snapshot() {
   b.disabled = true;
   $("snapshot-info").textContent = t("Taking a snapshot…");
   try {
-    const { doc } = await getJSON("/snapshot.json" + q());
+    const { doc } = await getJSON("/snapshot.json" + q(), true);
     showSnapshot(doc);
   } finally {
     b.disabled = false;
@@ -156,8 +173,9 @@ function showLevel(doc) {
 
 async function pollLevel() {
   try {
-    const { doc } = await getJSON("/level.json" + q());
+    const { status, doc } = await getJSON("/level.json" + q(), true);
     showLevel(doc);
+    if (status === 403) stopListening();  // no key: asking again will not help
   } catch (e) { stopListening(); }
 }
 

@@ -12,10 +12,18 @@ microphone's level, ten times a second for a listening session). Both are comput
 a child process (agent/media/peek.py), never stored and never sent anywhere but to the page that
 asked (docs/privacy.md). The status address is loopback by default; a technician's phone on the
 school's LAN reaches the page only if ``status.listen`` is opened on purpose.
+
+The status address is open to every account of the PC, a pupil's too, and the rest of the page
+says no more than ``classroom-agent status`` does. A picture of the classroom and its sound level
+do: those two answer only to a request that carries the page's key (header ``X-Page-Key``), a
+secret the agent makes at each start, keeps in memory and gives only on its control socket,
+that is to root and the technicians' group (``classroom-agent page`` prints the page's address
+with it; docs/security.md). Compared in constant time; never logged.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections.abc import Callable
@@ -44,6 +52,13 @@ SUBSYSTEMS = [("agent", N_("Agent")), ("broker", N_("Broker")), ("outbox", N_("O
               ("commands", N_("Commands")), ("telemetry", N_("Telemetry"))]
 _RANK = {"good": 0, "warning": 1, "fault": 2}
 MAX_EVENTS = 20
+
+#: The request header that carries the page's key (HTTP/1.1 header names are case-insensitive).
+KEY_HEADER = "x-page-key"
+#: Why a snapshot or a level was refused without the key (also in the page's catalog).
+KEY_REQUIRED = N_("The camera snapshot and the microphone level need this page's key. Next "
+                  "step: on this terminal, run `classroom-agent page` as root or a member of "
+                  "the agent's group and open the address it prints.")
 
 #: Served with every page response: nothing from elsewhere, no framing, no inline script.
 SECURITY_HEADERS = {
@@ -140,11 +155,20 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(r.status, r.body, "application/json; charset=utf-8", SECURITY_HEADERS)
 
 
-def routes(snapshot: Snapshot, peeker: Peeker | None,
+def key_matches(req: Request, key: str) -> bool:
+    """Whether ``req`` carries ``key`` (constant time: the answer's timing tells nothing)."""
+    given = req.headers.get(KEY_HEADER, "").encode("latin-1")  # the server decoded latin-1
+    return hmac.compare_digest(given, key.encode("ascii"))
+
+
+def routes(snapshot: Snapshot, peeker: Peeker | None, page_key: str | None = None,
            default_lang: str | None = None) -> Routes:
     """``/``, its script and style, ``/page.json``, ``/i18n.json``, and the on-request
-    ``/snapshot.json`` and ``/level.json`` (409 with the reason when they cannot be had)."""
+    ``/snapshot.json`` and ``/level.json`` (403 without ``page_key``, 409 with the reason when
+    they cannot be had). A ``peeker`` needs a ``page_key``: nobody gets the camera without it."""
     lang0 = default_lang or i18n.pick(None, os.environ)
+    if peeker is not None and not page_key:
+        raise ValueError("the camera snapshot and microphone level need a page key")
 
     def static(name: str, ctype: str) -> Callable[[Request], Response]:
         return lambda _req: Response(200, _static(name), ctype, SECURITY_HEADERS)
@@ -163,8 +187,10 @@ def routes(snapshot: Snapshot, peeker: Peeker | None,
     def on_request(what: str) -> Callable[[Request], Response]:
         def handler(req: Request) -> Response:
             tr = i18n.translator(_lang(req, lang0))
-            if peeker is None:
+            if peeker is None or page_key is None:
                 return _json({"error": tr("not available in this agent")}, 404)
+            if not key_matches(req, page_key):
+                return _json({"error": tr(KEY_REQUIRED)}, 403)
             try:
                 doc = peeker.snapshot() if what == "snapshot" else peeker.level()
             except Busy as exc:
