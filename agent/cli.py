@@ -46,6 +46,11 @@ def _lang_arg(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     i18n.use(i18n.pick(_lang_arg(argv)))
+    # The parser is garbage once it has parsed, instead of living as long as the daemon.
+    return _dispatch(_parser().parse_args(argv))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="classroom-agent",
         description=_("Edge agent of a classroom teaching terminal: telemetry over MQTT."),
@@ -101,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
     p_check = cfg_sub.add_parser("check", help=_("validate a config file"))
     p_check.add_argument("path")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "status":
@@ -136,6 +143,23 @@ def _load_or_report(path: str) -> config.Config | None:
         return None
 
 
+#: Optional packages that a library of the daemon imports whenever they are installed, for a
+#: feature the agent never uses: paho-mqtt imports dnspython for ``connect_srv()`` (DNS SRV
+#: lookup of the broker). A development venv has dnspython (aiortc needs it): 1.5-4.5 MB of RSS.
+NOT_IN_THE_DAEMON = ("dns",)
+
+
+def keep_out_of_the_daemon() -> None:
+    """Make ``import`` of :data:`NOT_IN_THE_DAEMON` fail in this process as if they were not
+    installed (a None entry in ``sys.modules`` is Python's documented way). paho-mqtt imports
+    dnspython in ``try: ... except ImportError`` and works without it, as in a production venv
+    (which has no dnspython). Only the daemon's process does this, never a library import:
+    another program may need them. tests/test_import_budget.py checks what the daemon loads."""
+    for name in NOT_IN_THE_DAEMON:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
+
+
 def _run(path: str) -> int:
     cfg = _load_or_report(path)
     if cfg is None:
@@ -146,6 +170,7 @@ def _run(path: str) -> int:
     # journald adds the time; every message is one line with outside text made inert.
     handler.setFormatter(InertFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    keep_out_of_the_daemon()
     from agent import daemon  # heavy imports only for `run`
 
     try:

@@ -7,7 +7,6 @@ what both say about a node (:func:`describe_node`, :func:`unknown_key`).
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable
 
@@ -67,6 +66,8 @@ def unknown_key(key: str, known: Iterable[str]) -> str:
     """The problem with a key that is none of ``known`` (listed in the order given), with the
     likeliest meant one first: a typo must never silently fall back to a default."""
     known = list(known)
+    import difflib  # only for a mistyped key: a daemon with a good config never loads it
+
     hint = difflib.get_close_matches(key, known, n=1)
     extra = f" (did you mean '{hint[0]}'?)" if hint else ""
     return f"unknown key{extra}; known keys here: {', '.join(known)}"

@@ -7,6 +7,7 @@ touch FFmpeg or OpenCV use real ones on small inputs (a second or two each).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -106,6 +107,23 @@ def test_spec_module_stays_light() -> None:
             "heavy = {'numpy', 'cv2', 'pyaudio'} & set(sys.modules)\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=30)
+
+
+def test_bundled_ffmpeg_is_the_one_imageio_ffmpeg_gives_without_importing_it() -> None:
+    """media.ffmpeg: bundled is found in the wheel's binaries folder by path (importing
+    imageio-ffmpeg costs the daemon ~1 MB); it must be the very file imageio-ffmpeg names."""
+    code = ("import json, sys\n"
+            "from agent.media.ffmpeg import locate\n"
+            "found = locate('bundled')\n"
+            "loaded = 'imageio_ffmpeg' in sys.modules\n"
+            "import imageio_ffmpeg\n"
+            "print(json.dumps([found, imageio_ffmpeg.get_ffmpeg_exe(), loaded]))")
+    env = {k: v for k, v in os.environ.items() if k != "IMAGEIO_FFMPEG_EXE"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60,
+                         capture_output=True, text=True, env=env)
+    found, theirs, loaded = json.loads(out.stdout)
+    assert Path(found).resolve() == Path(theirs).resolve()
+    assert not loaded, "locate('bundled') imported imageio_ffmpeg"
 
 
 # ----------------------------------------------------------------------------------- pacer

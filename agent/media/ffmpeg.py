@@ -50,18 +50,7 @@ class FFmpegInfo:
 def locate(choice: str) -> str:
     """The executable ``media.ffmpeg`` names; FFmpegError naming the fix when there is none."""
     if choice == "bundled":
-        try:
-            import imageio_ffmpeg
-        except ImportError:
-            raise FFmpegError("media.ffmpeg is 'bundled' but the imageio-ffmpeg package is not "
-                              "installed: reinstall the agent (pip install classroom-agent) or "
-                              "set media.ffmpeg: system") from None
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-        # get_ffmpeg_exe() falls back to the system's ffmpeg; 'bundled' must mean the wheel's.
-        if Path(exe).resolve().parent != (Path(imageio_ffmpeg.__file__).parent / "binaries"):
-            raise FFmpegError(f"media.ffmpeg is 'bundled' but imageio-ffmpeg has no binary for "
-                              f"this platform (it offered {exe}); set media.ffmpeg: system")
-        return exe
+        return _bundled()
     if choice == "system":
         exe = shutil.which("ffmpeg")
         if exe is None:
@@ -72,6 +61,35 @@ def locate(choice: str) -> str:
         raise FFmpegError(f"media.ffmpeg {choice!r} is not an executable file: use bundled, "
                           "system or the path of an ffmpeg executable")
     return choice
+
+
+def _bundled() -> str:
+    """The FFmpeg of the imageio-ffmpeg wheel: the executable in its ``binaries`` folder.
+
+    Found there without importing imageio-ffmpeg, whose import costs the daemon ~1 MB of RSS
+    for good (importlib.resources, zipfile, decimal, fractions); the daemon looks once at start
+    and at every lesson. Only when that folder does not hold exactly one ``ffmpeg*`` executable
+    is imageio-ffmpeg asked (tests/test_media_units.py checks that both give the same file)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("imageio_ffmpeg")
+    if spec is None:
+        raise FFmpegError("media.ffmpeg is 'bundled' but the imageio-ffmpeg package is not "
+                          "installed: reinstall the agent (pip install classroom-agent) or "
+                          "set media.ffmpeg: system")
+    folders = [Path(p) / "binaries" for p in spec.submodule_search_locations or ()]
+    found = [f for d in folders if d.is_dir() for f in d.iterdir()
+             if f.name.startswith("ffmpeg") and f.is_file() and os.access(f, os.X_OK)]
+    if len(found) == 1:
+        return str(found[0])
+    import imageio_ffmpeg
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    # get_ffmpeg_exe() falls back to the system's ffmpeg; 'bundled' must mean the wheel's.
+    if Path(exe).resolve().parent != (Path(imageio_ffmpeg.__file__).parent / "binaries"):
+        raise FFmpegError(f"media.ffmpeg is 'bundled' but imageio-ffmpeg has no binary for "
+                          f"this platform (it offered {exe}); set media.ffmpeg: system")
+    return exe
 
 
 _cache: dict[tuple[str, int, int], FFmpegInfo] = {}

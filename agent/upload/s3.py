@@ -21,17 +21,20 @@ import hashlib
 import hmac
 import http.client
 import socket
-import ssl
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote, urlsplit
 
 from agent.throttle import TokenBucket
+
+if TYPE_CHECKING:  # both are imported when first needed: the daemon holds this module always,
+    # uploads or not (xml.etree with pyexpat ~0.6 MB; ssl only for an https:// store)
+    import ssl
+    import xml.etree.ElementTree as ET
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -135,6 +138,8 @@ class S3Client:
         self._clock = clock
         self._ctx: ssl.SSLContext | None = None
         if self.scheme == "https":
+            import ssl
+
             self._ctx = ssl.create_default_context(cafile=ca_file)
             if not verify:
                 self._ctx.check_hostname = False
@@ -310,11 +315,11 @@ class S3Client:
         except Stopped:
             self.close()
             raise
-        except ssl.SSLCertVerificationError as exc:
-            self.close()
-            raise S3Error(0, "tls", _clip(exc.verify_message or str(exc))) from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
+            refused = _certificate_refused(exc) if self._ctx is not None else None
+            if refused is not None:
+                raise S3Error(0, "tls", _clip(refused)) from None
             kind = "timeout" if isinstance(exc, socket.timeout | TimeoutError) else "network"
             raise S3Error(0, kind, _clip(f"{type(exc).__name__}: {exc}")) from None
 
@@ -374,7 +379,18 @@ def _etag(ans: Answer) -> str:
     return ans.headers.get("etag", "").strip('"')
 
 
+def _certificate_refused(exc: BaseException) -> str | None:
+    """Why the store's certificate was refused, when that is what ``exc`` is."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or str(exc)
+    return None
+
+
 def _xml(body: bytes) -> ET.Element:
+    import xml.etree.ElementTree as ET
+
     try:
         return ET.fromstring(body)
     except ET.ParseError as exc:
