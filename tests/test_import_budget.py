@@ -68,6 +68,8 @@ NOT_LOADED = {
     "cv2": "OpenCV: the media worker (a child process)",
     "numpy": "the media worker (a child process)",
     "pyaudio": "the media worker (a child process)",
+    "asyncio": "~1.4 MB: the status and control servers use selectors (agent/status/http.py)",
+    "concurrent": "thread pools come with asyncio; the servers have their own handler threads",
     "imageio_ffmpeg": "its import costs ~1 MB; the bundled FFmpeg is found by path",
     "xml": "XML is parsed only from an object store's answers (agent/upload/s3.py)",
     "difflib": "only to suggest a name for a mistyped config key",

@@ -6,8 +6,9 @@ agent/control.py). The server knows nothing of what it serves.
 
 Why not ``http.server``: it spends a thread per connection and waits forever for a request, so a
 local user holding a thousand half-sent requests took the agent to its open-file limit, and the
-media worker of the next lesson could not start (docs/security.md). This server runs one asyncio
-loop on one thread for all connections and is bounded in every dimension:
+media worker of the next lesson could not start (docs/security.md). This server runs one
+``selectors`` loop on one thread for all connections (not asyncio: its modules alone are ~1.4 MB
+of the daemon's RSS, issue 12) and is bounded in every dimension:
 
 - connections: at most ``Limits.max_connections`` open; when a new one arrives at the cap, the
   oldest connection still sending its request is closed (a client that sends its request at once,
@@ -28,21 +29,21 @@ A Unix socket has no such problem (no browser reaches it); there the peer's uid 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import ipaddress
 import json
 import logging
 import os
+import queue
 import re
+import selectors
 import socket
 import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -204,6 +205,55 @@ _ACCEPT_BATCH = 16
 _FLOOD_LOG_S = 60.0
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One connection: reading its request, waiting for its handler, or writing its answer."""
+
+    sock: socket.socket
+    peer: Peer
+    #: Monotonic time by which the request must have arrived (reading) or the answer been
+    #: taken (writing); _NEVER while a handler works.
+    deadline: float
+    buf: bytearray = field(default_factory=bytearray)
+    #: Once the head is parsed: the request without its body, its route and the body's length.
+    head: tuple[Request, Route, int] | None = None
+    out: memoryview | None = None
+    closed: bool = False
+
+
+_LISTENER, _WAKE = object(), object()
+_NEVER = float("inf")
+
+
+class _Workers:
+    """``count`` handler threads, started at the first request."""
+
+    def __init__(self, count: int, name: str, done: Callable[[_Conn, Response], None]) -> None:
+        self._count, self._name, self._done = count, name, done
+        self._jobs: queue.SimpleQueue[tuple[_Conn, Handler, Request] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stopped = False
+
+    def submit(self, conn: _Conn, handler: Handler, req: Request) -> None:
+        while len(self._threads) < self._count:
+            t = threading.Thread(target=self._work, daemon=True,
+                                 name=f"{self._name}-handler_{len(self._threads)}")
+            self._threads.append(t)
+            t.start()
+        self._jobs.put((conn, handler, req))
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not self._stopped:  # requests still waiting at stop are dropped, not served
+                conn, handler, req = job
+                self._done(conn, _call(handler, req, self._name))
+
+    def stop(self) -> None:
+        self._stopped = True
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
 class HttpServer:
     """Serves ``routes`` on ``listener`` from one thread; see the module docstring for bounds.
 
@@ -219,14 +269,20 @@ class HttpServer:
         self.name = name
         self.stats = ServerStats()
         self._sock = _bind(listener)
-        self._reading: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
-        self._evicted: set[asyncio.StreamWriter] = set()
-        self._live = 0  # open connections not yet evicted
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sel = selectors.DefaultSelector()
+        self._conns: set[_Conn] = set()
+        #: Connections still sending their request, oldest first: the ones evicted at the cap.
+        self._reading: OrderedDict[_Conn, None] = OrderedDict()
         self._pending = 0
-        self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix=f"{name}-handler")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        self._finished: queue.SimpleQueue[tuple[_Conn, Response]] = queue.SimpleQueue()
+        # Handler threads wake the loop through it (a socket object: once closed, a late
+        # handler's write fails instead of landing on whatever reuses the fd number).
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        self._workers = _Workers(limits.workers, name, self._handled)
+        self._accept_paused_until: float | None = None
+        self._stopping = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._last_flood_log = -_FLOOD_LOG_S
@@ -244,13 +300,14 @@ class HttpServer:
         self._ready.wait(10)
 
     def stop(self) -> None:
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(stopping.set)
+        if self._thread.is_alive():
+            self._stopping = True
+            self._wake()
             self._thread.join(10)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._workers.stop()
         self._sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
         if isinstance(self.listener, UnixListener):
             with contextlib.suppress(OSError):
                 os.unlink(self.listener.path)
@@ -259,92 +316,155 @@ class HttpServer:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._main())
+            self._sock.setblocking(False)
+            self._sel.register(self._sock, selectors.EVENT_READ, _LISTENER)
+            self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+            self._ready.set()
+            while not self._stopping:
+                self._step()
         except Exception:
             log.exception("%s: the local HTTP server stopped", self.name)
+        finally:
+            for conn in list(self._conns):
+                self._close(conn)
+            self._sel.close()
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        # The StreamReader limit bounds what readuntil() buffers while looking for the head's end.
-        limit = self.limits.max_head_bytes
-        # backlog here is how many connections asyncio accepts in one go: the fds a burst can
-        # hold before the cap closes the excess (the kernel's own queue costs the agent none).
-        if isinstance(self.listener, UnixListener):
-            server = await asyncio.start_unix_server(self._serve, sock=self._sock, limit=limit,
-                                                     backlog=_ACCEPT_BATCH)
-        else:
-            server = await asyncio.start_server(self._serve, sock=self._sock, limit=limit,
-                                                backlog=_ACCEPT_BATCH)
-        self._ready.set()
-        async with server:
-            await self._stopping.wait()
-            server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    def _step(self) -> None:
+        """One wait and what it brought. With nothing open it waits for a connection only: an
+        idle agent's status thread never wakes (issue 12)."""
+        for key, events in self._sel.select(self._timeout()):
+            if key.data is _LISTENER:
+                self._accept()
+            elif key.data is _WAKE:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+                while True:
+                    try:
+                        conn, response = self._finished.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._pending -= 1
+                    if not conn.closed:
+                        self._respond(conn, response)
+            elif not key.data.closed:
+                if events & selectors.EVENT_READ:
+                    self._read(key.data)
+                elif events & selectors.EVENT_WRITE:
+                    self._write(key.data)
+        self._expire()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.stats.connections_total += 1
-        self.stats.open += 1
-        self._live += 1
-        self._make_room()
-        self._reading[writer] = None
-        try:
-            await self._exchange(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away (or was evicted); nothing to answer
-        except TimeoutError:
+    def _timeout(self) -> float | None:
+        due = min((c.deadline for c in self._conns), default=_NEVER)
+        if self._accept_paused_until is not None:
+            due = min(due, self._accept_paused_until)
+        return None if due == _NEVER else max(0.0, due - time.monotonic())
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if self._accept_paused_until is not None and now >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self._sel.register(self._sock, selectors.EVENT_READ, _LISTENER)
+        for conn in [c for c in self._conns if c.deadline <= now]:
+            self._close(conn)
             self.stats.timed_out_total += 1
             self._note_shed()
-        finally:
-            self._reading.pop(writer, None)
-            self._tasks.discard(task)
-            self.stats.open -= 1
-            if writer in self._evicted:
-                self._evicted.discard(writer)
-            else:
-                self._live -= 1
-            writer.transport.abort()  # no lingering close: the fd is released now
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: the loop wakes anyway; closed: stopped
+            self._wake_w.send(b"\0")
+
+    def _handled(self, conn: _Conn, response: Response) -> None:
+        """A handler thread's answer, handed to the loop."""
+        self._finished.put((conn, response))
+        self._wake()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of fds or memory: stop accepting for a second
+                log.warning("%s: cannot accept a connection (%s); trying again in 1 s",
+                            self.name, exc.strerror or exc)
+                self._sel.unregister(self._sock)
+                self._accept_paused_until = time.monotonic() + 1.0
+                return
+            sock.setblocking(False)
+            conn = _Conn(sock, _peer(sock, self.listener),
+                         time.monotonic() + self.limits.request_timeout_s)
+            self.stats.connections_total += 1
+            self.stats.open += 1
+            self._conns.add(conn)
+            self._make_room()
+            self._reading[conn] = None
+            self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _make_room(self) -> None:
         """At the cap, close the oldest connection that has not finished sending its request."""
-        while self._live > self.limits.max_connections and self._reading:
-            oldest, _ = self._reading.popitem(last=False)
-            self._evicted.add(oldest)
-            self._live -= 1
-            oldest.transport.abort()
+        while len(self._conns) > self.limits.max_connections and self._reading:
+            oldest = next(iter(self._reading))
+            self._close(oldest)
             self.stats.evicted_total += 1
             self._note_shed()
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(self.limits.request_timeout_s):
-            parsed = await self._read_request(reader, _peer(writer, self.listener))
-        self._reading.pop(writer, None)
-        if isinstance(parsed, Response):
-            if parsed.status not in (404, 405):
-                self.stats.refused_total += 1
-            response = parsed
-        else:
-            response = await self._dispatch(*parsed)
-        writer.write(_encode(response))
-        async with asyncio.timeout(self.limits.write_timeout_s):
-            await writer.drain()
+    def _close(self, conn: _Conn) -> None:
+        """At once, no lingering: the fd is released now."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.discard(conn)
+        self._reading.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        conn.sock.close()
+        self.stats.open -= 1
 
-    async def _read_request(self, reader: asyncio.StreamReader,
-                            peer: Peer) -> tuple[Request, Route] | Response:
+    def _read(self, conn: _Conn) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            return Response.text(f"request head over {self.limits.max_head_bytes} bytes\n", 431)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise
-            return Response.text("incomplete request\n", 400)
-        lines = head[:-4].decode("latin-1").split("\r\n")
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)  # the client went away; nothing to answer
+            return
+        if not data:
+            if conn.head is None and conn.buf:
+                self._answer_refusal(conn, Response.text("incomplete request\n", 400))
+            else:
+                self._close(conn)
+            return
+        conn.buf += data
+        if conn.head is None:
+            parsed = self._read_head(conn)
+            if isinstance(parsed, Response):
+                self._answer_refusal(conn, parsed)
+                return
+            if parsed is None:
+                return  # more to come
+            conn.head = parsed
+        req, route, length = conn.head
+        if len(conn.buf) < length:
+            return
+        self._reading.pop(conn, None)
+        self._sel.unregister(conn.sock)
+        self._dispatch(conn, Request(req.method, req.path, req.query, req.headers,
+                                     bytes(conn.buf[:length]), req.peer), route)
+
+    def _read_head(self, conn: _Conn) -> tuple[Request, Route, int] | Response | None:
+        """The head once it is all there (the body's bytes stay in ``conn.buf``)."""
+        limit = self.limits.max_head_bytes
+        end = conn.buf.find(b"\r\n\r\n")
+        if end == -1:
+            if len(conn.buf) - 3 > limit:
+                return Response.text(f"request head over {limit} bytes\n", 431)
+            return None
+        if end > limit:
+            return Response.text(f"request head over {limit} bytes\n", 431)
+        lines = conn.buf[:end].decode("latin-1").split("\r\n")
+        del conn.buf[:end + 4]
         parts = lines[0].split(" ")
         if (len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1])
                 or parts[2] not in ("HTTP/1.0", "HTTP/1.1")):
@@ -360,8 +480,14 @@ class HttpServer:
             return refused
         assert isinstance(route, Route)
         length = int(headers.get("content-length", "0"))
-        body = await reader.readexactly(length) if length else b""
-        return Request(method, path, query, headers, body, peer), route
+        return Request(method, path, query, headers, b"", conn.peer), route, length
+
+    def _answer_refusal(self, conn: _Conn, response: Response) -> None:
+        self._reading.pop(conn, None)
+        if response.status not in (404, 405):
+            self.stats.refused_total += 1
+        self._sel.unregister(conn.sock)
+        self._respond(conn, response)
 
     def _check_headers(self, headers: Mapping[str, str], route: Route | Response,
                        ) -> Response | None:
@@ -380,18 +506,36 @@ class HttpServer:
             return Response.text(f"body over {route.max_body} bytes\n", 413)
         return None
 
-    async def _dispatch(self, req: Request, route: Route) -> Response:
+    def _dispatch(self, conn: _Conn, req: Request, route: Route) -> None:
         if self._pending >= self.limits.workers + self.limits.max_pending:
             self.stats.busy_total += 1
             self._note_shed()
-            return Response.text("busy: too many requests at once; retry shortly\n", 503)
+            self._respond(conn, Response.text("busy: too many requests at once; retry shortly\n",
+                                              503))
+            return
         self._pending += 1
+        conn.deadline = _NEVER  # the handler's time is not the client's
+        self._workers.submit(conn, route.handler, req)
+
+    def _respond(self, conn: _Conn, response: Response) -> None:
+        conn.out = memoryview(_encode(response))
+        conn.deadline = time.monotonic() + self.limits.write_timeout_s
+        self._write(conn)
+        if not conn.closed:
+            self._sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+
+    def _write(self, conn: _Conn) -> None:
+        assert conn.out is not None
         try:
-            assert self._loop is not None
-            return await self._loop.run_in_executor(self._pool, _call, route.handler, req,
-                                                    self.name)
-        finally:
-            self._pending -= 1
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._close(conn)
 
     def _note_shed(self) -> None:
         """Log shedding at most once a minute: a flood must not become a flood of log lines."""
@@ -407,7 +551,6 @@ class HttpServer:
                     s.timed_out_total, s.busy_total, self.address)
         self._last_flood_log = now
         self._shed_since_log = 0
-
 
 def _call(handler: Handler, req: Request, name: str) -> Response:
     try:
@@ -460,16 +603,18 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _peer(writer: asyncio.StreamWriter, listener: Listener) -> Peer:
+def _peer(sock: socket.socket, listener: Listener) -> Peer:
     if isinstance(listener, UnixListener):
-        sock = writer.get_extra_info("socket")
         try:
             pid, uid, _gid = struct.unpack(
                 "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        except (OSError, AttributeError, struct.error):
+        except (OSError, struct.error):
             return Peer("unix")
         return Peer("unix", uid=uid, pid=pid)
-    name = writer.get_extra_info("peername")
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return Peer("")
     return Peer(str(name[0]) if name else "")
 
 
