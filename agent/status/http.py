@@ -319,6 +319,8 @@ class HttpServer:
             self._sock.setblocking(False)
             self._sel.register(self._sock, selectors.EVENT_READ, _LISTENER)
             self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+            log.debug("%s: serving on %s (%s)", self.name, self.address,
+                      type(self._sel).__name__)
             self._ready.set()
             while not self._stopping:
                 self._step()
