@@ -12,7 +12,7 @@ import queue
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__, config, filemodes
 from agent.commands import (
@@ -51,7 +51,10 @@ from agent.telemetry.system import system_collectors
 from agent.telemetry.usage import UsageTracker
 from agent.threadnames import name_native_threads
 from agent.throttle import TokenBucket
-from agent.upload.uploader import Uploader
+from agent.upload.off import UploadsOff
+
+if TYPE_CHECKING:
+    from agent.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,12 @@ class Agent:
             on_tick=lambda m, e: self.board.on_tick(m, e),
         )
 
-    def _make_uploader(self, cfg: config.Config) -> Uploader:
+    def _make_uploader(self, cfg: config.Config) -> Uploader | UploadsOff:
+        if not cfg.upload.ready:
+            self.media.ledger = None
+            return UploadsOff()
+        from agent.upload.uploader import Uploader  # only a daemon that uploads holds it
+
         up = Uploader(cfg.upload, cfg.device, cfg.state_path, cfg.recording_path,
                       self.raise_event, self.media, tz=cfg.lessons.timezone,
                       segment_s=cfg.media.recording.segment_s)

@@ -71,6 +71,8 @@ NOT_LOADED = {
     "asyncio": "~1.4 MB: the status and control servers use selectors (agent/status/http.py)",
     "concurrent": "thread pools come with asyncio; the servers have their own handler threads",
     "imageio_ffmpeg": "its import costs ~1 MB; the bundled FFmpeg is found by path",
+    "agent.upload.uploader": "uploads are off (upload.enabled: false): agent.upload.off stands in",
+    "agent.upload.s3": "uploads are off",
     "xml": "XML is parsed only from an object store's answers (agent/upload/s3.py)",
     "difflib": "only to suggest a name for a mistyped config key",
     "cryptography": "~9 MB: only with a command key configured (none here)",

@@ -150,3 +150,20 @@ def test_upload_config_rules(tmp_path: Path) -> None:
                 f"bucket: lessons, access_key_file: {key}, secret_key_file: {key}, "
                 "hours: ['17:30-07:30']}\n")
     assert cfg.upload.ready and cfg.upload.hours == ["17:30-07:30"]
+
+
+def test_uploads_off_answers_as_the_uploader_does_when_off(tmp_path: Path) -> None:
+    """The daemon stands agent.upload.off in for the uploader when uploads are off (so that it
+    does not load it); status and commands must not tell the difference."""
+    from agent.upload.off import UploadsOff
+    from agent.upload.uploader import Uploader
+
+    cfg = loads(BASE)
+    real = Uploader(cfg.upload, cfg.device, tmp_path / "state", tmp_path / "rec",
+                    lambda _r: None, None)  # type: ignore[arg-type]
+    off = UploadsOff()
+    assert real.enabled is off.enabled is False
+    assert off.snapshot() == real.snapshot()
+    assert off.report() == real.report() and off.report("x") == real.report("x")
+    assert off.retry() == real.retry() and off.retry("x") == real.retry("x")
+    assert not (tmp_path / "state").exists()  # neither opens a journal
