@@ -405,6 +405,8 @@ def main() -> int:
                       f" p95 {percentile(recv, 95):.0f} ms")
         if kind in ("agent", "agent-whip", "bare-whip"):
             print(row(f"{kind} whip", whip_lat, expected, extra))
+        if kind.startswith("agent") and r["summary"]:
+            print(f"  live seconds: {r['summary'].get('live_s')}")
         if r["impaired"]:
             print(impairment_lines(args, s, r))
             ok &= impaired_ok(s, r)
@@ -416,8 +418,6 @@ def main() -> int:
                 not whip_lat or percentile(whip_lat, 95) > TARGET_WHIP_P95_MS or not av
                 or max(abs(x) for x in av) > TARGET_WHIP_AV_MS):
             ok = False
-        if kind.startswith("agent") and r["summary"]:
-            print(f"  live seconds: {r['summary'].get('live_s')}")
     print(f"targets: RTMP p95 <= {TARGET_RTMP_P95_MS:.0f} ms; WHIP p95 <= "
           f"{TARGET_WHIP_P95_MS:.0f} ms with A/V within +-{TARGET_WHIP_AV_MS:.0f} ms: "
           f"{'met' if ok else 'MISSED'}")

@@ -135,6 +135,27 @@ def test_srt_passphrase_through_a_preset_file(tmp_path: Path) -> None:
     assert not events, events
 
 
+def _whip_sink(url: str, tmp_path: Path) -> dict[str, str]:
+    """A WHIP sink named webrtc, its token in a 0600 file (with a newline, as editors write)."""
+    token_file = tmp_path / "whip.token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    return {"name": "webrtc", "url": url, "protocol": "whip", "token_file": str(token_file)}
+
+
+def _lesson(lesson_id: str, tmp_path: Path, live: list[dict[str, str]]) -> dict[str, Any]:
+    """A short synthetic lesson on the bundled FFmpeg with these sinks, recorded in 4 s
+    segments."""
+    return {
+        "lesson_id": lesson_id, "ffmpeg": ffmpeg_mod.locate("bundled"),
+        "video": {"source": "synthetic", "width": W, "height": H, "fps": FPS},
+        "audio": {"source": "synthetic", "rate": 48000, "channels": 2},
+        "encoder": {"video_bitrate_kbps": 1000, "audio_bitrate_kbps": 96,
+                    "preset": "ultrafast", "gop_s": 1.0},
+        "live": live,
+        "recording": {"dir": str(tmp_path / "rec"), "segment_s": 4.0}}
+
+
 @pytest.fixture
 def whip() -> Iterator[WhipEndpoint]:
     ep = WhipEndpoint(token=TOKEN, strip_width=W)
@@ -149,20 +170,10 @@ def test_lesson_with_secret_sinks_and_whip_to_aiortc(tmp_path: Path,
     srt = SrtReceiver(free_port(), tmp_path / "srt.ts", passphrase=PASSPHRASE)
     rtmp.start()
     srt.start()
-    token_file = tmp_path / "whip.token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
-    spec: dict[str, Any] = {
-        "lesson_id": "secrets", "ffmpeg": ffmpeg_mod.locate("bundled"),
-        "video": {"source": "synthetic", "width": W, "height": H, "fps": FPS},
-        "audio": {"source": "synthetic", "rate": 48000, "channels": 2},
-        "encoder": {"video_bitrate_kbps": 1000, "audio_bitrate_kbps": 96,
-                    "preset": "ultrafast", "gop_s": 1.0},
-        "live": [{"name": "platform", "url": rtmp.url},
-                 {"name": "partner", "url": f"{srt.url}?passphrase={PASSPHRASE}"},
-                 {"name": "webrtc", "url": whip.url, "protocol": "whip",
-                  "token_file": str(token_file)}],
-        "recording": {"dir": str(tmp_path / "rec"), "segment_s": 4.0}}
+    spec = _lesson("secrets", tmp_path, [
+        {"name": "platform", "url": rtmp.url},
+        {"name": "partner", "url": f"{srt.url}?passphrase={PASSPHRASE}"},
+        _whip_sink(whip.url, tmp_path)])
     worker = WorkerProcess(spec, tmp_path)
     secrets = [KEY, PASSPHRASE, TOKEN, whip.url]
     exclude = {rtmp.proc.pid, srt.proc.pid}  # type: ignore[union-attr]  (the receivers)
@@ -227,19 +238,8 @@ def test_whip_through_a_lossy_jittery_path_recovers_lost_packets(tmp_path: Path)
     ep = WhipEndpoint(token=TOKEN, strip_width=W,
                       impairment=Impairment(loss=0.02, delay_ms=40, jitter_ms=20), seed=5)
     ep.start()
-    token_file = tmp_path / "whip.token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
-    spec: dict[str, Any] = {
-        "lesson_id": "impaired", "ffmpeg": ffmpeg_mod.locate("bundled"),
-        "video": {"source": "synthetic", "width": W, "height": H, "fps": FPS},
-        "audio": {"source": "synthetic", "rate": 48000, "channels": 2},
-        "encoder": {"video_bitrate_kbps": 1000, "audio_bitrate_kbps": 96,
-                    "preset": "ultrafast", "gop_s": 1.0},
-        "live": [{"name": "webrtc", "url": ep.url, "protocol": "whip",
-                  "token_file": str(token_file)}],
-        "recording": {"dir": str(tmp_path / "rec"), "segment_s": 4.0}}
-    worker = WorkerProcess(spec, tmp_path)
+    worker = WorkerProcess(_lesson("impaired", tmp_path, [_whip_sink(ep.url, tmp_path)]),
+                           tmp_path)
     seconds = 8.0
     try:
         worker.start()
