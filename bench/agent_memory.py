@@ -15,15 +15,20 @@ do (no lesson), and after ``--idle`` seconds reads:
 
 ``--variant NAME:ENV=VALUE[,ENV=VALUE]`` adds an agent started with those environment variables
 (e.g. ``arena2:MALLOC_ARENA_MAX=2``); all variants run side by side, so Pss is shared among them
-(Rss and USS are not). ``--upload`` configures uploads to a real SeaweedFS (tests/objectstore.py)
-in every variant, runs one 12 s lesson of synthetic media after the idle reading and reads again
-once the recording is uploaded and verified (issue 13), sampling the daemon's VmRSS (its own, not
-its media worker's) once a second throughout. ``--imports`` prints the cost of ``import
-agent.daemon`` in that interpreter: the RSS each module's own code added (its imports excluded)
-and ``-X importtime``'s self time, summed by top-level package.
+(Rss and USS are not). ``--command-key`` gives every variant an Ed25519 public key to check
+platform commands with, as a production install has (scripts/install.sh --command-key), so the
+signature library is loaded. ``--upload`` configures uploads to a real SeaweedFS
+(tests/objectstore.py) in every variant, runs one 12 s lesson of synthetic media after the idle
+reading and reads again once the recording is uploaded and verified (issue 13), sampling the
+daemon's VmRSS (its own, not its media worker's) once a second throughout.
+
+``--imports`` prints the cost of ``import agent.daemon`` in that interpreter: the RSS and the
+Python heap (tracemalloc) each module's own code added (its imports excluded) and ``-X
+importtime``'s self time, summed by top-level package.
 
 Usage: python bench/agent_memory.py [--python /opt/classroom-agent/venv/bin/python] [--idle 300]
-       [--variant arena2:MALLOC_ARENA_MAX=2] [--upload] [--imports] [--only-imports]
+       [--variant arena2:MALLOC_ARENA_MAX=2] [--command-key] [--upload] [--imports]
+       [--only-imports]
 """
 
 from __future__ import annotations
@@ -221,7 +226,8 @@ def parse_variant(text: str) -> Variant:
     return Variant(name, env)
 
 
-def write_config(v: Variant, port: int, upload: dict[str, object] | None) -> int:
+def write_config(v: Variant, port: int, upload: dict[str, object] | None,
+                 key: Path | None) -> int:
     """The variant's agent.yaml (JSON, which YAML reads); returns its status port."""
     assert v.workdir is not None
     status_port = free_port()
@@ -236,9 +242,22 @@ def write_config(v: Variant, port: int, upload: dict[str, object] | None) -> int
     if upload is not None:
         cfg["upload"] = upload
         cfg["media"] = MEDIA
+    if key is not None:
+        cfg["commands"] = {"public_keys": [str(key)]}
     v.config = v.workdir / "agent.yaml"
     v.config.write_text(json.dumps(cfg, indent=1))
     return status_port
+
+
+def command_key(work: Path) -> Path:
+    """A platform public key (PEM) to check commands with; its private half is thrown away."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = work / "platform.pub.pem"
+    path.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
 
 
 def status_json(port: int) -> dict[str, object]:
@@ -409,6 +428,8 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=300.0, help="seconds before the reading")
     ap.add_argument("--variant", type=parse_variant, action="append", default=[],
                     help="NAME:ENV=VALUE[,ENV=VALUE] (repeatable); 'base' (no change) always runs")
+    ap.add_argument("--command-key", action="store_true",
+                    help="configure a platform command key (Ed25519), as production does")
     ap.add_argument("--upload", action="store_true",
                     help="configure uploads to SeaweedFS, then upload one lesson's recording")
     ap.add_argument("--imports", action="store_true",
@@ -455,11 +476,12 @@ def measure(args: argparse.Namespace, variants: list[Variant], work: Path) -> No
                 upload = {"enabled": True, "endpoint": store.endpoint, "bucket": store.bucket,
                           "access_key_file": str(keys / "access"),
                           "secret_key_file": str(keys / "secret"), "max_kbps": 0}
+            key = command_key(work) if args.command_key else None
             ports = {}
             for v in variants:
                 v.workdir = work / v.name
                 v.workdir.mkdir()
-                ports[v.name] = write_config(v, port, upload)
+                ports[v.name] = write_config(v, port, upload, key)
                 fh = open(v.workdir / "agent.log", "wb")  # noqa: SIM115  closed below
                 logs.append(fh)
                 env = dict(os.environ, PYTHONUNBUFFERED="1", **v.env)

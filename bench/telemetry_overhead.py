@@ -16,7 +16,7 @@ the table says at what count each figure was really measured. ``--repeat N`` run
 times and reports the spread; the load average is printed beside every run.
 
 Usage: python bench/telemetry_overhead.py [--minutes 5] [--interval 10] [--processes 350,1000]
-       [--repeat 1]
+       [--repeat 1] [--agent-python /opt/classroom-agent/venv/bin/python]
 """
 
 from __future__ import annotations
@@ -375,6 +375,9 @@ def main() -> int:
                     help="comma-separated process counts to measure at (idle processes are "
                          "started to reach each); default: as the machine is")
     ap.add_argument("--repeat", type=int, default=1, help="runs per process count")
+    ap.add_argument("--agent-python", default=sys.executable,
+                    help="interpreter to run the agent with, e.g. a production venv's made as "
+                         "scripts/install.sh makes it (default: this one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     try:
@@ -405,7 +408,7 @@ def main() -> int:
                 with scratch_dir("telemetry-overhead-", args.keep) as work, \
                         mosquitto(work) as port:
                     results.append(run(work, port, names, glances, args.interval, warmup,
-                                       window, args.glances_topics, target))
+                                       window, args.glances_topics, target, args.agent_python))
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -464,11 +467,12 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def run(work: Path, port: int, names: list[str], glances: Path | None, interval: float,
-        warmup: float, window: float, structure: str, target: int) -> RunResult:
+        warmup: float, window: float, structure: str, target: int,
+        agent_python: str) -> RunResult:
     """Start the peers on the broker at ``port``, measure, report; stops them whatever happens."""
     confs, status_port = write_configs(work, port, interval, structure)
     argv = {
-        "agent": [sys.executable, "-m", "agent", "run", "--config", str(confs["agent"])],
+        "agent": [agent_python, "-m", "agent", "run", "--config", str(confs["agent"])],
         "glances": [str(glances), "--export", "mqtt", "--quiet", "-t", f"{interval:g}",
                     "-C", str(confs["glances"])],
         "collectd": [collectd_binary(), "-f", "-C", str(confs["collectd"])],
@@ -479,7 +483,10 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
                              "collectd": "collectd"}, topic_family)
     try:
         for name in names:
-            peer = Peer(name, argv[name], ROOT if name == "agent" else work)
+            # The agent runs from the checkout, unless another interpreter (a venv with the agent
+            # installed) is given: then from elsewhere, so that it imports the installed one.
+            here = ROOT if name == "agent" and agent_python == sys.executable else work
+            peer = Peer(name, argv[name], here)
             fh = open(work / f"{name}.log", "wb")  # noqa: SIM115  closed in finally
             logs.append(fh)
             peer.proc = subprocess.Popen(peer.argv, cwd=peer.cwd, stdout=fh, stderr=fh,
