@@ -175,7 +175,12 @@ def _stat_cpu(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its live descendants, plus the children it already reaped."""
-    return sum(_stat_cpu(p) for p in descendants(pid))
+    return sum(cpu_by_pid(pid).values())
+
+
+def cpu_by_pid(pid: int) -> dict[int, float]:
+    """:func:`cpu_seconds` per process: ``pid`` and each live descendant (with what it reaped)."""
+    return {p: _stat_cpu(p) for p in descendants(pid)}
 
 
 def _status_kb(pid: int, key: str) -> int:

@@ -6,10 +6,24 @@ Bare: one ``ffmpeg`` with the same size, fps, preset, bit rates, GOP and outputs
 segments, and with ``--sink`` FLV to the same RTMP receiver), fed the same kind of source: for
 ``synthetic``, FFmpeg's own testsrc2 + sine (``-re``); for ``udp``, the same UDP MPEG-TS stream
 the worker reads (sent by a third FFmpeg that neither side is charged for). Both run alone, one
-after the other, and are measured for ``--seconds`` after ``--warmup``.
+after the other, and are measured for ``--seconds`` after ``--warmup``. The pipeline's CPU is also
+given per part: the worker (Python), the encoding FFmpeg, the FFmpeg reading a network camera
+(agent/media/netsource.py), live sinks.
+
+``--worker-root DIR`` runs the worker from another checkout of the repository (e.g. a
+``git worktree add --detach DIR COMMIT`` of the commit before a change), so that two code paths
+are measured by the same bench on the same machine, one after the other.
+
+``--conversions`` measures instead what a local camera's frames cost to turn into the encoder's
+I420, per frame (CPU time of all threads, OpenCV's included) on synthetic frames made by FFmpeg,
+since these machines have no camera and cannot load v4l2loopback: YUYV through BGR (what OpenCV
+gives with CAP_PROP_CONVERT_RGB on, then the worker's cvtColor) against YUYV straight to I420 (the
+camera's own format kept, NumPy slicing); MJPEG decoded by OpenCV to BGR then cvtColor against
+MJPEG decoded by libavcodec (PyAV) to yuvj422p and scaled to yuv420p.
 
 Usage: python bench/media_cpu.py [--seconds 20] [--sizes 1280x720,1920x1080] [--fps 30]
-       [--sources synthetic,udp] [--sink]
+       [--sources synthetic,udp] [--sink] [--ffmpeg bundled|system|PATH] [--worker-root DIR]
+       python bench/media_cpu.py --conversions [--sizes ...] [--fps 30]
 Target: pipeline / bare <= 1.25.
 """
 
@@ -18,18 +32,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _benchlib import (
     ROOT,
     add_ffmpeg_arg,
-    cpu_seconds,
+    cpu_by_pid,
     ffmpeg_path,
     free_port,
     log,
@@ -46,14 +62,37 @@ TARGET_RATIO = 1.25
 class Figure:
     cpu_pct: float   # % of one core
     rss_mb: float
+    parts: dict[str, float]  # % of one core per part of the pipeline
+
+
+def role(pid: int) -> str:
+    """What a process of the pipeline is, from its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"agent.media.worker" in argv:
+        return "worker (Python)"
+    if b"agent.media.pusher" in argv:
+        return "live sink"
+    if b"concat" in argv and b"rawvideo" in argv:
+        return "camera reader (FFmpeg)"
+    if b"tee" in argv:
+        return "encoder (FFmpeg)"
+    return "other"
 
 
 def measure(pid: int, warmup: float, seconds: float) -> Figure:
     time.sleep(warmup)
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+    c0, t0 = cpu_by_pid(pid), time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu_seconds(pid), time.monotonic()
-    return Figure(100 * (c1 - c0) / (t1 - t0), memory(pid).rss_kb / 1024)
+    c1, t1 = cpu_by_pid(pid), time.monotonic()
+    parts: dict[str, float] = {}
+    for p, c in c1.items():  # a process started in the window counts from 0
+        name = role(p)
+        parts[name] = parts.get(name, 0.0) + 100 * (c - c0.get(p, 0.0)) / (t1 - t0)
+    return Figure(sum(parts.values()), memory(pid).rss_kb / 1024, parts)
 
 
 @contextlib.contextmanager
@@ -90,13 +129,19 @@ def run_pipeline(args: argparse.Namespace, width: int, height: int, source: str,
     started: list[dict] = []
     sup = MediaSupervisor(lambda line: started.append(line) if line["type"] == "started"
                           else None)
-    sup.start(spec)
+    here = Path.cwd()
+    if args.worker_root:  # `python -m agent.media.worker` imports from its working directory
+        os.chdir(args.worker_root)
     try:
+        sup.start(spec)
         deadline = time.monotonic() + 30
         while not started:
             if time.monotonic() > deadline:
                 raise SystemExit("the worker did not start within 30 s; see the log above")
             time.sleep(0.1)
+    finally:
+        os.chdir(here)
+    try:
         return measure(int(started[0]["pid"]), args.warmup, args.seconds)
     finally:
         sup.stop()
@@ -133,6 +178,70 @@ def run_bare(args: argparse.Namespace, width: int, height: int, source: str,
         stop_process(proc, "bare ffmpeg", timeout=10)
 
 
+def yuyv_to_i420(yuyv: Any, out: Any) -> Any:
+    """YUYV (h, w, 2) -> I420 (h*3/2, w): luma copied, chroma of the even rows (4:2:2 -> 4:2:0
+    by dropping the odd rows' chroma, as cheap as it gets)."""
+    h, w = yuyv.shape[:2]
+    out[:h] = yuyv[:, :, 0]
+    chroma = yuyv[0::2, :, 1]  # U V U V ... on the even rows
+    out[h:h + h // 4].reshape(h // 2, w // 2)[:] = chroma[:, 0::2]
+    out[h + h // 4:].reshape(h // 2, w // 2)[:] = chroma[:, 1::2]
+    return out
+
+
+def cpu_ms(fn: Callable[[], Any], frames: int) -> float:
+    """CPU milliseconds per call (all threads of this process), after one warm-up call."""
+    fn()
+    c0 = time.process_time()
+    for _ in range(frames):
+        fn()
+    return (time.process_time() - c0) * 1000 / frames
+
+
+def conversions(sizes: list[tuple[int, int]], fps: int, frames: int = 150) -> None:
+    print(f"\nLocal camera frames -> the encoder's I420, CPU ms per frame (% of one core at "
+          f"{fps} fps); {machine_line()}:")
+    for width, height in sizes:
+        for name, fn in conversion_paths(width, height).items():
+            ms = cpu_ms(fn, frames)
+            print(f"  {width}x{height} {name:30} {ms:6.2f} ms  {ms * fps / 10:5.1f} %")
+
+
+def conversion_paths(width: int, height: int) -> dict[str, Callable[[], Any]]:
+    """Each way from a camera format to I420, as a call on one synthetic frame."""
+    import av
+    import cv2
+    import numpy as np
+
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}",
+         "-frames:v", "1", "-pix_fmt", "yuyv422", "-f", "rawvideo", "-"],
+        capture_output=True, check=True).stdout
+    yuyv = np.frombuffer(raw, np.uint8).reshape(height, width, 2)
+    bgr = cv2.cvtColor(yuyv, cv2.COLOR_YUV2BGR_YUYV)
+    ok, jpeg = cv2.imencode(".jpg", bgr, [
+        cv2.IMWRITE_JPEG_QUALITY, 85, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422])  # webcams send 4:2:2 MJPEG
+    assert ok
+    packet = jpeg.tobytes()
+    decoder = av.CodecContext.create("mjpeg", "r")
+    out = np.empty((height * 3 // 2, width), np.uint8)
+
+    def mjpeg_pyav() -> Any:
+        (frame,) = decoder.decode(av.Packet(packet))
+        return frame.reformat(format="yuv420p").to_ndarray()
+
+    rows = {
+        "YUYV -> BGR -> I420 (today)": lambda: cv2.cvtColor(
+            cv2.cvtColor(yuyv, cv2.COLOR_YUV2BGR_YUYV), cv2.COLOR_BGR2YUV_I420),
+        "YUYV -> I420 (own format)": lambda: yuyv_to_i420(yuyv, out),
+        "MJPEG -> BGR -> I420 (today)": lambda: cv2.cvtColor(
+            cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2YUV_I420),
+        "MJPEG -> yuv420p (PyAV)": mjpeg_pyav,
+    }
+    return rows
+
+
 @contextlib.contextmanager
 def rtmp_receiver(folder: Path, name: str) -> Iterator[str]:
     """An FFmpeg RTMP listener (not measured) so the sink has somewhere to push."""
@@ -161,9 +270,17 @@ def main() -> int:
     ap.add_argument("--sink", action="store_true",
                     help="also push one RTMP live sink (worker: its FLV output and remux "
                          "process; bare: a second tee output)")
+    ap.add_argument("--worker-root", default="",
+                    help="run the worker from this checkout (another commit's code path)")
+    ap.add_argument("--conversions", action="store_true",
+                    help="measure local-camera frame conversions instead (no pipeline)")
     args = ap.parse_args()
     sigterm_as_interrupt()
     sys.path.insert(0, str(ROOT))
+    if args.conversions:
+        conversions([tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")],
+                    args.fps)
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-media-cpu-") as tmp:
         folder = Path(tmp)
@@ -185,7 +302,7 @@ def main() -> int:
                     f"{machine_line()}")
     print(f"\nCPU, % of one core ({args.preset}, {args.bitrate} kbit/s, "
           f"{args.seconds:.0f} s{', one RTMP sink' if args.sink else ''}, FFmpeg "
-          f"{args.ffmpeg}); {machine_line()}:")
+          f"{args.ffmpeg}, worker from {args.worker_root or ROOT}); {machine_line()}:")
     print(f"{'config':28} {'pipeline':>9} {'bare':>7} {'ratio':>6} {'RSS MB':>14}")
     ok = True
     for label, pipe, bare in rows:
@@ -193,6 +310,9 @@ def main() -> int:
         ok &= ratio <= TARGET_RATIO
         print(f"{label:28} {pipe.cpu_pct:8.1f}% {bare.cpu_pct:6.1f}% {ratio:6.2f} "
               f"{pipe.rss_mb:6.0f} / {bare.rss_mb:4.0f}")
+        print("    pipeline parts: " + ", ".join(
+            f"{name} {pct:.1f}%" for name, pct in sorted(pipe.parts.items(),
+                                                          key=lambda kv: -kv[1])))
     print(f"target: ratio <= {TARGET_RATIO}: {'met' if ok else 'MISSED'}")
     return 0 if ok else 1
 
