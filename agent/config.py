@@ -85,6 +85,8 @@ class MqttConfig:
     keepalive_s: int = _opt(30, min=5, max=3600)
     protocol: Literal["auto", "5", "3.1.1"] = _opt("auto")
     max_inflight: int = _opt(20, min=1, max=1000)
+    batch_records: int = _opt(50, min=1, max=500, doc="consecutive backlog records sent in one "
+                              "batch message (docs/contract.md); 1 sends every record alone")
     reconnect_min_s: float = _opt(1.0, min=0.05, max=3600)
     reconnect_max_s: float = _opt(120.0, min=0.1, max=86400)
     flush_on_exit_s: float = _opt(5.0, min=0, max=60)

@@ -7,10 +7,12 @@ is the next real deadline (keepalive, CONNACK timeout, acknowledgement flush, re
 own thread (``loop_start``) woke every second by itself whatever there was to do, and the two
 threads took turns on the GIL during a drain (docs/benchmarks.md, issue 12). It connects,
 publishes up to ``max_inflight`` records, turns PUBACKs into deletions, and reconnects with
-exponential back-off and full jitter. paho's callbacks still only put a tuple on a queue that the
-same thread handles after paho returns: nothing runs inside paho's locks (an exception in a
-callback cannot hang the network loop). Other threads (appends, replies, command acks) put on the
-queue and write one byte to the wake-up socket.
+exponential back-off and full jitter. While a backlog drains, consecutive non-retained records
+go as one ``batch`` message (docs/contract.md): one publish, one PUBACK and one broker routing
+for up to ``mqtt.batch_records`` of them, and the PUBACK deletes them all. paho's callbacks still
+only put a tuple on a queue that the same thread handles after paho returns: nothing runs
+inside paho's locks (an exception in a callback cannot hang the network loop). Other threads
+(appends, replies, command acks) put on the queue and write one byte to the wake-up socket.
 
 Each connection gets a fresh paho client with ``reconnect_on_failure=False``: paho's in-memory
 session would otherwise resend old messages under new ids after a reconnect (traps 2 and 3), and
@@ -44,13 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent import __version__
+from agent import CONTRACT_VERSION, __version__
 from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqttauth import apply_credentials
@@ -76,6 +79,10 @@ MAX_INBOUND_PACKET = 256 * 1024
 MAX_PENDING_REPLIES = 100
 #: MQTT 5 PUBACK reason code: the broker took the message and has no subscriber for it.
 NO_MATCHING_SUBSCRIBERS = 0x10
+#: Largest ``batch`` message (bytes of the records in it): tens of KB per message keep a slow
+#: link's window moving and a broker's memory per message small; a record bigger than this
+#: goes alone.
+BATCH_MAX_BYTES = 128 * 1024
 
 CommandSink = Callable[[str, bytes, Any], None]
 
@@ -182,7 +189,10 @@ class Publisher:
         self._conn_id = 0
         self._ready = False
         self._got_connack = False
-        self._inflight: dict[int, int] = {}
+        # mid -> the seqs its message carries (one record, or a batch of consecutive ones)
+        self._inflight: dict[int, tuple[int, ...]] = {}
+        self._batch_head = orjson.dumps({"v": CONTRACT_VERSION, "school": envelope.school,
+                                         "device": envelope.device, "kind": "batch"})[:-1]
         self._ahead: deque[Row] = deque()
         self._cursor = 0
         self._next_attempt = 0.0
@@ -699,25 +709,26 @@ class Publisher:
         if reply is not None:
             self._on_reply_ack(reply, reason)
             return
-        seq = self._inflight.pop(mid, None)
+        seqs = self._inflight.pop(mid, None)
         self.stats.inflight = len(self._inflight)
-        if seq is None:
+        if seqs is None:
             return  # the birth message, or a mid we no longer track
         if getattr(reason, "is_failure", False):
             self.stats.publish_failures_total += 1
-            why = f"broker refused record seq {seq}: {reason}"
+            what = f"seq {seqs[0]}" if len(seqs) == 1 else f"seqs {seqs[0]}-{seqs[-1]} (batch)"
+            why = f"broker refused record {what}: {reason}"
             log.error("publisher: %s. Next step: check the broker ACL for %s/#", why,
                       self._topic_base)
             self._drop_connection(why)  # resend from here after a back-off, keeping order
             return
         if getattr(reason, "value", None) == NO_MATCHING_SUBSCRIBERS:
-            self._hold(seq)
+            self._hold(seqs[0])
             return
         self._nobody.reset()
         self.stats.no_subscriber_since = None
-        self.stats.acked_total += 1
+        self.stats.acked_total += len(seqs)
         self.stats.last_puback = time.time()
-        self.outbox.ack((seq,))
+        self.outbox.ack(seqs)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -765,20 +776,49 @@ class Publisher:
                 if not self._ahead:
                     self._more = False  # until the next event says otherwise
                     return
-            row = self._ahead.popleft()
-            payload = row.payload
-            if time.time() - row.ts > self.historical_after_s:
-                payload = mark_historical(payload)
-            info = client.publish(self.topic(row.kind), payload, qos=1,
-                                  retain=row.kind in RETAINED_KINDS)
+            rows = self._next_message()
+            now = time.time()
+            payloads = [mark_historical(r.payload) if now - r.ts > self.historical_after_s
+                        else r.payload for r in rows]
+            if len(rows) == 1:
+                info = client.publish(self.topic(rows[0].kind), payloads[0], qos=1,
+                                      retain=rows[0].kind in RETAINED_KINDS)
+            else:
+                info = client.publish(self.topic("batch"), self._batch_payload(payloads), qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 # Not connected any more: paho will report the disconnect; resend then.
-                self._ahead.appendleft(row)
+                self._ahead.extendleft(reversed(rows))
                 return
-            self._inflight[info.mid] = row.seq
-            self._cursor = row.seq
-            self.stats.published_total += 1
+            self._inflight[info.mid] = tuple(r.seq for r in rows)
+            self._cursor = rows[-1].seq
+            self.stats.published_total += len(rows)
             self.stats.inflight = len(self._inflight)
+
+    def _next_message(self) -> list[Row]:
+        """The records of the next message, from ``_ahead`` (not empty): one record, or a run
+        of consecutive non-retained ones while they are waiting already (a backlog; nothing
+        waits for a batch to fill), at most ``mqtt.batch_records`` and :data:`BATCH_MAX_BYTES`.
+        Retained kinds always go alone, on their own topic (the broker keeps the last one)."""
+        rows = [self._ahead.popleft()]
+        if rows[0].kind in RETAINED_KINDS:
+            return rows
+        size = len(rows[0].payload)
+        while len(rows) < self.cfg.batch_records:
+            if not self._ahead:
+                self._ahead.extend(self.outbox.fetch_after(rows[-1].seq, _PREFETCH))
+                if not self._ahead:
+                    break
+            nxt = self._ahead[0]
+            size += len(nxt.payload) + 20  # room for "historical" and the comma
+            if nxt.kind in RETAINED_KINDS or size > BATCH_MAX_BYTES:
+                break
+            rows.append(self._ahead.popleft())
+        return rows
+
+    def _batch_payload(self, payloads: list[bytes]) -> bytes:
+        """A ``batch`` message (agent/schemas/batch.json): the records' own payloads, unchanged
+        and in seq order, in ``records``."""
+        return b"".join((self._batch_head, b',"records":[', b",".join(payloads), b"]}"))
 
     def _shutdown(self) -> None:
         client = self._client

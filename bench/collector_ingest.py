@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _benchlib import cpu_seconds, log, sigterm_as_interrupt
+from _benchlib import cpu_seconds, log, sigterm_as_interrupt, thread_cpu
 from collector_validation import capture  # the same capture of the real agent's payloads
 
 from tests.platform_support import CollectorProcess, PostgresServer
@@ -75,9 +75,12 @@ def register_sessions(port: int, client_ids: list[str], topic: str) -> None:
 
 
 def publish_backlog(port: int, n: int, schools: int, devices: int,
-                    tmpl: list[tuple[str, dict[str, Any]]], school_prefix: str = "school") -> None:
+                    tmpl: list[tuple[str, dict[str, Any]]], school_prefix: str = "school",
+                    batch_records: int = 1) -> None:
     """``n`` records of ``devices`` terminals, published at QoS 1 and acknowledged by the
-    broker, as a fleet's backlog (historical, observation times up to now)."""
+    broker, as a fleet's backlog (historical, observation times up to now); with
+    ``batch_records`` > 1 as the agent drains a backlog: each terminal's consecutive records in
+    ``batch`` messages of that many (docs/contract.md)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -100,6 +103,21 @@ def publish_backlog(port: int, n: int, schools: int, devices: int,
              for i in range(devices)]
     seq = dict.fromkeys(names, 0)
     t0 = time.time() - n / devices * 10  # every terminal reports every 10 s, up to now
+    pending: dict[tuple[str, str], list[bytes]] = {name: [] for name in names}
+    sent = 0
+
+    def send(school: str, device: str, raws: list[bytes], kind: str) -> None:
+        nonlocal sent
+        if len(raws) == 1:
+            c.publish(f"classroom/v1/{school}/{device}/{kind}", raws[0], qos=1)
+        else:
+            head = f'{{"v":1,"school":"{school}","device":"{device}","kind":"batch","records":['
+            c.publish(f"classroom/v1/{school}/{device}/batch",
+                      head.encode() + b",".join(raws) + b"]}", qos=1)
+        sent += 1
+        if sent % 5000 == 4999:
+            wait_until(lambda s=sent: acked[0] >= s - 2000, 60, "the broker")
+
     for i in range(n):
         school, device = names[i % devices]
         seq[(school, device)] += 1
@@ -107,10 +125,16 @@ def publish_backlog(port: int, n: int, schools: int, devices: int,
         raw = Envelope(device, school).encode(Record(kind, data, t0 + i * 10 / devices),  # type: ignore[arg-type]
                                               seq[(school, device)])
         raw = raw[:-1] + b',"historical":true}'
-        c.publish(f"classroom/v1/{school}/{device}/{kind}", raw, qos=1)
-        if i % 5000 == 4999:
-            wait_until(lambda i=i: acked[0] >= i - 2000, 60, "the broker")
-    wait_until(lambda: acked[0] >= n, 120, "the broker to take the backlog")
+        group = pending[(school, device)]
+        group.append(raw)
+        if len(group) >= batch_records:
+            send(school, device, group, kind)
+            group.clear()
+    for (school, device), group in pending.items():
+        if group:
+            send(school, device, group, "metrics" if len(group) > 1 else
+                 json.loads(group[0])["kind"])
+    wait_until(lambda: acked[0] >= sent, 120, "the broker to take the backlog")
     c.disconnect()
     c.loop_stop()
 
@@ -129,7 +153,8 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
         register_sessions(broker.port, [p.config["mqtt"]["client_id"] for p in procs],
                           "$share/collectors/classroom/v1/#")
         log(f"publishing a backlog of {args.records} records from {args.devices} terminals")
-        publish_backlog(broker.port, args.records, args.schools, args.devices, tmpl)
+        publish_backlog(broker.port, args.records, args.schools, args.devices, tmpl,
+                        batch_records=args.batch_records)
         import psycopg
 
         conn = psycopg.connect(url, autocommit=True)
@@ -141,6 +166,7 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
         t_start = time.monotonic()
         for p in procs:
             p.start()
+        threads0 = [thread_cpu(p.proc.pid) if p.proc else {} for p in procs]
         first = None
         last_n, samples = 0, []
         while True:
@@ -158,6 +184,8 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
             time.sleep(0.2)
         done = time.monotonic()
         cpu = [cpu_seconds(p.proc.pid) for p in procs if p.proc]
+        threads = [per_thread_us(t0, thread_cpu(p.proc.pid) if p.proc else {}, args.records)
+                   for t0, p in zip(threads0, procs, strict=True)]
         pg_cpu = (cpu_seconds(pg.proc.pid) if pg.proc else 0.0) - pg_cpu0
         br_cpu = (cpu_seconds(broker.proc.pid) if broker.proc else 0.0) - br_cpu0
         dup = conn.execute("""SELECT count(*) FROM (SELECT school, device, seq FROM metrics
@@ -170,9 +198,11 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
                             ).fetchone()[0]
         conn.close()
         span = done - (first or t_start)
-        return {"collectors": collectors, "records": args.records, "seconds": round(span, 2),
+        return {"collectors": collectors, "batch_records": args.batch_records,
+                "records": args.records, "seconds": round(span, 2),
                 "records_per_s": round(args.records / span),
                 "collector_cpu_s_per_1000": [round(c / args.records * 1000, 3) for c in cpu],
+                "collector_thread_cpu_us_per_record": threads,
                 "postgres_cpu_s_per_1000": round(pg_cpu / args.records * 1000, 3),
                 "mosquitto_cpu_s_per_1000": round(br_cpu / args.records * 1000, 3),
                 "duplicate_rows": len(dup), "open_gaps": gaps}
@@ -182,6 +212,19 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
         broker.stop()
 
 
+def per_thread_us(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  records: int) -> dict[str, float]:
+    """Microseconds of CPU per record of each collector thread, by its name at the end (the
+    main thread, named after the process, is the ingest loop; paho's network thread is
+    ``paho-mqtt-clien``)."""
+    out: dict[str, float] = {}
+    for tid, (name, sec) in after.items():
+        used = sec - before.get(tid, ("", 0.0))[1]
+        key = "ingest" if name.startswith(("python", "classroom")) else name
+        out[key] = out.get(key, 0.0) + used
+    return {k: round(v / records * 1e6, 1) for k, v in out.items() if v > 0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
@@ -189,6 +232,9 @@ def main() -> None:
     ap.add_argument("--schools", type=int, default=50)
     ap.add_argument("--collectors", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--batch-records", type=int, default=50,
+                    help="records per MQTT message, as the agent's mqtt.batch_records (1: the "
+                         "contract before batches, every record alone)")
     args = ap.parse_args()
     sigterm_as_interrupt()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:

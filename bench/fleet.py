@@ -270,6 +270,7 @@ class Run:
         self.args = args
         self.work = work
         self.results: dict[str, Any] = {"terminals": args.terminals,
+                                        "batch_records": args.batch_records,
                                         "per_process": args.per_process,
                                         "collectors": args.collectors, "machine_start": machine()}
         self.pg = PostgresServer(settings={
@@ -331,7 +332,8 @@ class Run:
                 "metrics_interval_s": a.metrics_interval_s,
                 "usage_interval_s": a.usage_interval_s, "event_interval_s": a.event_interval_s,
                 "keepalive_s": a.keepalive_s, "reconnect_min_s": 1.0,
-                "reconnect_max_s": a.reconnect_max_s, "ramp_s": a.ramp_s, "flush_s": 2.0})
+                "reconnect_max_s": a.reconnect_max_s, "ramp_s": a.ramp_s, "flush_s": 2.0,
+                "batch_records": a.batch_records})
         log(f"{a.terminals} terminals ({len(set(n[0] for n in names))} schools, "
             f"{a.rooms_per_school} rooms each) in {len(specs)} processes; timetables in {tz}, "
             f"{lesson_count(tts[0])} one-minute lessons each today; {len(missed)} terminals "
@@ -465,7 +467,8 @@ class Run:
         for c in self.collectors:
             c.stop()  # their persistent sessions stay: the broker queues for them
         publish_backlog(self.broker.port, a.capacity_records, 50, 1000,
-                        self.backlog_templates, school_prefix="backlog")
+                        self.backlog_templates, school_prefix="backlog",
+                        batch_records=a.batch_records)
         self.extra += a.capacity_records
         before = self.meter.inserted()
         self.cpu.begin()
@@ -692,6 +695,9 @@ def main() -> None:
     ap.add_argument("--reconnect-max-s", type=float, default=120.0,
                     help="the agent's mqtt.reconnect_max_s (its default: 120)")
     ap.add_argument("--keepalive-s", type=int, default=30)
+    ap.add_argument("--batch-records", type=int, default=50,
+                    help="the agent's mqtt.batch_records (1: every record alone), also for the "
+                         "capacity backlog")
     ap.add_argument("--ramp-s", type=float, default=20.0, help="terminals start over this long")
     ap.add_argument("--timetables", type=int, default=3)
     ap.add_argument("--lesson-every-min", type=int, default=4)

@@ -190,7 +190,8 @@ class Fleet:
         templates = json.loads(Path(spec["templates"]).read_text())
         mqtt = MqttConfig(host="127.0.0.1", port=spec["port"], protocol="5",
                           keepalive_s=spec["keepalive_s"], reconnect_min_s=spec["reconnect_min_s"],
-                          reconnect_max_s=spec["reconnect_max_s"])
+                          reconnect_max_s=spec["reconnect_max_s"],
+                          batch_records=spec.get("batch_records", 50))
         tz = spec["timezone"]
         timetables = [loads_timetable(text, tz, f"variant-{i}")
                       for i, text in enumerate(spec["timetables"])]

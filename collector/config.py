@@ -101,6 +101,7 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     batch_max: int = opt(2000, min=1, max=100000)
+    batch_max_bytes: int = opt(4 * 1024 * 1024, min=1024, max=1024 * 1024 * 1024)
     linger_ms: float = opt(2.0, min=0, max=10000)
     max_payload_bytes: int = opt(1024 * 1024, min=1024)
 

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from agent.backoff import Backoff
+from agent.threadnames import name_native_threads
 from collector import __version__, gaps, partitions
 from collector.config import CollectorConfig
 from collector.stats import IngestStats
@@ -103,10 +104,11 @@ class Collector:
 
     def _step(self) -> None:
         batch = self.subscription.take(self.cfg.ingest.batch_max, _TAKE_WAIT_S,
-                                       self.cfg.ingest.linger_ms / 1000.0)
+                                       self.cfg.ingest.linger_ms / 1000.0,
+                                       self.cfg.ingest.batch_max_bytes)
         if not batch:
             return
-        outcomes: list[Outcome] = [self.validator.check(m) for m in batch]
+        outcomes: list[Outcome] = [o for m in batch for o in self.validator.check(m)]
         result = self._write(outcomes)
         if result is None:
             return  # stopping with the batch unwritten: the broker sends it again
@@ -171,6 +173,9 @@ class Collector:
                 conn.close()
 
     def _heartbeat(self, conn: psycopg.Connection) -> None:
+        # paho's thread is new after every reconnect: named here, so that top -H and the
+        # benches' per-thread accounting tell the network thread from ingest and maintenance.
+        name_native_threads()
         open_gaps, missing, lost = gaps.open_summary(conn)
         self.stats.open_gaps, self.stats.missing, self.stats.lost_gaps = open_gaps, missing, lost
         snapshot = self.status(self.subscription.backlog())

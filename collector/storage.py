@@ -323,7 +323,7 @@ def link_connected(data: dict[str, Any]) -> bool | None:
 def _as_rejected(o: Outcome, reason: str) -> Rejected:
     if isinstance(o, Accepted):
         return Rejected(f"{o.school}/{o.device}/{o.kind}", o.school, o.device, o.kind, reason,
-                        o.raw, o.received_at)
+                        o.payload(), o.received_at)
     if isinstance(o, Cleared):
         return Rejected(f"{o.school}/{o.device}/{o.kind}", o.school, o.device, o.kind, reason,
                         b"", o.received_at)

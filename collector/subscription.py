@@ -83,15 +83,18 @@ class Subscription:
 
     # -- for the ingest loop -------------------------------------------------------------------
 
-    def take(self, max_n: int, wait_s: float, linger_s: float) -> list[Inbound]:
-        """Up to ``max_n`` messages: waits ``wait_s`` for the first, then takes what is queued
-        and lingers while more keep coming (at most ``linger_s`` between two)."""
+    def take(self, max_n: int, wait_s: float, linger_s: float,
+             max_bytes: int = 1 << 62) -> list[Inbound]:
+        """Up to ``max_n`` messages and about ``max_bytes`` of payload: waits ``wait_s`` for the
+        first, then takes what is queued and lingers while more keep coming (at most
+        ``linger_s`` between two)."""
         try:
             first = self._inbox.get(timeout=wait_s)
         except queue.Empty:
             return []
         batch = [first]
-        while len(batch) < max_n:
+        size = len(first.payload)
+        while len(batch) < max_n and size < max_bytes:
             try:
                 batch.append(self._inbox.get_nowait())
             except queue.Empty:
@@ -101,6 +104,7 @@ class Subscription:
                     batch.append(self._inbox.get(timeout=linger_s))
                 except queue.Empty:
                     break
+            size += len(batch[-1].payload)
         return batch
 
     def backlog(self) -> int:

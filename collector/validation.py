@@ -1,5 +1,8 @@
-"""Every inbound message becomes exactly one of: a valid record, a cleared retained topic, a
-rejection (for the quarantine table, with its reason), or nothing (commands and replies).
+"""Every inbound message becomes outcomes: a valid record, a cleared retained topic, a rejection
+(for the quarantine table, with its reason), or nothing (commands and replies). A message is one
+outcome, except a ``batch`` (several records of one terminal in one message,
+``agent/schemas/batch.json``): one outcome per record, each checked as if it had come alone, so
+one bad record is quarantined and its neighbours stored.
 
 The schemas are the agent's own (``agent/schemas/``, one source of truth), all loaded from the
 directory: the kinds are the envelope's ``kind`` enum, and kind ``K`` is checked against
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(agent.__file__).resolve().parent / "schemas"
 #: Kinds whose topic is retained: an empty payload there means "deleted" (e.g. no inventory).
 RETAINED = frozenset({"state", "inventory", "schedule"})
+#: The topic level of a batch message.
+BATCH = "batch"
 _MAX_SEQ = 2**63 - 1
 _REASON_MAX = 500
 _TOPIC_MAX = 512
@@ -62,6 +67,13 @@ class Accepted:
     data: dict[str, Any]
     raw: bytes  # the whole payload as received (for the quarantine, if the database refuses it)
     received_at: float
+    #: A record of a batch: its parsed form, serialised again only if it must be quarantined
+    #: (``raw`` is then empty: most records never need it).
+    parsed: dict[str, Any] | None = None
+
+    def payload(self) -> bytes:
+        """The record's bytes: as received, or (a record of a batch) serialised again."""
+        return self.raw if self.parsed is None else orjson.dumps(self.parsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,80 +117,120 @@ class Validator:
             kind: jsonschema_rs.validator_for(docs.get(kind, docs["envelope"]), registry=registry)
             for kind in self.kinds
         }
+        self._batch = jsonschema_rs.validator_for(docs["batch"], registry=registry)
 
-    def check(self, msg: Inbound) -> Outcome:
-        """The outcome of one message; never raises (a message our code cannot handle is a
-        rejection too, with the error as its reason)."""
+    def check(self, msg: Inbound) -> list[Outcome]:
+        """The outcomes of one message (one, or one per record of a batch); never raises (a
+        message our code cannot handle is a rejection too, with the error as its reason)."""
         try:
             return self._check(msg)
         except Exception as exc:
             log.exception("validation: unexpected error on a message of %s", _clip(msg.topic, 200))
-            return self._reject(msg, None, None, None,
-                                f"the collector could not check it: {type(exc).__name__}")
+            return [self._reject(msg, None, None, None,
+                                 f"the collector could not check it: {type(exc).__name__}")]
 
-    def _check(self, msg: Inbound) -> Outcome:
+    def _check(self, msg: Inbound) -> list[Outcome]:
         topic = msg.topic
         if not topic.startswith(self.prefix):
-            return self._reject(msg, None, None, None, f"topic is not under {self.prefix}")
+            return [self._reject(msg, None, None, None, f"topic is not under {self.prefix}")]
         parts = topic[len(self.prefix):].split("/")
         if len(parts) >= 3 and parts[2] in ("cmd", "reply"):
-            return None  # the platform's commands and the agent's replies: not records
+            return [None]  # the platform's commands and the agent's replies: not records
         if len(parts) != 3 or not all(parts):
-            return self._reject(msg, None, None, None,
-                                f"topic is not {self.prefix}{{school}}/{{device}}/{{kind}}")
+            return [self._reject(msg, None, None, None,
+                                 f"topic is not {self.prefix}{{school}}/{{device}}/{{kind}}")]
         school, device, kind = parts
         for what, name in (("school", school), ("device", device)):
             if not self._names[what].fullmatch(name):
-                return self._reject(msg, None, None, None,
-                                    f"the topic's {what} '{_clip(name, 64)}' is not a valid "
-                                    f"{what} id ({self._names[what].pattern})")
-        if kind not in self._validators:
-            return self._reject(msg, school, device, kind,
-                                f"unknown kind {_clip(kind, 64)!r} (known: "
-                                f"{', '.join(self.kinds)})")
+                return [self._reject(msg, None, None, None,
+                                     f"the topic's {what} '{_clip(name, 64)}' is not a valid "
+                                     f"{what} id ({self._names[what].pattern})")]
+        if kind != BATCH and kind not in self._validators:
+            return [self._reject(msg, school, device, kind,
+                                 f"unknown kind {_clip(kind, 64)!r} (known: "
+                                 f"{', '.join(self.kinds)}, {BATCH})")]
         if not msg.payload:
             if kind in RETAINED:
-                return Cleared(school, device, kind, msg.received_at)
-            return self._reject(msg, school, device, kind, "empty payload")
+                return [Cleared(school, device, kind, msg.received_at)]
+            return [self._reject(msg, school, device, kind, "empty payload")]
         if len(msg.payload) > self.max_payload_bytes:
-            return self._reject(msg, school, device, kind,
-                                f"payload of {len(msg.payload)} bytes is over "
-                                f"ingest.max_payload_bytes ({self.max_payload_bytes})")
+            return [self._reject(msg, school, device, kind,
+                                 f"payload of {len(msg.payload)} bytes is over "
+                                 f"ingest.max_payload_bytes ({self.max_payload_bytes})")]
         try:
             obj = orjson.loads(msg.payload)
         except orjson.JSONDecodeError as exc:
-            return self._reject(msg, school, device, kind, f"not UTF-8 JSON: {exc}")
+            return [self._reject(msg, school, device, kind, f"not UTF-8 JSON: {exc}")]
         if not isinstance(obj, dict):
-            return self._reject(msg, school, device, kind, "payload is not a JSON object")
+            return [self._reject(msg, school, device, kind, "payload is not a JSON object")]
+        if kind == BATCH:
+            return self._unpack(msg, school, device, obj)
+        return [self._record(msg, school, device, kind, obj, msg.payload, "",
+                             b"\\u0000" in msg.payload)]
+
+    def _unpack(self, msg: Inbound, school: str, device: str, obj: dict[str, Any]
+                ) -> list[Outcome]:
+        """The records of a batch, each checked as if it had come alone on its kind's topic."""
+        if (obj.get("school"), obj.get("device")) != (school, device):
+            return [self._reject(
+                msg, school, device, BATCH,
+                f"topic/payload mismatch: the topic names {school}/{device}, the batch "
+                f"{_clip(str(obj.get('school')), 64)}/{_clip(str(obj.get('device')), 64)}")]
+        if not self._batch.is_valid(obj):
+            return [self._reject(msg, school, device, BATCH,
+                                 f"batch.json: {_first_error(self._batch, obj)}")]
+        out: list[Outcome] = []
+        nul = b"\\u0000" in msg.payload
+        for i, rec in enumerate(obj["records"]):
+            kind = rec.get("kind")
+            where = f"batch record {i + 1} of {len(obj['records'])}: "
+            if not isinstance(kind, str) or kind not in self._validators or kind in RETAINED:
+                out.append(self._reject(
+                    msg, school, device, None,
+                    f"{where}kind {_clip(str(kind), 64)!r} cannot come in a batch (only "
+                    f"{', '.join(k for k in self.kinds if k not in RETAINED)})",
+                    orjson.dumps(rec)))
+                continue
+            out.append(self._record(msg, school, device, kind, rec, None, where, nul))
+        return out
+
+    def _record(self, msg: Inbound, school: str, device: str, kind: str, obj: dict[str, Any],
+                raw: bytes | None, where: str, nul: bool) -> Outcome:
+        """One record (``obj``, parsed from ``raw``, or from a batch when None) that came on a
+        topic naming ``school``, ``device`` and ``kind``; ``where`` starts a rejection's reason
+        (the place in a batch); ``nul``: the payload has a ``\\u0000`` somewhere."""
+        def reject(reason: str) -> Rejected:
+            return self._reject(msg, school, device, kind, where + reason,
+                                orjson.dumps(obj) if raw is None else raw)
+
         if (obj.get("school"), obj.get("device"), obj.get("kind")) != (school, device, kind):
-            return self._reject(
-                msg, school, device, kind,
+            return reject(
                 "topic/payload mismatch: the topic names "
                 f"{school}/{device}/{kind}, the payload {_clip(str(obj.get('school')), 64)}/"
                 f"{_clip(str(obj.get('device')), 64)}/{_clip(str(obj.get('kind')), 64)}")
         validator = self._validators[kind]
         if not validator.is_valid(obj):
-            return self._reject(msg, school, device, kind,
-                                f"{kind}.json: {_first_error(validator, obj)}")
+            return reject(f"{kind}.json: {_first_error(validator, obj)}")
         seq = obj.get("seq")
         if seq is None and kind != "state":
-            return self._reject(msg, school, device, kind, "no seq: every record but state has one")
+            return reject("no seq: every record but state has one")
         if seq is not None and not (type(seq) is int and 1 <= seq <= _MAX_SEQ):
-            return self._reject(msg, school, device, kind, "seq is not a 64-bit integer >= 1")
+            return reject("seq is not a 64-bit integer >= 1")
         try:
             ts = datetime.fromisoformat(obj["ts"])
         except ValueError as exc:
-            return self._reject(msg, school, device, kind, f"ts is not a valid time: {exc}")
-        if b"\\u0000" in msg.payload and _has_nul(obj):
-            return self._reject(msg, school, device, kind,
-                                "a string holds \\u0000, which PostgreSQL cannot store")
+            return reject(f"ts is not a valid time: {exc}")
+        if nul and _has_nul(obj):
+            return reject("a string holds \\u0000, which PostgreSQL cannot store")
         return Accepted(school, device, kind, seq, ts, obj.get("historical") is True,
-                        obj["data"], msg.payload, msg.received_at)
+                        obj["data"], raw or b"", msg.received_at, None if raw else obj)
 
     def _reject(self, msg: Inbound, school: str | None, device: str | None, kind: str | None,
-                reason: str) -> Rejected:
+                reason: str, payload: bytes | None = None) -> Rejected:
+        """``payload``: what is kept, when not the whole message (one record of a batch)."""
         return Rejected(_clip(msg.topic, _TOPIC_MAX), school, device, kind,
-                        _clip(reason, _REASON_MAX), msg.payload, msg.received_at)
+                        _clip(reason, _REASON_MAX), msg.payload if payload is None else payload,
+                        msg.received_at)
 
 
 def _first_error(validator: Any, obj: Any) -> str:

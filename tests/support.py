@@ -174,6 +174,23 @@ class Message:
     retain: bool
     raw: bytes
     arrived: float = field(default_factory=time.time)  # wall time at the subscriber
+    batched: bool = False  # one record of a `batch` message (docs/contract.md)
+
+
+def received(msg: mqtt.MQTTMessage) -> list[Message]:
+    """What a subscriber got: one message, or, for a ``batch``, each of its records as if it
+    had come alone on ``.../{kind}`` (its raw bytes re-encoded as the agent encodes them)."""
+    try:
+        payload = json.loads(msg.payload)
+    except ValueError:
+        payload = {"_unparsed": msg.payload.decode(errors="replace")}
+    records = payload.get("records") if isinstance(payload, dict) else None
+    if not msg.topic.endswith("/batch") or not isinstance(records, list):
+        return [Message(msg.topic, payload, bool(msg.retain), msg.payload)]
+    base = msg.topic.rsplit("/", 1)[0]
+    return [Message(f"{base}/{r.get('kind')}", r, False,
+                    json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode(),
+                    batched=True) for r in records if isinstance(r, dict)]
 
 
 @dataclass
@@ -184,6 +201,8 @@ class Subscriber:
     topic: str = "classroom/v1/#"
     client_id: str = field(default_factory=lambda: f"test-sub-{os.getpid()}-{time.monotonic_ns()}")
     messages: list[Message] = field(default_factory=list)
+    #: The ``batch`` messages as they came (their records are in ``messages`` too).
+    batches: list[Message] = field(default_factory=list)
     #: mqtt.MQTTv311 for brokers without MQTT 5 (NATS, RabbitMQ before 3.13).
     protocol: int = mqtt.MQTTv5
 
@@ -213,12 +232,12 @@ class Subscriber:
             self._subscribed.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            payload = json.loads(msg.payload)
-        except ValueError:
-            payload = {"_unparsed": msg.payload.decode(errors="replace")}
+        got = received(msg)
         with self._lock:
-            self.messages.append(Message(msg.topic, payload, bool(msg.retain), msg.payload))
+            if any(m.batched for m in got):
+                self.batches.append(Message(msg.topic, json.loads(msg.payload), False,
+                                            msg.payload))
+            self.messages.extend(got)
 
     def wait_connected(self, timeout: float = 20) -> None:
         """Wait until subscribed again (after a broker restart, before the next kill)."""
@@ -463,7 +482,7 @@ def _validators() -> dict[str, Draft202012Validator]:
     return {
         kind: Draft202012Validator(docs[kind], registry=registry)
         for kind in ("state", "inventory", "metrics", "usage", "event", "schedule", "command",
-                     "reply")
+                     "reply", "batch")
     }
 
 

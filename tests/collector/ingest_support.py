@@ -36,6 +36,13 @@ def metrics(seq: int, **kw: Any) -> Inbound:
                kw.get("school", "school-a"), kw.get("device", "room-101"))
 
 
+def batch(*records: bytes, school: str = "school-a", device: str = "room-101") -> Inbound:
+    """A ``batch`` message (agent/schemas/batch.json) as the agent's publisher builds it: the
+    records' payloads unchanged, in ``records``."""
+    head = f'{{"v":1,"school":"{school}","device":"{device}","kind":"batch","records":['
+    return msg("batch", head.encode() + b",".join(records) + b"]}", school, device)
+
+
 def agent_section(connected: bool, session: int = 1, last_seq: int = 0) -> dict[str, Any]:
     """The ``agent`` section of a metrics record (agent/schemas/metrics-data.json) with the
     broker link as the terminal saw it."""
@@ -102,7 +109,7 @@ class Ingest:
         self.conn = psycopg.connect(url, autocommit=True)
 
     def write(self, *messages: Inbound) -> BatchResult:
-        return self.store.write([self.validator.check(m) for m in messages])
+        return self.store.write([o for m in messages for o in self.validator.check(m)])
 
     def sweep(self, lost_after_s: float = 3600.0) -> gaps.SweepResult:
         return gaps.sweep(self.conn, lost_after_s)

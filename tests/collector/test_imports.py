@@ -7,7 +7,8 @@ import ast
 
 from tests.support import REPO
 
-ALLOWED = {"agent", "agent.backoff", "agent.config", "agent.mqttauth", "agent.typedconfig",
+ALLOWED = {"agent", "agent.backoff", "agent.config", "agent.mqttauth", "agent.threadnames",
+           "agent.typedconfig",
            "agent.yamlsource"}
 
 

@@ -17,6 +17,7 @@ from collector import partitions
 from tests.collector.ingest_support import (
     Ingest,
     agent_section,
+    batch,
     event,
     metrics,
     msg,
@@ -128,17 +129,71 @@ def test_bad_messages_are_quarantined_with_their_reason_and_the_rest_stored(
                       "'%%max_payload_bytes%%'") == (cap, cap * 16 + 1)
 
 
-def test_a_value_only_the_database_refuses_is_bisected_out(ingest: Ingest) -> None:
-    usage = {"period": {"start": "2026-13-45T99:00:00Z", "end": "2026-11-30T08:00:00Z"},
+def test_a_batch_is_stored_record_by_record_and_a_bad_record_spoils_only_itself(
+        ingest: Ingest) -> None:
+    """Each record of a batch is checked as if it had come alone: the bad ones are quarantined
+    with their place in the batch and their own bytes, the others stored; a replay of the batch
+    changes nothing."""
+    raws = [payload("metrics", s, {}, historical=True) for s in range(1, 6)]
+    raws.append(payload("event", 6, {"type": "agent_started", "severity": "info",
+                                     "message": "started"}))
+    raws.append(payload("metrics", 7, {"cpu": "hot"}))  # breaks metrics-data.json
+    raws.append(payload("inventory", 8, {}))  # a retained kind never comes in a batch
+    raws.append(payload("metrics", 9, {}, device="room-102"))  # another terminal's record
+    raws.append(payload("metrics", 10, {}))
+    res = ingest.write(batch(*raws))
+    assert (res.stored, res.quarantined, res.duplicates) == (7, 3, 0)
+    assert stored_seqs(ingest.conn, "school-a", "room-101") == [1, 2, 3, 4, 5, 6, 10]
+    assert ingest.one("SELECT count(*) FROM metrics WHERE historical AND seq <= 5") == 5
+    rows = ingest.conn.execute("SELECT topic, reason, payload FROM quarantine ORDER BY id"
+                               ).fetchall()
+    assert [r[0] for r in rows] == ["classroom/v1/school-a/room-101/batch"] * 3
+    assert rows[0][1].startswith("batch record 7 of 10: metrics.json: at data/cpu:")
+    assert rows[1][1].startswith("batch record 8 of 10: kind 'inventory' cannot come in a batch")
+    assert rows[2][1].startswith("batch record 9 of 10: topic/payload mismatch")
+    assert [json.loads(bytes(r[2])) for r in rows] == [json.loads(raws[i]) for i in (6, 7, 8)]
+    again = ingest.write(batch(*raws))
+    assert (again.stored, again.duplicates) == (0, 7)
+
+
+def test_a_batch_that_breaks_its_own_schema_is_quarantined_whole(ingest: Ingest) -> None:
+    one = batch(payload("metrics", 1, {}))  # a batch holds at least two records
+    other = batch(payload("metrics", 2, {}), payload("metrics", 3, {}), school="school-b")
+    other = msg("batch", other.payload)  # on school-a's topic, naming school-b
+    not_objects = batch(b"1", b"2")
+    res = ingest.write(one, other, not_objects)
+    assert (res.stored, res.quarantined) == (0, 3)
+    reasons = [r[0] for r in ingest.conn.execute("SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons[0].startswith("batch.json: at records:")
+    assert reasons[1].startswith("topic/payload mismatch: the topic names school-a/room-101, "
+                                 "the batch school-b/room-101")
+    assert reasons[2].startswith("batch.json: at records/0:")
+
+
+BAD_USAGE = {"period": {"start": "2026-13-45T99:00:00Z", "end": "2026-11-30T08:00:00Z"},
              "power_on": [{"start": "2026-11-30T07:00:00Z", "end": "2026-11-30T08:00:00Z",
                            "ongoing": True}],
              "sessions": {"count": 1, "local": 1, "remote": 0}, "apps": {}}
+
+
+def test_a_value_only_the_database_refuses_is_bisected_out(ingest: Ingest) -> None:
     res = ingest.write(*(metrics(s) for s in range(1, 8)),
-                       msg("usage", payload("usage", 8, usage)),
+                       msg("usage", payload("usage", 8, BAD_USAGE)),
                        *(metrics(s) for s in range(9, 12)))
     assert (res.stored, res.quarantined) == (10, 1)
     reason = ingest.one("SELECT reason FROM quarantine")
     assert reason.startswith("refused by the database:"), reason
+
+
+def test_a_batch_record_the_database_refuses_is_quarantined_with_its_own_bytes(
+        ingest: Ingest) -> None:
+    bad = payload("usage", 3, BAD_USAGE)
+    res = ingest.write(batch(*(payload("metrics", s, {}) for s in (1, 2)), bad,
+                             payload("metrics", 4, {})))
+    assert (res.stored, res.quarantined) == (3, 1)
+    reason, raw = ingest.one("SELECT reason, payload FROM quarantine")
+    assert reason.startswith("refused by the database:"), reason
+    assert json.loads(bytes(raw)) == json.loads(bad)
 
 
 def test_state_order_follows_the_session_counter(ingest: Ingest) -> None:
