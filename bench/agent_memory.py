@@ -17,7 +17,9 @@ do (no lesson), and after ``--idle`` seconds reads:
 (e.g. ``arena2:MALLOC_ARENA_MAX=2``); all variants run side by side, so Pss is shared among them
 (Rss and USS are not). ``--command-key`` gives every variant an Ed25519 public key to check
 platform commands with, as a production install has (scripts/install.sh --command-key), so the
-signature library is loaded. ``--upload`` configures uploads to a real SeaweedFS
+signature library is loaded. A QoS 1 subscriber stands for the platform, so that what the agents
+send is delivered (with nobody subscribed, the broker answers "no matching subscribers" and the
+agent keeps the records and sends them again). ``--upload`` configures uploads to a real SeaweedFS
 (tests/objectstore.py) in every variant, runs one 12 s lesson of synthetic media after the idle
 reading and reads again once the recording is uploaded and verified (issue 13), sampling the
 daemon's VmRSS (its own, not its media worker's) once a second throughout.
@@ -45,6 +47,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from _benchlib import (
     free_port,
@@ -247,6 +250,22 @@ def write_config(v: Variant, port: int, upload: dict[str, object] | None,
     v.config = v.workdir / "agent.yaml"
     v.config.write_text(json.dumps(cfg, indent=1))
     return status_port
+
+
+def subscriber(port: int) -> Any:
+    """A QoS 1 subscriber to every agent's topics, started (paho, in this process)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-memory-{port}")
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe("classroom/v1/#", qos=1)
+    if not subscribed.wait(10):
+        raise TimeoutError("the bench's subscriber got no SUBACK")
+    return client
 
 
 def command_key(work: Path) -> Path:
@@ -461,12 +480,14 @@ def measure(args: argparse.Namespace, variants: list[Variant], work: Path) -> No
     sampler = threading.Thread(target=sample_peaks, args=(variants, stop), daemon=True)
     logs = []
     with mosquitto(work) as port:
+        platform = subscriber(port)  # as a collector: what the agents send is delivered
         try:
             upload = None
             if args.upload:
                 from tests.objectstore import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
                 store = SeaweedFS(work / "seaweedfs").start()
+                store.make_bucket()
                 keys = work / "keys"
                 keys.mkdir(mode=0o700)
                 for name, text in (("access", ACCESS_KEY), ("secret", SECRET_KEY)):
@@ -514,6 +535,8 @@ def measure(args: argparse.Namespace, variants: list[Variant], work: Path) -> No
             stop.set()
             for v in variants:
                 stop_process(v.proc, v.name)
+            platform.disconnect()
+            platform.loop_stop()
             for fh in logs:
                 fh.close()
             if store is not None:
