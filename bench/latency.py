@@ -161,7 +161,7 @@ class BareSender:
                 "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
                 "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k",
                 *(acodec if audio else []),
-                *output]
+                *args.bare_output_args.split(), *output]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=(audio_r,))
         os.close(audio_r)
         self._stop = threading.Event()
@@ -358,6 +358,9 @@ def main() -> int:
     ap.add_argument("--srt-latency-ms", type=int, default=120)
     ap.add_argument("--impair", default="0.02,80,20",
                     help="the *-impaired runs' path: loss (0..1), RTT ms, jitter ms each way")
+    ap.add_argument("--bare-output-args", default="",
+                    help="extra output options for the bare FFmpeg runs, e.g. "
+                         "'-max_interleave_delta 1' (what its muxer's interleaving costs)")
     ap.add_argument("--freeze-ms", type=float, default=200.0,
                     help="a gap between decoded pictures longer than this is a freeze")
     ap.add_argument("--runs", default="agent-rtmp,bare-rtmp,agent-whip,bare-whip",
@@ -384,6 +387,8 @@ def main() -> int:
     expected = args.seconds * args.fps
     print(f"\nCapture -> decoded frame at the receiver, {width}x{height}@{args.fps}, "
           f"{args.preset}, {args.bitrate} kbit/s, loopback, FFmpeg {args.ffmpeg} ({exe}):")
+    if args.bare_output_args:
+        print(f"bare FFmpeg runs with the extra output options: {args.bare_output_args}")
     print(f"{'run / sink':14} {'frames':>12} {'p50':>7} {'p95':>7} {'max':>7}  (ms)")
     ok = True
     for kind, r in results:
