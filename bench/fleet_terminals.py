@@ -41,7 +41,8 @@ from agent.config import MqttConfig, OutboxConfig
 from agent.lessons.manager import LessonManager, joinable
 from agent.lessons.missed import LastSeen, find_missed, planned_missed_event
 from agent.lessons.plan import schedule_data
-from agent.lessons.timetable import Timetable, loads_timetable
+from agent.lessons.timetable import Timetable
+from agent.lessons.timetable_yaml import loads_timetable
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.records import Envelope, Record, event, rfc3339
