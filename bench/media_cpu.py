@@ -262,7 +262,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
     # 10 s: a bare FFmpeg reading UDP probes the stream for 5-6 s before it encodes (measured),
-    # so a 5 s warm-up started its window before its work and flattered the ratio's denominator
+    # so a 5 s warm-up started its window before its work and understated the bare figure
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--sizes", default="1280x720,1920x1080")
     ap.add_argument("--fps", type=int, default=30)
