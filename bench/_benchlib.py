@@ -335,9 +335,9 @@ class IdleProcesses:
             self._stop(self.procs.pop())
 
 
-def cpu_by_thread(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of ``pid``, summed by the thread's kernel name (``comm``)."""
-    out: dict[str, float] = {}
+def cpu_by_thread(pid: int) -> dict[int, tuple[str, float]]:
+    """The kernel name (``comm``) and CPU seconds of each thread of ``pid``, by thread id."""
+    out: dict[int, tuple[str, float]] = {}
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError, ValueError, IndexError):

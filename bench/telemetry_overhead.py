@@ -196,8 +196,8 @@ class Peer:
     tcp1: tuple[int, int] | None = None
     msgs0: tuple[int, int] = (0, 0)
     msgs1: tuple[int, int] = (0, 0)
-    threads0: dict[str, float] = field(default_factory=dict)
-    threads1: dict[str, float] = field(default_factory=dict)
+    threads0: dict[int, tuple[str, float]] = field(default_factory=dict)
+    threads1: dict[int, tuple[str, float]] = field(default_factory=dict)
 
 
 def write_configs(
@@ -540,8 +540,9 @@ def run(work: Path, port: int, names: list[str], glances: Path | None, interval:
         threads: dict[str, float] = {}
         for p in peers:
             if p.name == "agent":
-                threads = {k: (v - p.threads0.get(k, 0.0)) / measured * 3600
-                           for k, v in p.threads1.items()}
+                for tid, (name, cpu) in p.threads1.items():  # per thread, summed by name
+                    before = p.threads0.get(tid, (name, 0.0))[1]
+                    threads[name] = threads.get(name, 0.0) + (cpu - before) / measured * 3600
                 print("agent CPU s/h by thread: " + ", ".join(
                     f"{k} {v:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])))
         return RunResult(target, procs, load,
