@@ -90,7 +90,7 @@ def test_a_device_publishes_only_into_its_own_topics(deployment: Deployment) -> 
     try:
         assert not platform.subscribe("classroom/v1/#")[0].is_failure
         assert not other.subscribe(f"{BASE}/room-102/cmd/+")[0].is_failure
-        for kind in (*KINDS, "reply", "reply/x"):
+        for kind in (*KINDS, "batch", "reply", "reply/x"):
             rc = device.publish(f"{BASE}/room-101/{kind}", b'{"ok": 1}')
             assert not rc.is_failure, (kind, rc)
         refused = [f"{BASE}/room-102/metrics", f"{BASE}/room-102/event", f"{BASE}/room-102/reply",
