@@ -183,24 +183,6 @@ def cpu_by_pid(pid: int) -> dict[int, float]:
     return {p: _stat_cpu(p) for p in descendants(pid)}
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """Each live thread of ``pid``: its kernel name (``/proc/PID/task/TID/comm``) and CPU
-    seconds, by thread id: which part of a process does the work."""
-    out: dict[int, tuple[str, float]] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/comm") as fh:
-                    name = fh.read().strip()
-                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                    text = fh.read()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2:].split()
-            out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / _CLK_TCK)
-    return out
-
-
 def _status_kb(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:

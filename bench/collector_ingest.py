@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _benchlib import cpu_seconds, log, sigterm_as_interrupt, thread_cpu
+from _benchlib import cpu_by_thread, cpu_seconds, log, sigterm_as_interrupt
 from collector_validation import capture  # the same capture of the real agent's payloads
 
 from tests.platform_support import CollectorProcess, PostgresServer
@@ -166,7 +166,7 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
         t_start = time.monotonic()
         for p in procs:
             p.start()
-        threads0 = [thread_cpu(p.proc.pid) if p.proc else {} for p in procs]
+        threads0 = [cpu_by_thread(p.proc.pid) if p.proc else {} for p in procs]
         first = None
         last_n, samples = 0, []
         while True:
@@ -184,7 +184,7 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
             time.sleep(0.2)
         done = time.monotonic()
         cpu = [cpu_seconds(p.proc.pid) for p in procs if p.proc]
-        threads = [per_thread_us(t0, thread_cpu(p.proc.pid) if p.proc else {}, args.records)
+        threads = [per_thread_us(t0, cpu_by_thread(p.proc.pid) if p.proc else {}, args.records)
                    for t0, p in zip(threads0, procs, strict=True)]
         pg_cpu = (cpu_seconds(pg.proc.pid) if pg.proc else 0.0) - pg_cpu0
         br_cpu = (cpu_seconds(broker.proc.pid) if broker.proc else 0.0) - br_cpu0
@@ -215,12 +215,11 @@ def run_once(workdir: Path, pg: PostgresServer, collectors: int, args: argparse.
 def per_thread_us(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
                   records: int) -> dict[str, float]:
     """Microseconds of CPU per record of each collector thread, by its name at the end (the
-    main thread, named after the process, is the ingest loop; paho's network thread is
-    ``paho-mqtt-clien``)."""
+    main thread is the ingest loop; paho's network thread is ``paho-mqtt-clien``)."""
     out: dict[str, float] = {}
     for tid, (name, sec) in after.items():
         used = sec - before.get(tid, ("", 0.0))[1]
-        key = "ingest" if name.startswith(("python", "classroom")) else name
+        key = "ingest" if name == "main" else name
         out[key] = out.get(key, 0.0) + used
     return {k: round(v / records * 1e6, 1) for k, v in out.items() if v > 0}
 
