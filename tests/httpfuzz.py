@@ -174,27 +174,39 @@ def _header(draw: st.DrawFn) -> str:
 
 @st.composite
 def requests(draw: st.DrawFn, paths: list[str]) -> bytes:
-    """One request's raw bytes: mostly well-formed, aimed at ``paths``, spoiled here and there."""
-    method = draw(st.sampled_from(_METHODS))
-    path = draw(st.sampled_from(paths) | st.sampled_from(_ODD_PATHS)
-                | _text.map(lambda t: "/" + t))
-    version = draw(st.sampled_from(["HTTP/1.1"] * 6 + ["HTTP/1.0", "HTTP/2", "http/1.1", ""]))
-    headers = draw(st.lists(_header(), max_size=6))
-    if draw(st.booleans()):  # the ordinary case: one good Host first
-        headers.insert(0, "Host: 127.0.0.1")
-    if draw(st.integers(0, 30)) == 0:
-        headers += ["X-Many: 1"] * 70
-    if draw(st.integers(0, 30)) == 0:
-        headers.append("X-Big: " + "b" * 9000)
+    """One request's raw bytes, aimed at ``paths``: half of them well-formed but for one or two
+    header lines (so that a bad value reaches the checks deep in the server, not only the
+    request line), the other half spoiled anywhere."""
+    clean = draw(st.booleans())
+    if clean:
+        method = draw(st.sampled_from(["GET", "GET", "POST"]))
+        path = draw(st.sampled_from(paths))
+        version, eol = "HTTP/1.1", "\r\n"
+        headers = ["Host: 127.0.0.1", *draw(st.lists(_header(), min_size=1, max_size=2))]
+    else:
+        method = draw(st.sampled_from(_METHODS))
+        path = draw(st.sampled_from(paths) | st.sampled_from(_ODD_PATHS)
+                    | _text.map(lambda t: "/" + t))
+        version = draw(st.sampled_from(["HTTP/1.1"] * 6 + ["HTTP/1.0", "HTTP/2", "http/1.1", ""]))
+        eol = draw(st.sampled_from(["\r\n"] * 8 + ["\n", "\r"]))
+        headers = draw(st.lists(_header(), max_size=6))
+        if draw(st.booleans()):
+            headers.insert(0, "Host: 127.0.0.1")
+        if draw(st.integers(0, 30)) == 0:
+            headers += ["X-Many: 1"] * 70
+        if draw(st.integers(0, 30)) == 0:
+            headers.append("X-Big: " + "b" * 9000)
     body = draw(st.binary(max_size=40) | st.sampled_from(
         [b'{"id": "f-1", "args": {}}', b'{"id": "\\u001b[2J", "args": {}}', b"{" * 3000]))
-    if draw(st.booleans()):
+    if not any(h.lower().startswith("content-length") for h in headers) and draw(st.booleans()):
         headers.append(f"Content-Length: {len(body)}")
-    eol = draw(st.sampled_from(["\r\n"] * 8 + ["\n", "\r"]))
     head = eol.join([f"{method} {path} {version}".rstrip(" ") if version else f"{method} {path}",
                      *headers]) + eol + eol
-    raw = head.encode("utf-8", "surrogatepass") + body
-    if draw(st.integers(0, 9)) == 0:  # cut off anywhere
+    # Bytes as a browser sends them (UTF-8) or one byte per character (latin-1, what the server
+    # decodes with): "²" must also arrive as the single byte 0xB2.
+    latin = draw(st.booleans()) and all(ord(c) < 256 for c in head)
+    raw = (head.encode("latin-1") if latin else head.encode("utf-8", "surrogatepass")) + body
+    if not clean and draw(st.integers(0, 9)) == 0:  # cut off anywhere
         raw = raw[:draw(st.integers(0, len(raw)))]
     return raw
 
