@@ -87,20 +87,8 @@ def port_of(server: HttpServer) -> int:
 def exchange(server: HttpServer, raw: bytes, timeout: float = 5) -> bytes:
     """Send ``raw``, half-close, read the whole answer (b"" if the server just closed)."""
     if isinstance(server.listener, UnixListener):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(server.listener.path)
-    else:
-        s = socket.create_connection(("127.0.0.1", port_of(server)))
-    with s:
-        s.settimeout(timeout)
-        s.sendall(raw)
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_WR)
-        chunks = []
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
+        return send_raw(server.listener.path, raw, timeout)
+    return send_raw(("127.0.0.1", port_of(server)), raw, timeout)
 
 
 def status_of(answer: bytes) -> int:
