@@ -232,7 +232,8 @@ class Guard(Protocol):
         """``req`` (which passed :meth:`check`) has run."""
 
     def release(self, req: Request) -> None:
-        """``req`` passed :meth:`check` but will not run (the queue was full)."""
+        """``req`` passed :meth:`check` but will not run (the router refused its name or
+        arguments, or the queue was full)."""
 
 
 def error(req_id: str | None, code: str, message: str) -> dict[str, Any]:
@@ -301,15 +302,21 @@ class CommandRouter:
         refused = guard.check(req) if guard is not None else None
         if refused is not None:
             return refused
-        spec = self.specs.get(name)
-        if spec is None or name not in self.handlers:
+        refused = self._check_command(req)
+        if refused is not None and guard is not None:
+            guard.release(req)  # it will not run: its id is not held as if it had
+        return refused or req
+
+    def _check_command(self, req: Request) -> dict[str, Any] | None:
+        spec = self.specs.get(req.name)
+        if spec is None or req.name not in self.handlers:
             known = ", ".join(sorted(n for n in self.specs if n in self.handlers))
-            return error(req_id, UNKNOWN_COMMAND,
-                         f"unknown command {_clip(name)!r}; this agent accepts: {known}")
+            return error(req.id, UNKNOWN_COMMAND,
+                         f"unknown command {_clip(req.name)!r}; this agent accepts: {known}")
         why = check_args(spec, req.args)
         if why is not None:
-            return error(req_id, BAD_ARGS, f"{name}: {why}")
-        return req
+            return error(req.id, BAD_ARGS, f"{req.name}: {why}")
+        return None
 
     def execute(self, req: Request) -> dict[str, Any]:
         """Run the handler; a :class:`CommandError` is a refusal, anything else a bug."""
