@@ -33,6 +33,7 @@ before that, the broker redelivers it on the next connection instead of it being
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import select
@@ -46,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -191,8 +191,9 @@ class Publisher:
         self._got_connack = False
         # mid -> the seqs its message carries (one record, or a batch of consecutive ones)
         self._inflight: dict[int, tuple[int, ...]] = {}
-        self._batch_head = orjson.dumps({"v": CONTRACT_VERSION, "school": envelope.school,
-                                         "device": envelope.device, "kind": "batch"})[:-1]
+        self._batch_head = json.dumps(
+            {"v": CONTRACT_VERSION, "school": envelope.school, "device": envelope.device,
+             "kind": "batch"}, ensure_ascii=False, separators=(",", ":")).encode()[:-1]
         self._ahead: deque[Row] = deque()
         self._cursor = 0
         self._next_attempt = 0.0

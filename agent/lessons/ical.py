@@ -22,6 +22,10 @@ from zoneinfo import ZoneInfo
 import icalendar
 import recurring_ical_events
 
+# Google-style calendars give their zone as X-WR-TIMEZONE only; without this, their lessons
+# would be read at UTC times.
+from x_wr_timezone import to_standard as _standardise
+
 from agent.lessons.timetable import (
     HORIZON_DAYS,
     MAX_FILE_BYTES,
@@ -34,12 +38,6 @@ from agent.lessons.timetable import (
     zone,
 )
 from agent.urls import SINK_NAME_RE, SINK_NAME_RULE, SINK_RULE, SINK_URL_RE, redact_url
-
-try:  # a dependency of recurring-ical-events: Google-style X-WR-TIMEZONE calendars
-    from x_wr_timezone import to_standard as _standardise
-except ImportError:  # pragma: no cover
-    def _standardise(calendar: Any) -> Any:
-        return calendar
 
 _TEACHER_LINE = re.compile(r"^\s*(?:teacher|教师|老师)\s*[:\uff1a]\s*(.+?)\s*$",
                            re.IGNORECASE | re.MULTILINE)
