@@ -29,16 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.commands import Request, error
+from agent.pemkey import KeyFileError, read_ed25519_public_key
 from agent.records import Record, event, rfc3339
 from agent.safetext import clip, inert
 from agent.statefile import atomic_write_json
 from agent.throttle import Summary, Tally
 
-if TYPE_CHECKING:  # cryptography costs ~9 MB of RSS: imported only when a key is configured
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+if TYPE_CHECKING:
+    # The daemon verifies with PyNaCl (libsodium: +1.2 MiB of RSS, imported only when a key is
+    # configured) and never imports cryptography (+8.6 MiB, docs/benchmarks.md); cryptography's
+    # private key is only for whoever signs: scripts/send-command, the tests and benches.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from nacl.signing import VerifyKey
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,6 @@ REJECTION_WINDOW_S = 60.0
 SEEN_LIMIT = 4096
 
 
-class KeyFileError(ValueError):
-    """A public key file that cannot be used; the message names the file and what is wrong."""
-
-
 def canonical(school: str, device: str, command: str, req_id: str, ts: str,
               args: dict[str, Any]) -> bytes:
     """The exact bytes a command's signature covers (raises ValueError for unencodable text)."""
@@ -82,27 +80,11 @@ def sign_request(key: Ed25519PrivateKey, school: str, device: str, command: str,
     return {"id": req_id, "args": args, "ts": stamp, "sig": base64.b64encode(sig).decode()}
 
 
-def load_public_key(path: str) -> Ed25519PublicKey:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+def load_public_key(path: str) -> VerifyKey:
+    """The Ed25519 public key of a PEM file (agent/pemkey.py); KeyFileError if it is not one."""
+    from nacl.signing import VerifyKey
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if b"PRIVATE KEY" in data:
-        raise KeyFileError(f"{path} holds a PRIVATE key. Next step: give the agent only the public "
-                        "key (scripts/send-command --keygen writes it as *.pub.pem) and keep "
-                        "the private key on the platform")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyFileError(f"{path} is not a PEM public key. Next step: use the .pub.pem file of "
-                        "scripts/send-command --keygen or `openssl pkey -pubout`") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path} is a {type(key).__name__}, not an Ed25519 public key")
-    return key
+    return VerifyKey(read_ed25519_public_key(path))
 
 
 def parse_ts(ts: Any) -> float | None:
@@ -181,7 +163,7 @@ class CommandGuard:
     :data:`REJECTION_WINDOW_S` with the counts, however many arrive.
     """
 
-    def __init__(self, keys: Sequence[Ed25519PublicKey], required: bool, max_age_s: float,
+    def __init__(self, keys: Sequence[VerifyKey], required: bool, max_age_s: float,
                  school: str, device: str, seen: SeenIds, emit: Callable[[Record], None],
                  problems: Sequence[str] = (), clock: Callable[[], float] = time.time) -> None:
         self.keys = list(keys)
@@ -298,12 +280,14 @@ def _signature(sig: Any) -> bytes | None:
     return raw if len(raw) == 64 else None
 
 
-def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
+def _verifies(key: VerifyKey, sig: bytes, data: bytes) -> bool:
+    from nacl.exceptions import BadSignatureError
 
+    if len(sig) != 64:  # PyNaCl raises ValueError for any other length
+        return False
     try:
-        key.verify(sig, data)
-    except InvalidSignature:
+        key.verify(data, sig)
+    except BadSignatureError:
         return False
     return True
 
@@ -312,7 +296,7 @@ def make_guard(public_keys: Sequence[str], required: bool, max_age_s: float, sch
                device: str, seen: SeenIds, emit: Callable[[Record], None]) -> CommandGuard:
     """A guard from config values. An unusable key file is logged and kept as a problem: the
     guard then still requires signatures (fails closed) with the keys that did load."""
-    keys: list[Ed25519PublicKey] = []
+    keys: list[VerifyKey] = []
     problems: list[str] = []
     for path in public_keys:
         try:

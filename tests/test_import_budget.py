@@ -75,7 +75,8 @@ NOT_LOADED = {
     "agent.upload.s3": "uploads are off",
     "xml": "XML is parsed only from an object store's answers (agent/upload/s3.py)",
     "difflib": "only to suggest a name for a mistyped config key",
-    "cryptography": "~9 MB: only with a command key configured (none here)",
+    "cryptography": "~8.6 MiB: never; the daemon verifies with PyNaCl (agent/signing.py)",
+    "nacl": "PyNaCl: only with a command key configured (none here)",
     "boto3": "not the upload client (docs/upload.md)",
     "prometheus_client": "imported at the first /metrics scrape",
     "icalendar": "only with an iCalendar timetable",
@@ -116,3 +117,22 @@ def test_an_idle_daemon_loads_only_what_it_uses(tmp_path: Path, broker: Broker,
     wrong = {name: why for name, why in NOT_LOADED.items() if loaded(modules, name)}
     assert not wrong, "the idle daemon loaded:\n" + "\n".join(
         f"  {name}: {why}" for name, why in wrong.items())
+
+
+def test_a_daemon_with_a_command_key_verifies_without_cryptography(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    """Production installs always have a platform key (scripts/install.sh --command-key). The
+    daemon reads it and verifies with PyNaCl (+1.2 MiB); cryptography would add 8.6 MiB of RSS
+    (docs/benchmarks.md, issue 12), so it must stay out of the process."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = tmp_path / "platform.pub.pem"
+    key.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    modules = daemon_modules(tmp_path, broker, commands={"public_keys": [str(key)]})
+    wrong = {name: why for name, why in NOT_LOADED.items()
+             if name != "nacl" and loaded(modules, name)}
+    assert not wrong, "the daemon with a command key loaded:\n" + "\n".join(
+        f"  {name}: {why}" for name, why in wrong.items())
+    assert "nacl.signing" in modules  # the key was loaded: the verifier is in the process

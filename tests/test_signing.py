@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from nacl.signing import VerifyKey
 
 from agent import signing
 from agent.commands import COMMANDS, INPUT_ERRORS, CommandWorker, Request, check_args
@@ -63,9 +66,15 @@ def _req(body: dict[str, Any], name: str = "report_now") -> Request:
     return Request(name, body["id"], body.get("args", {}), body.get("ts"), body.get("sig"))
 
 
+def _verify_key(key: Ed25519PrivateKey) -> VerifyKey:
+    """The agent's (PyNaCl) form of a cryptography key's public half."""
+    return VerifyKey(key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                   serialization.PublicFormat.Raw))
+
+
 def _guard(tmp_path: Path, key: Ed25519PrivateKey, events: list[Record],
            now: float = 1_800_000_000.0) -> CommandGuard:
-    return CommandGuard([key.public_key()], True, 300, "school-a", "room-101",
+    return CommandGuard([_verify_key(key)], True, 300, "school-a", "room-101",
                         SeenIds(tmp_path / "seen.json"), events.append, clock=lambda: now)
 
 
@@ -210,6 +219,86 @@ def test_key_files_are_checked(tmp_path: Path) -> None:
     junk.write_text("hello\n")
     with pytest.raises(KeyFileError, match="not a PEM public key"):
         load_public_key(str(junk))
+
+
+def _pem(key: Any, fmt: serialization.PublicFormat = serialization.PublicFormat.SubjectPublicKeyInfo
+         ) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, fmt)
+
+
+def test_a_cryptography_key_loads_and_verifies_as_cryptography_verifies(tmp_path: Path) -> None:
+    """The agent parses the PEM itself and verifies with PyNaCl; a key made by cryptography (as
+    scripts/send-command makes it), in the layouts an editor or another tool leaves it in, must
+    load to the same key and accept exactly the signatures cryptography accepts."""
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pem = _pem(key.public_key())
+    data = canonical("school-a", "room-101", "report_now", "c-1", "2026-11-23T08:00:00.000Z", {})
+    good = key.sign(data)
+    cases = [(good, data), (good, data + b" "), (other.sign(data), data),
+             (bytes(64), data), (good[:32] + bytes(32), data)]
+    body = pem.split(b"\n")[1]
+    wrapped = b"\n".join(body[i:i + 20] for i in range(0, len(body), 20))
+    layouts = {"as written": pem, "CRLF": pem.replace(b"\n", b"\r\n"),
+               "no final newline": pem.rstrip(),
+               "comment lines around": b"# platform 2026\n" + pem + b"(rotated 2026-11)\n",
+               "wrapped at 20": pem.replace(body, wrapped)}
+    for name, text in layouts.items():
+        path = tmp_path / "k.pub.pem"
+        path.write_bytes(text)
+        assert serialization.load_pem_public_key(text) == key.public_key(), name  # still valid
+        loaded = load_public_key(str(path))
+        assert bytes(loaded) == key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                              serialization.PublicFormat.Raw)
+        for sig, signed in cases:
+            try:
+                key.public_key().verify(sig, signed)
+                theirs = True
+            except InvalidSignature:
+                theirs = False
+            assert signing._verifies(loaded, sig, signed) is theirs, (name, sig.hex())
+    assert signing._verifies(loaded, good, data)  # the cases above are not all refusals
+    for wrong_length in (good[:63], good + b"\0", b""):
+        assert not signing._verifies(loaded, wrong_length, data)
+
+
+def test_other_keys_and_malformed_files_are_refused_with_the_reason(tmp_path: Path) -> None:
+    ed = _pem(Ed25519PrivateKey.generate().public_key())
+    der = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    rsa_key = rsa.generate_private_key(65537, 2048).public_key()
+    malformed = b"holds a malformed public key \\(an Ed25519 one is exactly 44 bytes"
+    refused = [
+        (b"is a RSAPublicKey, not an Ed25519 public key", _pem(rsa_key)),
+        (b"is a RSAPublicKey, not an Ed25519 public key",
+         _pem(rsa_key, serialization.PublicFormat.PKCS1)),
+        (b"is a ECPublicKey, not", _pem(ec.generate_private_key(ec.SECP256R1()).public_key())),
+        (b"is a X25519PublicKey, not", _pem(x25519.X25519PrivateKey.generate().public_key())),
+        (b"is a Ed448PublicKey, not", _pem(ed448.Ed448PrivateKey.generate().public_key())),
+        # Ed25519's algorithm, but not its exact SubjectPublicKeyInfo: one byte more
+        (malformed, b"-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(der + b"\0")
+         + b"\n-----END PUBLIC KEY-----\n"),
+        (malformed, b"-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(b"\x30\x00")
+         + b"\n-----END PUBLIC KEY-----\n"),
+        (b"not a PEM public key", der),  # DER, not PEM
+        (b"not a PEM public key", ed.replace(b"=", b"")),  # base64 without its padding
+        (b"not a PEM public key", ed.replace(b"-----\n", b"-----\nProc-Type: 4,ENCRYPTED\n\n", 1)),
+        (b"not a PEM public key", ed.replace(b"END PUBLIC", b"END RSA PUBLIC")),
+        (b"not a PEM public key", ed.replace(b"PUBLIC KEY", b"CERTIFICATE")),
+        (b"not a PEM public key", b""),
+        (b"holds 2 PEM blocks", ed + _pem(Ed25519PrivateKey.generate().public_key())),
+        (b"larger than 16384 bytes", ed + b"#" * 16384),
+        (b"PRIVATE key", Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption())),
+    ]
+    for message, text in refused:
+        path = tmp_path / "k.pem"
+        path.write_bytes(text)
+        with pytest.raises(KeyFileError, match=message.decode()) as caught:
+            load_public_key(str(path))
+        assert str(caught.value).startswith(str(path)), message
+    with pytest.raises(KeyFileError, match="cannot read"):
+        load_public_key(str(tmp_path / "missing.pem"))
 
 
 def test_require_signature_default_follows_the_keys(tmp_path: Path) -> None:
@@ -452,7 +541,7 @@ def test_fuzz_the_signed_door_answers_with_the_right_code(
     form, name, payload, want = attempt
     with fuzz_case(), tempfile.TemporaryDirectory() as tmp, agent_log() as logged:
         events: list[Record] = []
-        guard = CommandGuard([_KEY.public_key()], True, _MAX_AGE, "school-a", "room-101",
+        guard = CommandGuard([_verify_key(_KEY)], True, _MAX_AGE, "school-a", "room-101",
                              SeenIds(Path(tmp) / "seen.json"), events.append,
                              clock=lambda: _NOW)
         sent: list[dict[str, Any]] = []
