@@ -85,12 +85,9 @@ class Thinning:
     The raw pipe carries no timestamps, so the encoder must get ``fps`` frames a second whatever
     it costs; when it cannot take them (a slow PC, other programs), the pump falls behind its
     slots and, to keep the picture in sync with the sound, repeats the last frame until it has
-    caught up. Sustained, new pictures then got in only in bursts, whenever the lag dipped under
-    two slots, each of them late (up to two slots before its sound). Repeats are cheaper to
-    encode (x264 codes an unchanged picture mostly as skipped blocks), so fewer *new* pictures,
-    evenly spread, let the encoder keep up: the picture moves at ``fps / step``, each new one in
-    its own slot, and the sound is untouched. Where even repeats cost more than a slot, nothing
-    here helps: the picture stops until the encoder catches up (status says so).
+    caught up. Sustained, that froze the picture for good. Repeats are cheap to encode (x264
+    codes an unchanged picture as skipped blocks), so fewer *new* pictures, evenly spread,
+    let the encoder catch up: the picture moves at ``fps / step`` and the sound is untouched.
 
     Judged once per second of slots: behind (more than ``MAX_LAG_FRAMES`` late, so the slot
     got a catch-up repeat) in at least ``UP_SHARE`` of them -> the next step up (a pause of a
