@@ -6,7 +6,6 @@ touch FFmpeg or OpenCV use real ones on small inputs (a second or two each).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -169,95 +168,6 @@ def test_pump_behind_its_slots_repeats_instead_of_putting_new_pictures_in_old_sl
     assert pump.pacer.counters.duplicated == behind
     pump._next_frame()                        # within the bound again: new pictures resume
     assert source.looked == 2
-
-
-def test_thinning_steps_up_while_behind_and_back_down_after_a_calm_spell() -> None:
-    from agent.media.pacer import Thinning
-
-    t = Thinning(fps=10, hold_s=3)
-    assert (t.step, t.fps_effective) == (1, 10.0)
-    for _ in range(10):                    # one second behind in every slot
-        t.note(True)
-    assert (t.step, t.fps_effective) == (2, 5.0)
-    for _ in range(10):
-        t.note(slot_behind := False)       # a calm second: not yet (hold 3 s)
-    assert t.step == 2 and not slot_behind
-    for _ in range(20):
-        t.note(False)
-    assert t.step == 1                     # three calm seconds: one step down
-    for _ in range(10):
-        t.note(True)
-    assert t.step == 2 and t.hold == 6     # the step down failed: hold longer next time
-    for _ in range(200):
-        t.note(True)
-    assert t.step == 10 and t.fps_effective == 1.0, "never fewer than one new picture a second"
-    for _ in range(5):                     # behind in less than half a second: no step
-        t.note(True)
-    for _ in range(5):
-        t.note(False)
-    assert t.step == 10
-    assert [n for n in range(30) if t.new_picture(n)] == [0, 10, 20]
-
-
-def _slow_encoder_lesson(new_ms: float, repeat_ms: float, seconds: float = 120.0,
-                         fps: int = 30) -> tuple[Any, list[tuple[int, float]]]:
-    """The real pump against an encoder stage that takes ``new_ms`` for a new picture and
-    ``repeat_ms`` for a repeated one (fake clock: each write advances it). Returns the pump and,
-    for each new picture of the last minute, its slot and how late it was written (a picture
-    written late plays that much before its sound)."""
-    from agent.media.pacer import Slate, VideoPump
-
-    now = [0.0]
-    source = _StillSource()
-    pump = VideoPump(source, fps, 0.0, lambda data: None, lambda img, **_: img,
-                     Slate(4, 4, lambda img: img), clock=lambda: now[0])
-    new_pictures = []
-    while now[0] < seconds:
-        now[0] = max(now[0], pump.pacer.due())
-        slot, before, lag = pump.pacer.n, source.looked, now[0] - pump.pacer.due()
-        pump._next_frame()
-        new = source.looked > before
-        if new and slot >= (seconds - 60) * fps:
-            new_pictures.append((slot, lag))
-        now[0] += (new_ms if new else repeat_ms) / 1000
-    return pump, new_pictures
-
-
-def _late_and_uneven(new_pictures: list[tuple[int, float]], step: int,
-                     fps: int = 30) -> tuple[float, float]:
-    """Shares of new pictures written more than a slot late, and of gaps that are not ``step``."""
-    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(new_pictures)]
-    late = sum(1 for _, lag in new_pictures if lag > 1 / fps)
-    return late / len(new_pictures), sum(1 for g in gaps if g != step) / len(gaps)
-
-
-def test_an_overloaded_encoder_gets_evenly_spread_new_pictures_in_their_own_slots() -> None:
-    """New pictures cost 50 ms, repeats 10 ms: 30 new pictures a second would need 1.5 s a
-    second. The pump settles at every 2nd slot new (15 fps, 0.9 s a second), evenly, each new
-    picture within a slot of its time (but for the probes one step down), and says so."""
-    pump, new_pictures = _slow_encoder_lesson(new_ms=50, repeat_ms=10)
-    assert pump.thinning.step == 2 and pump.thinning.fps_effective == 15.0
-    assert 14 <= len(new_pictures) / 60 <= 16
-    late, uneven = _late_and_uneven(new_pictures, 2)
-    assert late < 0.05 and uneven < 0.05, (late, uneven)
-    assert pump.pacer.counters.thinned > 0.4 * pump.pacer.counters.encoded
-
-
-def test_without_thinning_the_same_encoder_puts_every_new_picture_late() -> None:
-    """The same stage without thinning (step held at 1), for contrast: the catch-up rule lets
-    new pictures in whenever the lag is under two slots, so more of them get through (~17 a
-    second) but every one is written 1-2 slots late (A/V off by up to 67 ms, and that much more
-    live latency), in an uneven rhythm."""
-    from agent.media import pacer
-
-    steps = pacer.THIN_STEPS
-    pacer.THIN_STEPS = (1,)
-    try:
-        _pump, new_pictures = _slow_encoder_lesson(new_ms=50, repeat_ms=10)
-    finally:
-        pacer.THIN_STEPS = steps
-    late, uneven = _late_and_uneven(new_pictures, 2)
-    assert late > 0.9 and uneven > 0.2, (late, uneven)
 
 
 def run_pacer(fps: int, camera_fps: float, seconds: float,

@@ -49,7 +49,6 @@ PARAMS = {
     "camera_unavailable": {"source": "/dev/video0", "error": "cannot open"},
     "camera_black": {"source": "/dev/video0", "luma": 3.0},
     "camera_frozen": {"source": "/dev/video0"},
-    "encoder_overloaded": {"fps_effective": 15.0, "fps": 30},
     "microphone_unavailable": {"source": "default", "error": "no device"},
     "microphone_dead": {"source": "default", "peak_dbfs": -120.0},
     "microphone_silent": {"source": "default", "peak_dbfs": -72.0},
@@ -144,13 +143,3 @@ def test_collect_turns_a_snapshot_into_catalogue_warnings() -> None:
     found = warnings.collect(snap, warnings.Context(interval_s=5, state_dir="/s"))
     assert [w.code for w in found][:2] == ["broker_no_subscriber", "secret_file_exposed"]
     assert "4 records are kept" in render(found[0])
-
-def test_an_overloaded_encoder_is_a_warning_only_while_the_pacer_thins_the_picture() -> None:
-    def media(shown: float) -> list[str]:
-        m = {"video": {"fps": 30, "fps_effective": shown, "source_state": "ok"}}
-        return [w.code for w in warnings._lesson_media(m, warnings.Context(60, "/s"))]
-
-    assert media(30.0) == []
-    assert media(7.5) == ["encoder_overloaded"]
-    w = warnings.Warning("encoder_overloaded", {"fps_effective": 7.5, "fps": 30})
-    assert "8 of 30 new pictures a second" in warnings.render(w)

@@ -37,7 +37,6 @@ class VideoCounters:
     duplicated: int = 0  # the camera was late: the last frame went again
     dropped: int = 0  # the camera was early: captured frames never written
     slate: int = 0  # the camera was gone (or not there yet)
-    thinned: int = 0  # overload: a slot left to the last picture although a newer one was there
 
 
 class VideoPacer:
@@ -67,76 +66,6 @@ class VideoPacer:
             c.dropped += max(0, seq - self.last_seq - 1)
         self.last_seq = seq
         return FrameKind.NEW
-
-    def thin(self) -> None:
-        """The current slot repeats the last picture by choice (``Thinning``)."""
-        self.n += 1
-        self.counters.encoded += 1
-        self.counters.thinned += 1
-
-
-#: Thinning steps: a new picture every ``step``-th slot (capped at one a second).
-THIN_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 30)
-
-
-class Thinning:
-    """Under sustained overload, a new picture only in every ``step``-th slot.
-
-    The raw pipe carries no timestamps, so the encoder must get ``fps`` frames a second whatever
-    it costs; when it cannot take them (a slow PC, other programs), the pump falls behind its
-    slots and, to keep the picture in sync with the sound, repeats the last frame until it has
-    caught up. Sustained, that froze the picture for good. Repeats are cheap to encode (x264
-    codes an unchanged picture as skipped blocks), so fewer *new* pictures, evenly spread,
-    let the encoder catch up: the picture moves at ``fps / step`` and the sound is untouched.
-
-    Judged once per second of slots: behind (more than ``MAX_LAG_FRAMES`` late, so the slot
-    got a catch-up repeat) in at least ``UP_SHARE`` of them -> the next step up (a pause of a
-    tenth of a second is not overload); a whole second never behind, ``hold`` times running ->
-    one step down. A step down that fails (a step up within ``hold`` seconds of it) doubles
-    ``hold``, so a PC at its limit does not flip every few seconds. Pure: the pump tells it each
-    slot whether it was behind.
-    """
-
-    UP_SHARE = 0.2
-
-    def __init__(self, fps: int, hold_s: int = 5, max_hold_s: int = 120) -> None:
-        self.fps, self.hold, self.max_hold = fps, hold_s, max_hold_s
-        self.level = 0
-        self._slots = self._behind = self._calm = 0
-        self._since_down = max_hold_s + 1  # windows since the last step down
-
-    @property
-    def step(self) -> int:
-        return min(THIN_STEPS[self.level], self.fps)
-
-    @property
-    def fps_effective(self) -> float:
-        return round(self.fps / self.step, 2)
-
-    def new_picture(self, slot: int) -> bool:
-        """Whether slot number ``slot`` may take a new picture."""
-        return slot % self.step == 0
-
-    def note(self, behind: bool) -> None:
-        self._slots += 1
-        self._behind += behind
-        if self._slots < self.fps:
-            return
-        self._since_down += 1
-        if self._behind >= self.UP_SHARE * self._slots:
-            if self.step < self.fps and self.level + 1 < len(THIN_STEPS):
-                self.level += 1
-                if self._since_down <= self.hold:
-                    self.hold = min(2 * self.hold, self.max_hold)
-            self._calm = 0
-        elif self._behind == 0 and self.level:
-            self._calm += 1
-            if self._calm >= self.hold:
-                self.level -= 1
-                self._calm = self._since_down = 0
-        else:
-            self._calm = 0
-        self._slots = self._behind = 0
 
 
 class Slate:
@@ -302,7 +231,6 @@ class VideoPump(_Pump):
         self.source, self.write, self.convert, self.slate = source, write, convert, slate
         self.on_frame, self.clock, self.wall = on_frame, clock, wall
         self.pacer = VideoPacer(fps, start)
-        self.thinning = Thinning(fps)
         self.patience = 0.5 / fps
         self.max_lag = MAX_LAG_FRAMES / fps
         self._last: Any = None
@@ -318,17 +246,12 @@ class VideoPump(_Pump):
 
     def _next_frame(self) -> Any:
         lost = self.source.check()
-        behind = self.clock() - self.pacer.due() > self.max_lag
-        self.thinning.note(behind)
-        if self._last is not None and not lost and behind:
+        if (self._last is not None and not lost
+                and self.clock() - self.pacer.due() > self.max_lag):
             # Behind its slots (the encoder or this thread was starved): fill the missed slots
             # with the last frame. A newer picture in an old slot would put the video behind
             # the sound by the lag, for the rest of the lesson if the lag never clears.
             self.pacer.decide(self.pacer.last_seq, False)
-            return self._last
-        if (self._last is not None and not lost
-                and not self.thinning.new_picture(self.pacer.n)):
-            self.pacer.thin()
             return self._last
         frame = self.source.latest()
         if frame is not None and not lost and frame.seq == self.pacer.last_seq:

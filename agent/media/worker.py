@@ -297,7 +297,6 @@ class Worker:
         # FFmpeg reports no bit rate for a tee output: the recording's mean stands in for it.
         mean_kbps = recorded * 8 / 1000 / prog.out_time_s if prog.out_time_s > 0 else 0.0
         vc = self.video_pump.pacer.counters if self.video_pump else None
-        thinning = self.video_pump.thinning if self.video_pump else None
         levels = self.meter.take()
         sinks = []
         for sink in self.sinks:
@@ -309,8 +308,6 @@ class Worker:
             "stats",
             video={"captured": self.video.captured, "encoded": vc.encoded if vc else 0,
                    "duplicated": vc.duplicated if vc else 0, "dropped": vc.dropped if vc else 0,
-                   "thinned": vc.thinned if vc else 0, "fps": self.spec.video.fps,
-                   "fps_effective": thinning.fps_effective if thinning else self.spec.video.fps,
                    "source_state": self.video.state},
             audio={"chunks": self.audio.chunks, "rms_dbfs": levels.rms_dbfs,
                    "peak_dbfs": levels.peak_dbfs, "source_state": self.audio.state},

@@ -172,13 +172,8 @@ def _media(f: _Families, m: dict[str, Any]) -> None:
     for key, doc in (("captured", "Frames read from the camera"),
                      ("encoded", "Frames given to the encoder"),
                      ("duplicated", "Frames repeated to keep the frame rate"),
-                     ("dropped", "Frames dropped because the encoder lagged"),
-                     ("thinned", "Slots given the last picture again because the encoder "
-                                 "could not keep up")):
+                     ("dropped", "Frames dropped because the encoder lagged")):
         f.counter(f"media_frames_{key}", f"{doc}, in this lesson's worker.", v.get(key))
-    f.gauge("media_video_fps_effective", "New pictures per second the pacer lets through "
-            "(below the configured rate while the encoder is overloaded).",
-            v.get("fps_effective"))
     f.counter("media_audio_chunks", "Audio chunks read from the microphone, in this lesson's "
               "worker.", au.get("chunks"))
     f.gauge("media_audio_rms_dbfs", "Microphone level over the last stats window (dBFS).",

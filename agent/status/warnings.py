@@ -201,12 +201,6 @@ CATALOGUE: dict[str, Template] = {
         "camera", "warning",
         "The camera {source} gives the same picture over and over (frozen).",
         "unplug and replug the camera; close any other program that uses it."),
-    "encoder_overloaded": Template(
-        "camera", "warning",
-        "This PC cannot encode the picture fast enough: {fps_effective:.0f} of {fps:.0f} new "
-        "pictures a second are sent, the others repeat; the sound is whole.",
-        "close other programs on this PC; if it stays, lower media.video width, height or fps, "
-        "or set media.encoder.preset to ultrafast."),
     "microphone_unavailable": Template(
         "microphone", "fault",
         "The microphone {source} cannot be read: {error}.",
@@ -430,9 +424,6 @@ def _lesson_media(m: Mapping[str, Any] | None, ctx: Context) -> list[Warning]:
         out.append(Warning("camera_black", {"source": ctx.video_source, "luma": 0}))
     elif flags.get("frozen"):
         out.append(Warning("camera_frozen", {"source": ctx.video_source}))
-    fps, shown = video.get("fps"), video.get("fps_effective")
-    if isinstance(fps, int | float) and isinstance(shown, int | float) and shown < fps:
-        out.append(Warning("encoder_overloaded", {"fps_effective": shown, "fps": fps}))
     if audio.get("source_state") == "lost":
         out.append(Warning("microphone_unavailable", {"source": ctx.audio_source,
                                                       "error": lost}))
