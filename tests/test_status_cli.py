@@ -44,6 +44,7 @@ def test_status_when_connected(broker: Broker, subscriber: Subscriber, agent_fac
     assert "No warnings" in res.stdout
     # Signatures required and no key: say plainly that no MQTT command gets in.
     assert "MQTT: none accepted (signatures required, no public key set)" in res.stdout
+    assert "off (upload.enabled, endpoint and bucket not set)" in res.stdout
     assert "device room-101 (Room 101), school school-a" in res.stdout
     assert f"pid {agent.proc.pid}" in res.stdout  # type: ignore[union-attr]
 

@@ -98,6 +98,9 @@ def summaries(s: dict[str, Any], tr: Translate = _) -> dict[str, list[str]]:
     out.update(_lesson_rows(s.get("lessons") or {}, s.get("media") or {}, tr))
     if (s.get("upload") or {}).get("enabled"):
         out["upload"] = [_upload_text(s["upload"], tr)]
+    elif "upload" in s:  # the page's card says so instead of standing empty
+        out["upload"] = [tr("off (upload.enabled, endpoint and bucket not set): "
+                            "recordings stay on this PC")]
     sec = s.get("security") or {}
     if "signatures_required" in sec:
         if not sec["signatures_required"]:
