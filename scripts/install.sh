@@ -136,10 +136,17 @@ installed_key=$key_dir/platform.pub.pem
 if [[ -n $command_key ]]; then
     ((!allow_unsigned)) || die "--command-key and --allow-unsigned-commands exclude each other"
     [[ -f $command_key && -r $command_key ]] || die "--command-key: cannot read '$command_key'"
-    { [[ $(head -n 1 -- "$command_key") == "-----BEGIN PUBLIC KEY-----" ]] &&
-        ! grep -q -- "PRIVATE KEY" "$command_key"; } ||
-        die "--command-key: '$command_key' is not a PEM public key (scripts/send-command --keygen
-writes one as *.pub.pem; never give the terminal the private key)"
+    # The agent's own reader (agent/pemkey.py, standard library only), so what install accepts
+    # is exactly what the agent will load: an Ed25519 public key, not RSA, not a private key.
+    key_problem=$(PYTHONPATH=$root "$python" -c '
+import sys
+from agent.pemkey import KeyFileError, read_ed25519_public_key
+try:
+    read_ed25519_public_key(sys.argv[1])
+except (KeyFileError, OSError) as exc:
+    sys.exit(str(exc))' "$command_key" 2>&1) ||
+        die "--command-key: $key_problem (scripts/send-command --keygen writes an Ed25519 key
+pair; the terminal gets only the *.pub.pem)"
 elif ((!allow_unsigned)) && [[ ! -e $config ]]; then # an upgrade keeps the config's choice
     die "say how the terminal checks MQTT commands, which start and stop its camera and microphone:
   --command-key PLATFORM.pub.pem    the platform's Ed25519 public key: only commands signed with

@@ -87,6 +87,11 @@ def test_install_needs_the_platform_key_or_a_loud_opt_out(tmp_path: Path) -> Non
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     junk.write_text("-----BEGIN PUBLIC KEY-----\n(a private one follows)\nPRIVATE KEY\n")
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    rsa_pub = tmp_path / "rsa.pub.pem"  # a public key the agent would refuse at start
+    rsa_pub.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                        .public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
 
     def install(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", str(INSTALL), "--check-only", "--school", "school-a",
@@ -96,8 +101,9 @@ def test_install_needs_the_platform_key_or_a_loud_opt_out(tmp_path: Path) -> Non
     for extra, why in [
         ((), "--command-key PLATFORM.pub.pem"),
         (("--command-key", "/nonexistent/platform.pub.pem"), "cannot read"),
-        (("--command-key", str(private)), "is not a PEM public key"),
+        (("--command-key", str(private)), "holds a PRIVATE key"),
         (("--command-key", str(junk)), "is not a PEM public key"),
+        (("--command-key", str(rsa_pub)), "RSAPublicKey"),
         (("--command-key", str(pub), "--allow-unsigned-commands"), "exclude each other"),
     ]:
         res = install(*extra)
