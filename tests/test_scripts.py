@@ -102,7 +102,8 @@ def test_install_needs_the_platform_key_or_a_loud_opt_out(tmp_path: Path) -> Non
         ((), "--command-key PLATFORM.pub.pem"),
         (("--command-key", "/nonexistent/platform.pub.pem"), "cannot read"),
         (("--command-key", str(private)), "holds a PRIVATE key"),
-        (("--command-key", str(junk)), "is not a PEM public key"),
+        (("--command-key", str(junk)), "holds a PRIVATE key"),  # says so, if only in words
+        (("--command-key", "/etc/hostname"), "is not a PEM public key"),
         (("--command-key", str(rsa_pub)), "RSAPublicKey"),
         (("--command-key", str(pub), "--allow-unsigned-commands"), "exclude each other"),
     ]:
