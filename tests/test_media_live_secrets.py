@@ -156,6 +156,31 @@ def _lesson(lesson_id: str, tmp_path: Path, live: list[dict[str, str]]) -> dict[
         "recording": {"dir": str(tmp_path / "rec"), "segment_s": 4.0}}
 
 
+def _whip_lesson(ep: WhipEndpoint, lesson_id: str, tmp_path: Path, seconds: float,
+                 settle_s: float = 0.0
+                 ) -> tuple[WorkerProcess, float, float, dict[str, dict[str, Any]]]:
+    """Start ``ep``, run a lesson with a WHIP sink into it for ``settle_s`` + ``seconds`` after
+    the sink went live, stop both; the worker, the wall-clock window of ``seconds`` and the
+    sinks' stats just before the stop, by name."""
+    ep.start()
+    worker = WorkerProcess(_lesson(lesson_id, tmp_path, [_whip_sink(ep.url, tmp_path)]),
+                           tmp_path)
+    try:
+        worker.start()
+        worker.wait_for(lambda: any(s["state"] == "live" for st in worker.of("stats")
+                                    for s in st["sinks"]), 25, "the WHIP sink live")
+        time.sleep(settle_s)
+        since = time.time()
+        time.sleep(seconds)
+        until = time.time()
+        last = {s["name"]: s for s in worker.of("stats")[-1]["sinks"]}
+        assert worker.stop("line") == 0
+    finally:
+        worker.kill()
+        ep.stop()
+    return worker, since, until, last
+
+
 @pytest.fixture
 def whip() -> Iterator[WhipEndpoint]:
     ep = WhipEndpoint(token=TOKEN, strip_width=W)
@@ -237,22 +262,9 @@ def test_whip_through_a_lossy_jittery_path_recovers_lost_packets(tmp_path: Path)
 
     ep = WhipEndpoint(token=TOKEN, strip_width=W,
                       impairment=Impairment(loss=0.02, delay_ms=40, jitter_ms=20), seed=5)
-    ep.start()
-    worker = WorkerProcess(_lesson("impaired", tmp_path, [_whip_sink(ep.url, tmp_path)]),
-                           tmp_path)
     seconds = 8.0
-    try:
-        worker.start()
-        worker.wait_for(lambda: any(s["state"] == "live" for st in worker.of("stats")
-                                    for s in st["sinks"]), 25, "the WHIP sink live")
-        time.sleep(1.0)  # the first key frame through the relay
-        since = time.time()
-        time.sleep(seconds)
-        until = time.time()
-        assert worker.stop("line") == 0
-    finally:
-        worker.kill()
-        ep.stop()
+    # settle: the first key frame through the relay
+    worker, since, until, _last = _whip_lesson(ep, "impaired", tmp_path, seconds, settle_s=1.0)
     (session,) = ep.sessions
     assert session.relay is not None
     lost = session.relay.up.dropped
@@ -268,3 +280,29 @@ def test_whip_through_a_lossy_jittery_path_recovers_lost_packets(tmp_path: Path)
     judged = frame_steps(video_captures(concat_segments(segments, tmp_path / "all.ts"), W), FPS)
     assert judged.unreadable == 0
     assert judged.frames >= (stopped["summary"]["recorded_s"] - 0.2) * FPS, judged
+
+
+@pytest.mark.slow
+def test_whip_lesson_outlives_the_receivers_consent_checks(tmp_path: Path) -> None:
+    """A 45 s WHIP lesson into aiortc, which checks consent to send every ~5 s and closes the
+    session after 6 unanswered checks (~30 s). FFmpeg 9.0.2 drops those checks once media flows;
+    the sink's relay answers them (docs/media.md). Without it this session ended at ~33 s and the
+    sink restarted FFmpeg. Here: one session, no restart, frames decoded to the end."""
+    whip = WhipEndpoint(token=TOKEN, strip_width=W)
+    seconds = 45.0
+    worker, live_at, until, sinks = _whip_lesson(whip, "consent", tmp_path, seconds)
+    last = sinks["webrtc"]
+    (session,) = whip.sessions  # one offer: FFmpeg was never restarted
+    decoded = [a for a, c in session.video if c is not None]
+    late = [a for a in decoded if a >= live_at + 35.0]
+    freezes = session.freezes(live_at + 2.0, until, gap_s=1.0)
+    print(f"\nWHIP for {seconds:.0f} s: {len(decoded)} frames decoded, last "
+          f"{(decoded[-1] - live_at) if decoded else -1:.1f} s after live; consent checks "
+          f"answered by the relay: {last.get('consent_answered')}; freezes > 1 s: {freezes}")
+    assert last["reconnects"] == 0 and last["state"] == "live", last
+    assert not worker.of("event", "sink_down"), worker.of("event", "sink_down")
+    assert last["consent_answered"] >= 5, last  # aiortc checks every 4-6 s
+    assert len(late) >= 0.8 * (seconds - 35.0) * FPS, (len(late), len(decoded))
+    assert not freezes, freezes
+    (stopped,) = worker.of("stopped")
+    assert stopped["summary"]["live_s"]["webrtc"] >= seconds - 1, stopped["summary"]

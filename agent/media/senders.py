@@ -175,6 +175,10 @@ class Sender:
     def launch(self) -> Launch:
         raise NotImplementedError
 
+    def stats(self) -> dict[str, int]:
+        """Counters of this kind of sink for the sink's stats (none by default)."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -283,6 +287,11 @@ class WhipSender(Sender):
         check_argv(argv, [*url_secrets(self.url), self._token, self.url], "WHIP")
         return Launch(argv, on_started=proxy.bind, cleanup=proxy.delete_session,
                       secrets=(self._token,))
+
+    def stats(self) -> dict[str, int]:
+        proxy = self.proxy
+        return {"consent_answered": proxy.consent_answered  # type: ignore[attr-defined]
+                if proxy is not None else 0}
 
     def close(self) -> None:
         if self.proxy is not None:

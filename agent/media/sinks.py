@@ -283,6 +283,7 @@ class LiveSink:
                 "bitrate_kbps": round(window * 8 / 1000 / 2.0, 1),
                 "bytes_total": self._bytes_total, "live_s": round(live_s, 1),
                 "reconnects": max(0, self._spawns - 1),
+                **self.sender.stats(),
             }
 
     def stop(self) -> None:

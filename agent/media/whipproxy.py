@@ -4,9 +4,11 @@ FFmpeg 9's ``whip`` muxer takes the bearer token only as an option on its comman
 every local user can read it (``/proc/PID/cmdline``), and the endpoint URL may be secret too.
 So FFmpeg is pointed at this proxy (``http://127.0.0.1:PORT/whip/RANDOM``) and the proxy, in the
 worker, sends the SDP offer to the real endpoint with ``Authorization: Bearer TOKEN``, returns
-the answer, and later relays the ``DELETE`` of the session. Only the signalling passes here: the
-media (ICE, DTLS, SRTP) goes straight from FFmpeg to the addresses in the answer. On the way the
-offer is mended where FFmpeg leaves its retransmission stream undeclared (whipsdp.py).
+the answer, and later relays the ``DELETE`` of the session. On the way the offer is mended where
+FFmpeg leaves its retransmission stream undeclared (whipsdp.py), and the answer's candidate is
+moved to a UDP relay in the worker (whiprelay.py) that forwards the media (ICE, DTLS, SRTP) to
+the receiver and answers the receiver's consent checks, which FFmpeg 9.0.2 drops once media
+flows (docs/media.md).
 
 The proxy must not lend the token to anyone else who reads FFmpeg's command line: each path
 answers one offer only, and only from a socket that belongs to the FFmpeg process the sink
@@ -29,7 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urljoin
 
-from agent.media.whipsdp import declare_group_ssrcs
+from agent.media.whiprelay import ConsentRelay
+from agent.media.whipsdp import declare_group_ssrcs, ice_credentials, relay_candidate
+from agent.safetext import inert
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class WhipProxy:
         self._path = ""
         self._pid: int | None = None
         self._resource: str | None = None  # the session URL the endpoint answered with
+        self._relay: ConsentRelay | None = None  # the media path of the current session
+        self._answered_before = 0  # consent checks answered by relays already closed
         self.last_error = ""
         proxy = self
 
@@ -97,8 +103,15 @@ class WhipProxy:
     def port(self) -> int:
         return int(self._server.server_address[1])
 
+    @property
+    def consent_answered(self) -> int:
+        """Consent checks of the receiver answered on FFmpeg's behalf, all sessions."""
+        relay = self._relay
+        return self._answered_before + (relay.answered if relay is not None else 0)
+
     def arm(self) -> str:
         """A fresh one-use URL for the next FFmpeg process."""
+        self._close_relay()
         with self._lock:
             self._path = f"/whip/{secrets.token_urlsafe(24)}"
             self._pid = None
@@ -116,7 +129,8 @@ class WhipProxy:
         self._thread.join(5)
 
     def delete_session(self) -> None:
-        """End the session at the endpoint (FFmpeg killed before its own DELETE)."""
+        """End the session: its relay, and at the endpoint (FFmpeg killed before its DELETE)."""
+        self._close_relay()
         with self._lock:
             resource, self._resource = self._resource, None
         if resource:
@@ -148,12 +162,15 @@ class WhipProxy:
             req.send_error(400, "SDP offer missing or too large")
             return
         offer = declare_group_ssrcs(req.rfile.read(length))
+        credentials = ice_credentials(offer)
         try:
             status, body, location = self._upstream("POST", self.endpoint, offer)
         except (OSError, urllib.error.URLError, ValueError) as exc:
             self.last_error = f"the WHIP endpoint did not answer: {exc}"
             req.send_error(502, "WHIP endpoint unreachable")
             return
+        if status == 201 and credentials is not None:
+            body = self._relayed(body, credentials)
         if status == 201 and location:
             with self._lock:
                 self._resource = urljoin(self.endpoint, location)
@@ -170,6 +187,36 @@ class WhipProxy:
             req.send_header("Location", session)
         req.end_headers()
         req.wfile.write(body)
+
+    def _relayed(self, answer: bytes, credentials: tuple[str, str]) -> bytes:
+        """The answer pointing FFmpeg at a new consent relay (unchanged if it cannot be)."""
+        self._close_relay()
+
+        def start(target: tuple[str, int]) -> int:
+            relay = ConsentRelay(target, *credentials)
+            with self._lock:
+                self._relay = relay
+            return relay.port
+
+        try:
+            moved = relay_candidate(answer, start)
+        except OSError as exc:
+            log.warning("whip proxy: no consent relay (%s); the receiver may end the session "
+                        "after ~30 s", inert(exc))
+            return answer
+        if moved is None:
+            log.warning("whip proxy: the answer has no UDP candidate with an IP address to "
+                        "relay; FFmpeg connects directly and the receiver may end the session "
+                        "after ~30 s (its consent checks go unanswered)")
+            return answer
+        return moved
+
+    def _close_relay(self) -> None:
+        with self._lock:
+            relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
+            self._answered_before += relay.answered
 
     def _delete(self, req: BaseHTTPRequestHandler) -> None:
         with self._lock:
