@@ -143,7 +143,10 @@ def test_receiver_outage_down_up_and_feed_never_blocks(
         killed = time.monotonic()
         wait_until(lambda: events.named("sink_down"), 5, "sink_down")
         down = events.named("sink_down")[0]
-        assert down[2] == "warning" and "Broken pipe" in down[3], down
+        # The receiver's death as the socket saw it: a write into the closed connection (EPIPE)
+        # or its reset arriving first (ECONNRESET), depending on timing.
+        assert down[2] == "warning", down
+        assert "Broken pipe" in down[3] or "Connection reset by peer" in down[3], down
         wait_until(lambda: sink.stats()["state"] == "down", 3, "state down")
         time.sleep(max(0.0, killed + 10 - time.monotonic()))
         dead = feeder.durations(killed, time.monotonic())
