@@ -146,6 +146,9 @@ class _StillSource:
         self.looked += 1
         return Frame(np.zeros((4, 4, 3), np.uint8), 0.0, self.seq)
 
+    def recent(self) -> tuple[Any, ...]:
+        return (self.latest(),)
+
     def wait_newer(self, seq: int, timeout: float) -> Any:
         return self.latest()
 
@@ -168,6 +171,50 @@ def test_pump_behind_its_slots_repeats_instead_of_putting_new_pictures_in_old_sl
     assert pump.pacer.counters.duplicated == behind
     pump._next_frame()                        # within the bound again: new pictures resume
     assert source.looked == 2
+
+
+def test_pump_woken_late_takes_its_own_slots_frame_not_the_next_ones() -> None:
+    """A camera whose frames arrive 9 ms before the slots, and a pump woken 30 ms late for one
+    slot (another process ran): the camera thread has stored the next slot's frame by then. The
+    pump must take the frame captured nearest its slot, not the newest: taking the newest drops
+    one picture and repeats the next (the pairs of the 1080p30 av_sync run)."""
+    from agent.media.pacer import Slate, VideoPump
+
+    fps, phase, late_slot, lateness = 30, -0.009, 10, 0.030
+    now = [0.0]
+    source = VideoSource(VideoSpec(source="synthetic", width=4, height=4, fps=fps),
+                         lambda *a: None, clock=lambda: now[0])
+    written: list[int] = []
+    pump = VideoPump(source, fps, 0.0, lambda data: None, lambda img, **_: img,
+                     Slate(4, 4, lambda img: img), clock=lambda: now[0])
+    captured = 0
+    for n in range(20):
+        wake = n / fps + (lateness if n == late_slot else 0.0)
+        while (captured + 1) / fps + phase <= wake:  # the camera thread runs meanwhile
+            captured += 1
+            now[0] = captured / fps + phase
+            source._store(np.full((4, 4, 3), captured, np.uint8), "bgr24")
+        now[0] = wake
+        written.append(int(pump._next_frame()[0, 0, 0]))
+    c = pump.pacer.counters
+    assert written[late_slot:late_slot + 2] == [late_slot, late_slot + 1]
+    assert (c.dropped, c.duplicated) == (0, 0), written
+
+
+def test_nearest_frame_is_the_newest_for_a_pump_on_time() -> None:
+    """On time, every stored frame was captured before the slot: the newest is taken (a fast
+    camera's extra frames are dropped as before); a written frame is never chosen again."""
+    from agent.media.pacer import nearest_frame
+    from agent.media.sources import Frame
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    older, newer = Frame(img, 0.980, 7), Frame(img, 0.995, 8)
+    assert nearest_frame((older, newer), 1.0, 6) is newer
+    assert nearest_frame((older, newer), 1.0, 8) is newer  # nothing unwritten: a repeat
+    late = Frame(img, 1.024, 9)
+    assert nearest_frame((newer, late), 1.0, 7) is newer  # woken late: its own slot's frame
+    assert nearest_frame((newer, late), 1.0, 8) is late
+    assert nearest_frame((), 1.0, 0) is None
 
 
 def run_pacer(fps: int, camera_fps: float, seconds: float,

@@ -68,6 +68,19 @@ class VideoPacer:
         return FrameKind.NEW
 
 
+def nearest_frame(frames: tuple[Any, ...], due: float, last_seq: int) -> Any:
+    """Of ``frames`` (oldest first, each with ``t`` and ``seq``), the one not yet written that
+    was captured nearest the slot's time ``due``; the newest if every one was written already.
+
+    A pump on time sees only frames captured before ``due``, so this is the newest; a pump woken
+    late may see the next slot's frame too, and takes its own slot's instead of dropping it.
+    """
+    unwritten = [f for f in frames if f.seq > last_seq]
+    if not unwritten:
+        return frames[-1] if frames else None
+    return min(unwritten, key=lambda f: abs(f.t - due))
+
+
 class Slate:
     """A "camera unavailable" frame with the time; redrawn once a second, not per frame."""
 
@@ -253,7 +266,7 @@ class VideoPump(_Pump):
             # the sound by the lag, for the rest of the lesson if the lag never clears.
             self.pacer.decide(self.pacer.last_seq, False)
             return self._last
-        frame = self.source.latest()
+        frame = nearest_frame(self.source.recent(), self.pacer.due(), self.pacer.last_seq)
         if frame is not None and not lost and frame.seq == self.pacer.last_seq:
             # A camera at the same nominal rate arrives with jitter around our slot: wait a
             # little for its next frame instead of a duplicate now and a drop next slot.

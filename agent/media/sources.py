@@ -293,7 +293,11 @@ class _CvReader:
 
 
 class VideoSource(_Capture):
-    """Keeps only the latest frame (with its capture time); the pacer takes what it needs.
+    """Keeps the last two frames (with their capture times); the pacer takes what it needs.
+
+    Two, not one: a pump woken late (another process ran) finds the next slot's frame stored
+    already and must still be able to take the one captured for its own slot
+    (``pacer.nearest_frame``); with only the latest it dropped that one and repeated the next.
 
     Network URLs are read by FFmpeg into I420 (agent/media/netsource.py); devices and files by
     OpenCV, as BGR. ``ffmpeg`` is the executable media.ffmpeg chose.
@@ -314,6 +318,7 @@ class VideoSource(_Capture):
             self.reader = _CvReader(kind, target, spec, clock)
         self.captured = 0
         self._latest: Frame | None = None
+        self._previous: Frame | None = None
         self._lock = threading.Lock()
         self._fresh = threading.Condition(self._lock)
         super().__init__("camera", shown_source(spec.source), on_event, clock)
@@ -321,6 +326,11 @@ class VideoSource(_Capture):
     def latest(self) -> Frame | None:
         with self._lock:
             return self._latest
+
+    def recent(self) -> tuple[Frame, ...]:
+        """The last two frames stored (fewer at first), oldest first."""
+        with self._lock:
+            return tuple(f for f in (self._previous, self._latest) if f is not None)
 
     def wait_newer(self, seq: int, timeout: float) -> Frame | None:
         """The latest frame, waiting up to ``timeout`` for one newer than ``seq``."""
@@ -385,7 +395,8 @@ class VideoSource(_Capture):
         now = self.clock()
         with self._lock:
             self.captured += 1
-            self._latest = Frame(img, now, self.captured, pix_fmt)
+            self._previous, self._latest = self._latest, Frame(img, now, self.captured,
+                                                               pix_fmt)
             self._fresh.notify_all()
         self.watch.data()
 
