@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.media.whipsdp import relay_candidate
 from tests.netimpair import Impairment, UdpRelay
 
 
@@ -246,18 +247,16 @@ class WhipEndpoint:
 
 
 def through_relay(sdp: str, impairment: Impairment, seed: int | None) -> tuple[str, UdpRelay]:
-    """The answer with one candidate left, the first UDP one of component 1, moved to a relay
-    that forwards to where it was (every UDP datagram of the session then crosses the relay)."""
-    lines, relay = [], None
-    for line in sdp.splitlines():
-        if line.startswith("a=candidate:"):
-            f = line.split()
-            if relay is not None or f[1] != "1" or f[2].lower() != "udp":
-                continue
-            relay = UdpRelay((f[4], int(f[5])), impairment, seed).start()
-            f[4], f[5] = "127.0.0.1", str(relay.port)
-            line = " ".join(f)
-        lines.append(line)
-    if relay is None:
+    """The answer with one candidate left, moved to a relay that forwards to where it was (every
+    UDP datagram of the session then crosses the relay); the candidate is the one the agent's
+    own consent relay picks (agent.media.whipsdp.relay_candidate)."""
+    relays: list[UdpRelay] = []
+
+    def start(target: tuple[str, int]) -> int:
+        relays.append(UdpRelay(target, impairment, seed).start())
+        return relays[-1].port
+
+    answer = relay_candidate(sdp.encode(), start)
+    if answer is None:
         raise RuntimeError("the answer has no UDP candidate to relay")
-    return "\r\n".join(lines) + "\r\n", relay
+    return answer.decode(), relays[0]
