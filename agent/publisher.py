@@ -195,6 +195,7 @@ class Publisher:
             {"v": CONTRACT_VERSION, "school": envelope.school, "device": envelope.device,
              "kind": "batch"}, ensure_ascii=False, separators=(",", ":")).encode()[:-1]
         self._ahead: deque[Row] = deque()
+        self._outbox_read_all = False  # the last top-up of _ahead read the outbox to its end
         self._cursor = 0
         self._next_attempt = 0.0
         self._last_ack_flush = 0.0
@@ -772,11 +773,9 @@ class Publisher:
         if self._held():
             return
         while len(self._inflight) < self.cfg.max_inflight:
-            if not self._ahead:
-                self._ahead.extend(self.outbox.fetch_after(self._cursor, _PREFETCH))
-                if not self._ahead:
-                    self._more = False  # until the next event says otherwise
-                    return
+            if not self._ahead and not self._refill(self._cursor):
+                self._more = False  # until the next event says otherwise
+                return
             rows = self._next_message()
             now = time.time()
             payloads = [mark_historical(r.payload) if now - r.ts > self.historical_after_s
@@ -805,16 +804,23 @@ class Publisher:
             return rows
         size = len(rows[0].payload)
         while len(rows) < self.cfg.batch_records:
-            if not self._ahead:
-                self._ahead.extend(self.outbox.fetch_after(rows[-1].seq, _PREFETCH))
-                if not self._ahead:
-                    break
+            if not self._ahead and (self._outbox_read_all or not self._refill(rows[-1].seq)):
+                break
             nxt = self._ahead[0]
             size += len(nxt.payload) + 20  # room for "historical" and the comma
             if nxt.kind in RETAINED_KINDS or size > BATCH_MAX_BYTES:
                 break
             rows.append(self._ahead.popleft())
         return rows
+
+    def _refill(self, after: int) -> bool:
+        """Top ``_ahead`` up with the records after seq ``after``; whether any came. A short read
+        means the outbox held nothing more: a batch being gathered does not ask again (a live
+        record would cost a second, empty query), the next round of the window does."""
+        rows = self.outbox.fetch_after(after, _PREFETCH)
+        self._ahead.extend(rows)
+        self._outbox_read_all = len(rows) < _PREFETCH
+        return bool(rows)
 
     def _batch_payload(self, payloads: list[bytes]) -> bytes:
         """A ``batch`` message (agent/schemas/batch.json): the records' own payloads, unchanged
